@@ -1,0 +1,16 @@
+"""Data layer: CORE atomic benchmark files, raw-log preprocessing and synthetic sessions."""
+
+from data.dataset import MAX_SEQ_LENGTH, SessionDataset, Split
+from data.errors import AtomicFormatError, DataError, DatasetNotFoundError
+from data.resolve import load_dataset, resolve_data_dir
+
+__all__ = [
+    "MAX_SEQ_LENGTH",
+    "AtomicFormatError",
+    "DataError",
+    "DatasetNotFoundError",
+    "SessionDataset",
+    "Split",
+    "load_dataset",
+    "resolve_data_dir",
+]

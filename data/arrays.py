@@ -1,0 +1,38 @@
+"""Vectorised helpers for ragged integer sequences (flat values + per-row lengths).
+
+The parser, the cache and the session expansion all turn ragged rows into CORE's right-padded
+prefix matrix; doing it here, once and without Python loops, keeps them consistent and fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_starts(lengths: np.ndarray) -> np.ndarray:
+    """Offset of each row's first value in the flat array (exclusive cumulative sum)."""
+    ends = np.cumsum(lengths, dtype=np.int64)
+    return ends - lengths
+
+
+def positions_within(lengths: np.ndarray) -> np.ndarray:
+    """For every flat value, its 0-based position inside its own row."""
+    total = int(np.sum(lengths, dtype=np.int64))
+    return np.arange(total, dtype=np.int64) - np.repeat(segment_starts(lengths), lengths)
+
+
+def pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int32 matrix [n, width] plus kept lengths; long rows keep their LAST values."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    kept = np.minimum(lengths, width)
+    if np.any(kept != lengths):
+        dropped = np.repeat(lengths - kept, lengths)
+        flat = flat[positions_within(lengths) >= dropped]
+    matrix = np.zeros((len(lengths), width), dtype=np.int32)
+    matrix[np.arange(width) < kept[:, None]] = flat
+    return matrix, kept.astype(np.int32)
+
+
+def unpad_rows(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Inverse of ``pad_rows``: the real values of every row, concatenated in row order."""
+    return matrix[np.arange(matrix.shape[1]) < np.asarray(lengths)[:, None]]

@@ -1,0 +1,88 @@
+"""In-memory session datasets: plain numpy arrays, cheap to pickle and to ship to Ray workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+MAX_SEQ_LENGTH = 50
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: rows of (prefix, next item). Prefixes are right-padded with 0."""
+
+    prefixes: np.ndarray  # int32 [n_rows, max_len], row i holds lengths[i] real ids then zeros
+    lengths: np.ndarray  # int32 [n_rows], 1 <= length <= max_len
+    targets: np.ndarray  # int64 [n_rows], ids >= 1
+
+    def __post_init__(self) -> None:
+        n = len(self.targets)
+        if self.prefixes.ndim != 2 or len(self.prefixes) != n or len(self.lengths) != n:
+            raise ValueError(
+                f"inconsistent split arrays: prefixes {self.prefixes.shape}, "
+                f"lengths {self.lengths.shape}, targets {self.targets.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def max_len(self) -> int:
+        return self.prefixes.shape[1]
+
+    @classmethod
+    def from_rows(
+        cls, prefixes: Sequence[Sequence[int]], targets: Sequence[int], max_len: int = MAX_SEQ_LENGTH
+    ) -> Split:
+        """Build a split from Python lists; prefixes longer than max_len keep their last items."""
+        n = len(targets)
+        matrix = np.zeros((n, max_len), dtype=np.int32)
+        lengths = np.zeros(n, dtype=np.int32)
+        for i, prefix in enumerate(prefixes):
+            kept = list(prefix)[-max_len:]
+            matrix[i, : len(kept)] = kept
+            lengths[i] = len(kept)
+        return cls(matrix, lengths, np.asarray(targets, dtype=np.int64))
+
+    def subset(self, rows: np.ndarray | slice) -> Split:
+        return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows])
+
+
+@dataclass(frozen=True)
+class SessionDataset:
+    """The three splits of one benchmark plus the catalog size (max item id + 1, row 0 = pad).
+
+    ``test`` is None in a dataset handed to the search stage (see ``without_test``), so that
+    nothing run during hyperparameter selection can score the test split.
+    """
+
+    name: str
+    n_items: int
+    train: Split
+    valid: Split
+    test: Split | None
+
+    def without_test(self) -> SessionDataset:
+        return replace(self, test=None)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        split = getattr(self, name)
+        if split is None:
+            raise PermissionError(
+                f"the {name} split of dataset {self.name!r} is withheld in this stage "
+                "(selection must not see test data)"
+            )
+        return split
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {self.n_items:,} items (incl. padding)"]
+        for name in SPLITS:
+            split = getattr(self, name)
+            parts.append(f"{name} {len(split):,} rows" if split is not None else f"{name} withheld")
+        return ", ".join(parts)

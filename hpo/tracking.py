@@ -1,0 +1,201 @@
+"""MLflow tracking: where runs go, the parent run of a search, and the per-trial logger callback.
+
+All MLflow writes happen in the driver (the Tune callback runs there), so trials on remote nodes
+never need a path to the store: one writer per search, over HTTP when the URI is a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from hpo.searcher import TrialOutcome, trial_outcome
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ray_trial_id"
+LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_")
+MAX_TAG_CHARS = 4000
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; raised before any trial starts."""
+
+
+def resolve_tracking_uri(cli_uri: str | None, output_dir: Path) -> str:
+    """--mlflow-uri, else MLFLOW_TRACKING_URI, else a SQLite store under the output directory.
+
+    The SQLite path is absolute so the store is the same from any working directory.
+    """
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(tracking_uri: str, output_dir: Path, experiment: str) -> str | None:
+    """Local stores keep artifacts beside the database; a server decides for itself."""
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        return (output_dir.resolve() / "mlartifacts" / experiment.replace("/", "_")).as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
+    """Fail fast, with the URI in the message, if the store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} is unreachable ({exc}). Start it (see README, "
+                "'python -m hpo.tracking_server') or pass another --mlflow-uri."
+            ) from exc
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # any backend error means we cannot record results
+        raise TrackingUnavailableError(f"MLflow tracking store {uri} is unusable: {exc}") from exc
+    return client
+
+
+def get_or_create_experiment(
+    client: MlflowClient, name: str, artifact_location: str | None
+) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in sorted(params.items())])
+
+
+def metric_batch(result: dict[str, Any], step: int, timestamp_ms: int) -> list[Metric]:
+    """The per-epoch learning curves, without Tune's bookkeeping (pid, timestamp, config/...)."""
+    return [
+        Metric(key, float(value), timestamp_ms, step)
+        for key, value in sorted(result.items())
+        if key.startswith(LOGGED_PREFIXES) and isinstance(value, int | float)
+    ]
+
+
+class MLflowTrialLogger(Callback):
+    """One nested MLflow run per Tune trial, written from the driver.
+
+    On a resumed search the trial's existing run is found by its trial-id tag and continued; epochs
+    it already holds are not logged again, so a restore never duplicates runs or points.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.tags = dict(tags)
+        self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self):
+        # Tune pickles callbacks into its experiment state; live clients and caches stay out.
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={}, _last_step={})
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        if trial.trial_id not in self._runs:
+            self._runs[trial.trial_id] = self._find_or_create_run(trial)
+        return self._runs[trial.trial_id]
+
+    def _find_or_create_run(self, trial) -> str:
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' "
+                f"and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+            ),
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            history = self.client.get_metric_history(run_id, "train_loss")
+            self._last_step[trial.trial_id] = max((m.step for m in history), default=0)
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        tags = {**self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id}
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        log_params(self.client, run.info.run_id, trial.config)
+        self._last_step[trial.trial_id] = 0
+        return run.info.run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        run_id = self.run_id(trial)
+        if step <= self._last_step.get(trial.trial_id, 0):
+            return
+        self.client.log_batch(run_id, metrics=metric_batch(result, step, int(time.time() * 1000)))
+        self._last_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, error=True)
+
+    def _finish(self, trial, error: bool) -> None:
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        outcome = trial_outcome(result, error)
+        epochs = int(result.get("epoch", 0))
+        status = {
+            TrialOutcome.COMPLETED: "completed",
+            TrialOutcome.STOPPED: f"stopped by ASHA at epoch {epochs}",
+            TrialOutcome.FAILED: "failed",
+        }[outcome]
+        tags = [
+            RunTag("status", status),
+            RunTag("outcome", outcome.value),
+            RunTag("epochs_trained", str(epochs)),
+        ]
+        if outcome is TrialOutcome.FAILED:
+            tags.append(RunTag("error", _error_text(trial)[-MAX_TAG_CHARS:]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(
+            run_id, status="FAILED" if outcome is TrialOutcome.FAILED else "FINISHED"
+        )
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace").strip()
+    return "trial failed (no error file recorded by Ray Tune)"
+
+
+def _param_text(value: Any) -> str:
+    return str(value)[:6000]

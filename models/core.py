@@ -1,0 +1,87 @@
+"""The CORE model: item table + representation-consistent encoder + robust distance measuring.
+
+Training (``forward``) returns the loss: cosine logits against the item-dropped-out,
+row-normalised table divided by the temperature, through the configured objective. Inference
+(``predict``) returns the full-catalog logits against the normalised table, padding at -inf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.encoders import PAD
+from models.losses import catalog_loss, in_batch_session_loss, info_nce, mask_items
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Terms added to the full-catalog cross-entropy; the defaults give plain CORE."""
+
+    hn_k: int = 0
+    hn_lambda: float = 0.0  # hard-negative BPR share of the hybrid loss
+    inbatch_weight: float = 0.0  # beta of the in-batch session term
+    cl_weight: float = 0.0  # weight of InfoNCE between two masked views
+    cl_dropout: float = 0.0
+    cl_temperature: float = 1.0
+
+
+class CORE(nn.Module):
+    def __init__(
+        self,
+        n_items: int,
+        embedding_size: int,
+        encoder: nn.Module,
+        *,
+        sess_dropout: float,
+        item_dropout: float,
+        temperature: float,
+        objective: Objective = Objective(),  # noqa: B008 (frozen dataclass)
+    ) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(embedding_size)
+        self.item_embedding = nn.Parameter(
+            torch.empty(n_items, embedding_size).uniform_(-bound, bound)
+        )
+        self.encoder = encoder
+        self.sess_dropout = sess_dropout
+        self.item_dropout = item_dropout
+        self.temperature = temperature
+        self.objective = objective
+
+    def encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised session vectors h_s [B, d] (fp32) and the encoder's weights alpha [B, L]."""
+        x = F.dropout(F.embedding(items, self.item_embedding), self.sess_dropout, self.training)
+        h, alpha = self.encoder(items, x)
+        return F.normalize(h.float(), dim=-1), alpha
+
+    def forward(self, items: Tensor, targets: Tensor) -> Tensor:
+        """Training loss of a batch of right-padded prefixes [B, L] and next items [B]."""
+        h, _ = self.encode(items)
+        table = F.dropout(self.item_embedding, self.item_dropout, self.training)
+        obj = self.objective
+        loss = catalog_loss(
+            h / self.temperature, F.normalize(table, dim=-1), targets, obj.hn_k, obj.hn_lambda
+        )
+        if obj.inbatch_weight:
+            loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)
+        if obj.cl_weight:
+            views = [self.encode(mask_items(items, obj.cl_dropout))[0] for _ in range(2)]
+            loss = loss + obj.cl_weight * info_nce(*views, obj.cl_temperature)
+        return loss
+
+    def catalog(self) -> Tensor:
+        """The row-normalised item table used for inference (compute once per evaluation)."""
+        return F.normalize(self.item_embedding, dim=-1)
+
+    def predict(self, items: Tensor, catalog: Tensor | None = None) -> Tensor:
+        """Full-catalog logits [B, n_items] = h_s normalise(E)^T / tau, with z_0 = -inf."""
+        h, _ = self.encode(items)
+        catalog = self.catalog() if catalog is None else catalog
+        scores = torch.mm(h / self.temperature, catalog.t())
+        scores[:, PAD] = float("-inf")
+        return scores

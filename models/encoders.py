@@ -1,0 +1,267 @@
+"""Representation-consistent session encoders (CORE-ave, CORE-trm, dual attention, enhanced).
+
+Every encoder maps a batch of right-padded item ids ``items`` [B, L] (0 = padding) and their
+session-dropped-out embeddings ``x`` [B, L, d] to attention weights ``alpha`` [B, L] and returns
+``(h, alpha)`` with ``h = sum_i alpha_i x_i``: the session vector is a linear combination of the
+session's item embeddings by construction (CORE's consistency principle), and padded positions
+always get ``alpha = 0``. Normalisation of ``h`` is the model's job (``models.core``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD = 0
+LAYER_NORM_EPS = 1e-12
+INIT_STD = 0.02
+# Additive attention mask for hidden keys (as CORE's code): finite, so that a query with no
+# visible key (a masked-out first item in a contrastive view) yields no NaN; exp(-1e4) == 0.
+MASKED = -10_000.0
+
+
+def weighted_sum(alpha: Tensor, x: Tensor) -> Tensor:
+    """sum_i alpha[b, i] * x[b, i]: the only way any encoder forms its session vector."""
+    return torch.bmm(alpha.unsqueeze(1), x).squeeze(1)
+
+
+def mean_weights(real: Tensor) -> Tensor:
+    """CORE-ave weights: uniform over the real (non-pad) positions."""
+    weights = real.float()
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Spec initialisation of the non-item-table weights: Linear/Embedding N(0, 0.02), biases 0,
+    LayerNorm 1/0 (apply with ``module.apply``)."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=INIT_STD)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_out))
+
+
+class Packed:
+    """The real positions of a padded batch, flattened to [T, ...].
+
+    The transformer's dense layers run on real tokens only (tmall prefixes fill ~8 of 50
+    positions). This is exact: a real query only ever sees real keys, so what a padded position
+    would hold never reaches a real position's output.
+    """
+
+    def __init__(self, real: Tensor) -> None:
+        self.shape = real.shape
+        self.index = real.flatten().nonzero().squeeze(1)
+        self.row = self.index // real.shape[1]
+        self.position = self.index % real.shape[1]
+        # Packed index of each row's last real token (position lengths - 1 for right padding).
+        self.last = real.sum(dim=1).cumsum(dim=0) - 1
+
+    def pack(self, x: Tensor) -> Tensor:
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, tokens: Tensor, fill: float) -> Tensor:
+        batch, length = self.shape
+        full = tokens.new_full((batch * length, *tokens.shape[1:]), fill)
+        return full.index_copy(0, self.index, tokens).view(batch, length, *tokens.shape[1:])
+
+    def softmax(self, scores: Tensor) -> Tensor:
+        """Per-token scores [T, 1] -> attention over positions [B, L] in fp32, padding -inf."""
+        return torch.softmax(self.unpack(scores.squeeze(1).float(), float("-inf")), dim=1)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN block of CORE-trm: self-attention then feed-forward (exact GELU), each followed by
+    dropout, the residual sum and LayerNorm; attention dropout acts on the attention weights."""
+
+    def __init__(
+        self, d: int, n_heads: int, inner_size: int, hidden_dropout: float, attn_dropout: float
+    ) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm1 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.ff_in = nn.Linear(d, inner_size)
+        self.ff_out = nn.Linear(inner_size, d)
+        self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(hidden_dropout)
+
+    def forward(self, tokens: Tensor, packed: Packed, bias: Tensor) -> Tensor:
+        batch, length = packed.shape
+        d = tokens.shape[1]
+        qkv = packed.unpack(self.qkv(tokens), 0.0)
+        q, k, v = qkv.view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=bias.to(q.dtype),
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )
+        context = packed.pack(context.transpose(1, 2).reshape(batch, length, d))
+        tokens = self.norm1(tokens + self.dropout(self.proj(context)))
+        return self.norm2(tokens + self.dropout(self.ff_out(F.gelu(self.ff_in(tokens)))))
+
+
+class Transformer(nn.Module):
+    """u_i = Dropout(LayerNorm(x_i + P_i)) through post-LN layers; key k is visible to query j
+    only when k <= j and item k is not padding. Returns every layer's (packed) outputs."""
+
+    def __init__(
+        self,
+        d: int,
+        n_layers: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout: float,
+        attn_dropout: float,
+        max_seq_length: int,
+    ) -> None:
+        super().__init__()
+        self.d = d
+        self.position = nn.Embedding(max_seq_length, d)
+        self.norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.layers = nn.ModuleList(
+            TransformerLayer(d, n_heads, inner_size, hidden_dropout, attn_dropout)
+            for _ in range(n_layers)
+        )
+
+    def forward(self, x: Tensor, real: Tensor) -> tuple[list[Tensor], Packed]:
+        length = real.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+        visible = causal & real[:, None, None, :]
+        bias = torch.zeros(visible.shape, device=x.device).masked_fill_(~visible, MASKED)
+        packed = Packed(real)
+        tokens = self.dropout(self.norm(packed.pack(x) + self.position(packed.position)))
+        outputs = []
+        for layer in self.layers:
+            tokens = layer(tokens, packed, bias)
+            outputs.append(tokens)
+        return outputs, packed
+
+
+class AveEncoder(nn.Module):
+    """CORE-ave: the mean of the session's item embeddings."""
+
+    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = mean_weights(items != PAD)
+        return weighted_sum(alpha, x), alpha
+
+
+class TrmEncoder(nn.Module):
+    """CORE-trm: alpha = softmax(w^T f_i + b) over the last transformer layer's outputs."""
+
+    def __init__(self, transformer: Transformer) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.scorer = nn.Linear(transformer.d, 1)
+        self.apply(init_weights)
+
+    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        outputs, packed = self.transformer(x, items != PAD)
+        alpha = packed.softmax(self.scorer(outputs[-1]))
+        return weighted_sum(alpha, x), alpha
+
+
+class DualAttentionEncoder(nn.Module):
+    """CORE-DA: global and recent-intent attention, each an MLP (2d -> d -> 1) on [f_i; f_last],
+    fused by a softmax gate (MLP 2d -> d -> 2 on [h^g; h^r]), plus the CORE-ave residual.
+
+    Ablations: ``gating=False`` fixes the gate to (1/2, 1/2); ``recent=False`` keeps the global
+    branch only; ``residual=False`` drops the mean. ``scorer="linear"`` scores w^T f_i instead of
+    the MLPs: with all three switches off this is exactly CORE-trm.
+    """
+
+    def __init__(
+        self,
+        transformer: Transformer,
+        *,
+        gating: bool = True,
+        recent: bool = True,
+        residual: bool = True,
+        scorer: str = "mlp",
+    ) -> None:
+        super().__init__()
+        if scorer not in ("mlp", "linear"):
+            raise ValueError(f"unknown scorer {scorer!r}; expected 'mlp' or 'linear'")
+        self.transformer = transformer
+        d = transformer.d
+        self.with_last = scorer == "mlp"
+
+        def make_scorer() -> nn.Module:
+            return mlp(2 * d, d, 1) if self.with_last else nn.Linear(d, 1)
+
+        self.global_scorer = make_scorer()
+        self.recent_scorer = make_scorer() if recent else None
+        self.gate = mlp(2 * d, d, 2) if gating and recent else None
+        self.residual = residual
+        self.apply(init_weights)
+
+    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        real = items != PAD
+        outputs, packed = self.transformer(x, real)
+        f = outputs[-1]
+        if self.with_last:
+            f = torch.cat([f, f[packed.last][packed.row]], dim=1)
+        alpha = packed.softmax(self.global_scorer(f))
+        if self.recent_scorer is not None:
+            alpha_recent = packed.softmax(self.recent_scorer(f))
+            if self.gate is None:
+                alpha = (alpha + alpha_recent) / 2
+            else:
+                branches = torch.cat([weighted_sum(alpha, x), weighted_sum(alpha_recent, x)], 1)
+                g = torch.softmax(self.gate(branches).float(), dim=1)
+                alpha = g[:, :1] * alpha + g[:, 1:] * alpha_recent
+        if self.residual:
+            alpha = alpha + mean_weights(real)
+        return weighted_sum(alpha, x), alpha
+
+
+class EnhancedEncoder(nn.Module):
+    """CORE-trm-enhanced: attention over F = sum_l softmax(omega)_l F^(l) (omega init ones), and
+    h = gamma h_trm + (1 - gamma) h_ave with gamma = sigmoid(MLP([h_trm; h_ave])).
+
+    Ablations: ``multilayer=False`` uses the last layer only; ``gate=False`` fixes gamma = 1/2.
+    """
+
+    def __init__(
+        self, transformer: Transformer, *, multilayer: bool = True, gate: bool = True
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        d = transformer.d
+        self.scorer = nn.Linear(d, 1)
+        self.gate = mlp(2 * d, d, 1) if gate else None
+        self.apply(init_weights)
+        n_layers = len(transformer.layers)
+        self.layer_logits = nn.Parameter(torch.ones(n_layers)) if multilayer else None
+
+    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        real = items != PAD
+        outputs, packed = self.transformer(x, real)
+        if self.layer_logits is None:
+            f = outputs[-1]
+        else:
+            weights = torch.softmax(self.layer_logits, dim=0)
+            f = sum(w * layer for w, layer in zip(weights, outputs, strict=True))
+        alpha_trm = packed.softmax(self.scorer(f))
+        alpha_ave = mean_weights(real)
+        if self.gate is None:
+            gamma = 0.5
+        else:
+            branches = torch.cat([weighted_sum(alpha_trm, x), weighted_sum(alpha_ave, x)], 1)
+            gamma = torch.sigmoid(self.gate(branches).float())
+        alpha = gamma * alpha_trm + (1 - gamma) * alpha_ave
+        return weighted_sum(alpha, x), alpha

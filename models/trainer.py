@@ -1,0 +1,261 @@
+"""Training loop of the CORE protocol: Adam, full-catalog softmax, validation every epoch,
+best checkpoint by valid MRR@20, early stopping, exact resume, test scored only on request."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data.dataset import SessionDataset, Split
+from models.encoders import PAD
+from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
+from models.registry import build_model, resolve_config
+
+SELECTION_METRIC = "mrr_20"
+# Keys that only say how long to train: a checkpoint may be resumed with other values.
+RUN_LENGTH_KEYS = frozenset({"epochs", "patience"})
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (the trial is diverging)."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Rows:
+    """One split as tensors on the device, served in batches trimmed to the batch's longest
+    prefix (right padding makes the trimmed batch exact and the transformer cheaper)."""
+
+    def __init__(self, split: Split, max_seq_length: int, device: torch.device) -> None:
+        prefixes, lengths = _keep_last(split.prefixes, split.lengths, max_seq_length)
+        self.prefixes = torch.from_numpy(prefixes).to(device)
+        self.lengths = torch.from_numpy(lengths).to(device)
+        self.targets = torch.from_numpy(split.targets).to(device)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+        width = int(self.lengths[rows].max())
+        return self.prefixes[rows, :width].long(), self.targets[rows]
+
+
+def _keep_last(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, ...]:
+    """Right-padded prefixes cut to their last ``max_len`` items (no copy when they fit)."""
+    if prefixes.shape[1] <= max_len:
+        return prefixes, lengths
+    kept = np.minimum(lengths, max_len)
+    columns = (lengths - kept)[:, None] + np.arange(max_len)
+    cut = np.take_along_axis(prefixes, np.minimum(columns, prefixes.shape[1] - 1), axis=1)
+    cut[np.arange(max_len) >= kept[:, None]] = PAD
+    return cut, kept
+
+
+class Trainer:
+    """Trains one configuration on one dataset (see the contract for the API).
+
+    Seeds torch's global RNG (model init, dropout) and a numpy generator (shuffling) from
+    ``config["seed"]``; both are checkpointed, so a resumed run continues bit-identically.
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        dataset: SessionDataset,
+        device: str | torch.device | None = None,
+        callback: Callable[[dict], None] | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self.config = resolve_config(config)
+        self.dataset = dataset
+        self.device = torch.device(device) if device is not None else default_device()
+        self.callback = callback
+        torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
+        torch.manual_seed(self.config["seed"])
+        self.rng = np.random.default_rng(self.config["seed"])
+        self.model = build_model(self.config, dataset.n_items).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.config["lr"], weight_decay=self.config["weight_decay"]
+        )
+        self.epoch = 0
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self._rows: dict[str, _Rows] = {}
+
+    # -- training ---------------------------------------------------------------------------
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.config["patience"] or self.epoch >= self.config["epochs"]
+
+    def fit(self) -> dict:
+        """Runs epochs until early stopping or the epoch cap; returns the best epoch's metrics."""
+        while not self.should_stop:
+            self.run_epoch()
+        return self.best_metrics
+
+    @property
+    def best_metrics(self) -> dict:
+        if not self.best_epoch:
+            raise RuntimeError("no epoch has been trained yet")
+        return self.history[self.best_epoch - 1]
+
+    def run_epoch(self) -> dict:
+        """Trains one epoch, validates, updates the best checkpoint and patience."""
+        start = time.perf_counter()
+        train_loss = self._train_epoch()
+        train_time = time.perf_counter() - start
+        valid = self.evaluate("valid", use_best=False)
+        self.epoch += 1
+        best_so_far = self.best_metrics[f"valid_{SELECTION_METRIC}"] if self.best_epoch else None
+        if best_so_far is None or valid[SELECTION_METRIC] > best_so_far:
+            self.best_epoch, self.bad_epochs = self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "epoch_time": time.perf_counter() - start,
+            "train_time": train_time,
+            **{f"valid_{name}": value for name, value in valid.items()},
+        }
+        best_valid = metrics if self.best_epoch == self.epoch else self.best_metrics
+        metrics["best_valid_mrr_20"] = best_valid[f"valid_{SELECTION_METRIC}"]
+        metrics["best_epoch"] = self.best_epoch
+        self.history.append(metrics)
+        if self.callback is not None:
+            self.callback(metrics)
+        return metrics
+
+    def _train_epoch(self) -> float:
+        rows = self._split_rows("train")
+        order = torch.from_numpy(self.rng.permutation(len(rows))).to(self.device)
+        size = self.config["batch_size"]
+        n_batches = -(-len(rows) // size)
+        bf16 = self.config["precision"] == "bf16"
+        self.model.train()
+        total = 0.0
+        for batch in range(n_batches):
+            items, targets = rows.batch(order[batch * size : (batch + 1) * size])
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = self.model(items, targets)
+            value = loss.item()
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}"
+                    f"/{n_batches}; config: {self.config}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += value * len(targets)
+        return total / len(rows)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, split: str = "valid", use_best: bool = True) -> dict:
+        """Metrics (unprefixed names) of ``split``; "test" raises when the dataset withholds it."""
+        return self.evaluate_detailed(split, use_best)[0]
+
+    def evaluate_detailed(
+        self, split: str = "valid", use_best: bool = True
+    ) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Metrics, per-row target ranks (int64 [n_rows]) and top-20 item ids (int32
+        [n_rows, 20]) of ``split``, with the best checkpoint (if any) or the current weights."""
+        rows = self._split_rows(split)
+        size = self.config["eval_batch_size"]
+        ranks, tops = [], []
+        with self._weights(self.best_state if use_best else None), torch.inference_mode():
+            self.model.eval()
+            catalog = self.model.catalog()
+            for start in range(0, len(rows), size):
+                items, targets = rows.batch(slice(start, start + size))
+                scores = self.model.predict(items, catalog)
+                rank, top = rank_and_top_(scores, targets, TOP_K)
+                ranks.append(rank)
+                tops.append(top.int())
+        ranks = torch.cat(ranks).cpu().numpy()
+        return metrics_from_ranks(ranks), ranks, torch.cat(tops).cpu().numpy()
+
+    @contextmanager
+    def _weights(self, state: dict | None) -> Iterator[None]:
+        """Temporarily swaps ``state`` into the model (None: keep the current weights)."""
+        if state is None:
+            yield
+            return
+        current = copy.deepcopy(self.model.state_dict())
+        self.model.load_state_dict(state)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(current)
+
+    def _split_rows(self, split: str) -> _Rows:
+        if split not in self._rows:
+            data = self.dataset.split(split)
+            self._rows[split] = _Rows(data, self.config["max_seq_length"], self.device)
+        return self._rows[split]
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """A snapshot (copied tensors) of everything needed to resume exactly."""
+        rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return copy.deepcopy(
+            {
+                "config": self.config,
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best_epoch": self.best_epoch,
+                "best_state": self.best_state,
+                "bad_epochs": self.bad_epochs,
+                "history": self.history,
+                "rng": rng,
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        differing = sorted(
+            key
+            for key in set(state["config"]) | set(self.config)
+            if key not in RUN_LENGTH_KEYS and state["config"].get(key) != self.config.get(key)
+        )
+        if differing:
+            raise ValueError(f"checkpoint was trained with a different config: keys {differing}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.bad_epochs = state["bad_epochs"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Atomic write (temporary file then rename), so a killed trial leaves a valid file."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.state_dict(), partial)
+        os.replace(partial, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -1,0 +1,195 @@
+"""End to end: launch.py runs a real search (local Ray, SQLite MLflow store) on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import launch
+from hpo.tracking import LOGGED_PREFIXES, PARENT_TAG, TRIAL_TAG
+TINY = "tiny"  # written by the tiny_data_dir fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+NUM_SAMPLES = 6
+
+
+def space_file(tmp_path: Path) -> Path:
+    """hn with a temperature choice of 0, which makes training fail: a trial that must fail."""
+    raw = yaml.safe_load((ROOT / "search_spaces" / "hn.yaml").read_text())
+    raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
+    raw["parameters"]["temperature"] = {"type": "categorical", "choices": [0.07, 0.1, 0.0]}
+    path = tmp_path / "hn_test.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def child_runs(client: MlflowClient, parent):
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+    )
+
+
+def parent_runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'search'")
+    return [r for r in runs if PARENT_TAG not in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_data_dir, ray_local):
+    tmp = tmp_path_factory.mktemp("search")
+    out = tmp / "outputs"
+    rc = launch.main([
+        "--space", str(space_file(tmp)), "--dataset", TINY, "--data-dir", str(tiny_data_dir),
+        "--num-samples", str(NUM_SAMPLES), "--max-epochs", "4", "--grace-period", "1",
+        "--reduction-factor", "2", "--max-concurrent", "1", "--seed", "3",
+        "--output-dir", str(out),
+    ])
+    assert rc == 0
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [parent] = parent_runs(client, f"{TINY}/hn_test")
+    return client, parent, out
+
+
+def test_one_child_run_per_trial_nested_under_the_parent(finished_search):
+    client, parent, _ = finished_search
+    children = child_runs(client, parent)
+    assert len(children) == NUM_SAMPLES
+    assert len({c.data.tags[TRIAL_TAG] for c in children}) == NUM_SAMPLES
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["seed"] == "3"
+    assert parent.data.params["budget.num_samples"] == str(NUM_SAMPLES)
+    assert "launch.py" in parent.data.params["command_line"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "best_config.json", "optimization_history.png", "search_space"} <= artifacts
+
+
+def test_every_trial_has_its_params_statuses_and_epoch_histories(finished_search):
+    client, parent, _ = finished_search
+    outcomes = []
+    for run in child_runs(client, parent):
+        tags, params = run.data.tags, run.data.params
+        outcomes.append(tags["outcome"])
+        assert {"temperature", "lr", "hn_k", "hn_lambda", "model", "epochs"} <= set(params)
+        assert all(key.startswith(LOGGED_PREFIXES) for key in run.data.metrics), run.data.metrics
+        epochs = int(tags["epochs_trained"])
+        if tags["outcome"] == "failed":
+            assert run.info.status == "FAILED"
+            assert tags["status"] == "failed" and tags["error"]
+            assert float(params["temperature"]) == 0.0
+            continue
+        assert run.info.status == "FINISHED"
+        for key in ("train_loss", "valid_mrr_20", "valid_recall_10", "valid_ndcg_20",
+                    "epoch_time"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+        if tags["outcome"] == "stopped":
+            assert tags["status"] == f"stopped by ASHA at epoch {epochs}"
+            assert epochs < 4
+        else:
+            assert tags["status"] == "completed"
+    assert "stopped" in outcomes and "completed" in outcomes and "failed" in outcomes
+
+
+def test_results_table_and_best_config(finished_search):
+    client, parent, _ = finished_search
+    search_dir = Path(parent.data.tags["search_dir"])
+    table = pd.read_csv(search_dir / "trials.csv")
+    assert len(table) == NUM_SAMPLES
+    scored = table[table["outcome"] != "failed"]
+    assert scored["best_valid_mrr_20"].is_monotonic_decreasing
+    assert table["outcome"].iloc[-1] == "failed"
+    best = json.loads((search_dir / "best_config.json").read_text())
+    assert best["trial_id"] == scored["trial_id"].iloc[0]
+    assert best["config"]["model"] == "hn"
+    assert best["config"]["temperature"] > 0
+
+
+def test_dry_run_prints_plan_without_running(tmp_path, tiny_data_dir, capsys):
+    rc = launch.main(["--space", "enhanced.yaml", "--dataset", TINY, "--data-dir",
+                      str(tiny_data_dir), "--output-dir", str(tmp_path), "--dry-run"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "beta" in printed and "if {'enh_inbatch': (True,)}" in printed
+    assert "8 trials" not in printed and "20 trials x <= 30 epochs" in printed
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_inputs_fail_before_anything_runs(tmp_path, tiny_data_dir, capsys):
+    common = ["--dataset", TINY, "--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path)]
+    assert launch.main(["--space", "nope.yaml", *common]) == 2
+    assert "search space 'nope.yaml' not found" in capsys.readouterr().err
+    assert launch.main(["--space", "trm.yaml", "--mlflow-uri", "http://127.0.0.1:9", *common]) == 2
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+    assert launch.main(["--space", "trm.yaml", "--dataset", "retailrocket", "--data-dir",
+                        str(tmp_path / "none"), "--output-dir", str(tmp_path)]) == 2
+    assert "retailrocket" in capsys.readouterr().err
+    assert not (tmp_path / TINY).exists()
+
+
+@pytest.mark.slow
+def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
+    """SIGKILL the driver mid-search; --resume finishes it with exactly one run per trial."""
+    out = tmp_path / "outputs"
+    raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
+    raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
+    space = tmp_path / "trm_resume.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = [sys.executable, str(ROOT / "launch.py"), "--space", str(space), "--dataset", TINY,
+            "--data-dir", str(tiny_data_dir), "--num-samples", "4", "--max-epochs", "4",
+            "--grace-period", "4", "--max-concurrent", "1", "--output-dir", str(out)]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if _second_trial_has_started(client):
+                break
+            time.sleep(0.5)  # polling interval while waiting for a condition, not a timing guess
+        assert driver.poll() is None, "the search ended before it could be interrupted"
+        assert _second_trial_has_started(client), "no second trial within the deadline"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    [parent] = parent_runs(client, f"{TINY}/trm_resume")
+    before = {r.data.tags[TRIAL_TAG]: r for r in child_runs(client, parent)}
+    finished_before = {t for t, r in before.items() if r.info.status == "FINISHED"}
+    assert finished_before, "the first trial should have finished before the kill"
+
+    resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, timeout=400,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [parent_after] = parent_runs(client, f"{TINY}/trm_resume")
+    assert parent_after.info.run_id == parent.info.run_id
+    after = child_runs(client, parent)
+    assert len(after) == 4
+    assert len({r.data.tags[TRIAL_TAG] for r in after}) == 4
+    for run in after:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, 5)), steps
+        if run.data.tags[TRIAL_TAG] in finished_before:  # not re-run: nothing logged after
+            assert run.info.end_time == before[run.data.tags[TRIAL_TAG]].info.end_time
+
+
+def _second_trial_has_started(client: MlflowClient) -> bool:
+    experiment = client.get_experiment_by_name(f"{TINY}/trm_resume")
+    if experiment is None:
+        return False
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'search'")
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    return len(children) >= 2 and any(
+        r.info.status == "RUNNING" and "train_loss" in r.data.metrics for r in children
+    )
