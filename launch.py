@@ -12,7 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from hpo.search import Resources, SearchPlan, latest_search_dir, new_search_dir, run_search
+from hpo.cluster import Resources
+from hpo.search import SearchPlan, latest_search_dir, new_search_dir, run_search
 from hpo.space import METRICS, SpaceError, load_space, validate_budget
 from hpo.tracking import TrackingUnavailableError, resolve_tracking_uri
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_plans(args: argparse.Namespace, argv: list[str]) -> list[SearchPlan]:
+def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
     """Validate everything that can be validated without starting Ray."""
     output_dir = args.output_dir.resolve()
     tracking_uri = resolve_tracking_uri(args.mlflow_uri, output_dir)
@@ -95,11 +96,11 @@ def make_plans(args: argparse.Namespace, argv: list[str]) -> list[SearchPlan]:
                 data_dir=args.data_dir,
                 budget=budget,
                 seed=args.seed,
-                resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent),
+                resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
+                                    args.address),
                 output_dir=output_dir,
                 tracking_uri=tracking_uri,
-                address=args.address,
-                command_line=shlex.join([sys.executable, *argv]),
+                command_line=command_line,
                 search_dir=search_dir,
             )
         )
@@ -107,12 +108,12 @@ def make_plans(args: argparse.Namespace, argv: list[str]) -> list[SearchPlan]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv if argv is None else [sys.argv[0], *argv]
-    args = build_parser().parse_args(argv[1:])
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        plans = make_plans(args, argv)
+        plans = make_plans(args, shlex.join(["python", "launch.py", *argv]))
         if args.dry_run:
             for plan in plans:
                 print(plan.describe(), end="\n\n")

@@ -36,7 +36,10 @@ class Split:
 
     @classmethod
     def from_rows(
-        cls, prefixes: Sequence[Sequence[int]], targets: Sequence[int], max_len: int = MAX_SEQ_LENGTH
+        cls,
+        prefixes: Sequence[Sequence[int]],
+        targets: Sequence[int],
+        max_len: int = MAX_SEQ_LENGTH,
     ) -> Split:
         """Build a split from Python lists; prefixes longer than max_len keep their last items."""
         n = len(targets)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import ray
 from mlflow.entities import RunTag
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from data import load_dataset
+from hpo.cluster import Resources, init_ray
 from hpo.results import plot_history, results_table
 from hpo.searcher import PruningAwareOptunaSearch
 from hpo.space import Budget, ConfigSampler, SearchSpace
@@ -39,13 +39,6 @@ STATE_FILE = "search.json"
 
 
 @dataclass(frozen=True)
-class Resources:
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 0  # 0: as many as the cluster fits
-
-
-@dataclass(frozen=True)
 class SearchPlan:
     """Everything a search needs, fixed before any work starts (and printed by --dry-run)."""
 
@@ -57,7 +50,6 @@ class SearchPlan:
     resources: Resources
     output_dir: Path
     tracking_uri: str
-    address: str | None = None
     command_line: str = ""
     search_dir: Path = field(default=None)  # type: ignore[assignment]
 
@@ -80,7 +72,7 @@ class SearchPlan:
             f"seed        {self.seed} (TPE sampler and every trial's training)",
             f"resources   {r.cpus_per_trial} CPU + {r.gpus_per_trial} GPU per trial, "
             f"max concurrent {r.max_concurrent or 'unlimited'}",
-            f"ray         {self.address or 'local instance'}",
+            f"ray         {r.address or 'local instance (or the Ray job cluster)'}",
             f"mlflow      {self.tracking_uri} (experiment {self.experiment_name!r})",
             f"output      {self.search_dir}",
             "fixed       " + (json.dumps(self.space.fixed) if self.space.fixed else "-"),
@@ -127,14 +119,12 @@ def run_search(plan: SearchPlan, resume: bool = False) -> pd.DataFrame:
         parent_run_id = _start_parent_run(client, plan)
         state_path.write_text(json.dumps({"parent_run_id": parent_run_id, **_plan_record(plan)}))
 
-    _init_ray(plan.address)
+    init_ray(plan.resources.address)
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial,
-            dataset=dataset,
-            num_threads=max(1, int(plan.resources.cpus_per_trial)),
+            train_trial, dataset=dataset, num_threads=plan.resources.torch_threads
         ),
-        {"cpu": plan.resources.cpus_per_trial, "gpu": plan.resources.gpus_per_trial},
+        plan.resources.per_trial(),
     )
     trials_path = plan.search_dir / TRIALS_DIR
     if resume and tune.Tuner.can_restore(str(trials_path)):
@@ -189,15 +179,6 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.
             verbose=1,
         ),
     )
-
-
-def _init_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-    else:  # a local instance, or the cluster of the Ray job this driver runs in
-        ray.init(include_dashboard=False, configure_logging=False)
 
 
 def _plan_record(plan: SearchPlan) -> dict:

@@ -11,6 +11,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
 LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_")
+TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
 
 
@@ -87,27 +89,46 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in sorted(params.items())])
 
 
-def metric_batch(result: dict[str, Any], step: int, timestamp_ms: int) -> list[Metric]:
+def metric_batch(
+    result: dict[str, Any], step: int, timestamp_ms: int, prefixes: tuple[str, ...]
+) -> list[Metric]:
     """The per-epoch learning curves, without Tune's bookkeeping (pid, timestamp, config/...)."""
     return [
         Metric(key, float(value), timestamp_ms, step)
         for key, value in sorted(result.items())
-        if key.startswith(LOGGED_PREFIXES) and isinstance(value, int | float)
+        if key.startswith(prefixes) and isinstance(value, int | float)
     ]
+
+
+def config_as_params(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Default trial description: the whole config as params, no extra tags."""
+    return config, {}
 
 
 class MLflowTrialLogger(Callback):
     """One nested MLflow run per Tune trial, written from the driver.
 
-    On a resumed search the trial's existing run is found by its trial-id tag and continued; epochs
-    it already holds are not logged again, so a restore never duplicates runs or points.
+    On a resumed search the trial's existing run is found by its trial-id tag and continued;
+    results it already holds are not logged again, so a restore never duplicates runs or points.
+    ``describe`` (a module-level function, so the callback pickles) turns a trial's config into
+    the run's params and extra tags.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        tags: dict,
+        describe: Callable[[dict], tuple[dict, dict]] = config_as_params,
+        metric_prefixes: tuple[str, ...] = LOGGED_PREFIXES,
+    ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = dict(tags)
+        self.describe = describe
+        self.metric_prefixes = metric_prefixes
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._client: MlflowClient | None = None
@@ -144,9 +165,11 @@ class MLflowTrialLogger(Callback):
             self._last_step[trial.trial_id] = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {**self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id}
+        params, extra_tags = self.describe(trial.config)
+        tags = {**self.tags, **{k: str(v) for k, v in extra_tags.items()},
+                PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id}
         run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
-        log_params(self.client, run.info.run_id, trial.config)
+        log_params(self.client, run.info.run_id, params)
         self._last_step[trial.trial_id] = 0
         return run.info.run_id
 
@@ -154,11 +177,13 @@ class MLflowTrialLogger(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
         run_id = self.run_id(trial)
+        step = int(result["epoch"])  # one report per epoch
         if step <= self._last_step.get(trial.trial_id, 0):
             return
-        self.client.log_batch(run_id, metrics=metric_batch(result, step, int(time.time() * 1000)))
+        now_ms = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=metric_batch(result, step, now_ms,
+                                                           self.metric_prefixes))
         self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):

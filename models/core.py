@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.encoders import PAD
+from models.encoders import PAD, Packed
 from models.losses import catalog_loss, in_batch_session_loss, info_nce, mask_items
 
 
@@ -55,8 +55,9 @@ class CORE(nn.Module):
 
     def encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised session vectors h_s [B, d] (fp32) and the encoder's weights alpha [B, L]."""
-        x = F.dropout(F.embedding(items, self.item_embedding), self.sess_dropout, self.training)
-        h, alpha = self.encoder(items, x)
+        packed = Packed(items)
+        x = F.embedding(packed.pack(items), self.item_embedding)
+        h, alpha = self.encoder(packed, F.dropout(x, self.sess_dropout, self.training))
         return F.normalize(h.float(), dim=-1), alpha
 
     def forward(self, items: Tensor, targets: Tensor) -> Tensor:

@@ -1,10 +1,14 @@
 """Representation-consistent session encoders (CORE-ave, CORE-trm, dual attention, enhanced).
 
-Every encoder maps a batch of right-padded item ids ``items`` [B, L] (0 = padding) and their
-session-dropped-out embeddings ``x`` [B, L, d] to attention weights ``alpha`` [B, L] and returns
-``(h, alpha)`` with ``h = sum_i alpha_i x_i``: the session vector is a linear combination of the
-session's item embeddings by construction (CORE's consistency principle), and padded positions
-always get ``alpha = 0``. Normalisation of ``h`` is the model's job (``models.core``).
+A batch of item ids [B, L] (0 = padding) is handled as ``Packed`` real tokens: every encoder
+maps the session-dropped-out embeddings of the real tokens ``x`` [T, d] to attention weights
+``alpha`` [B, L] over positions and returns ``(h, alpha)`` with ``h_b = sum_i alpha_bi x_bi``:
+the session vector is a linear combination of the session's item embeddings by construction
+(CORE's consistency principle), and padded positions always get ``alpha = 0``. Normalising
+``h`` is the model's job (``models.core``).
+
+Working on real tokens only is exact (a real query only ever sees real keys, and padded
+positions carry zero weight) and much cheaper: tmall prefixes fill ~8 of 50 positions.
 """
 
 from __future__ import annotations
@@ -21,15 +25,6 @@ INIT_STD = 0.02
 MASKED = -10_000.0
 
 
-def weighted_sum(alpha: Tensor, x: Tensor) -> Tensor:
-    """sum_i alpha[b, i] * x[b, i]: the only way any encoder forms its session vector."""
-    return torch.bmm(alpha.unsqueeze(1), x).squeeze(1)
-
-
-def mean_weights(real: Tensor) -> Tensor:
-    """CORE-ave weights: uniform over the real (non-pad) positions."""
-    weights = real.float()
-    return weights / weights.sum(dim=1, keepdim=True)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -49,32 +44,40 @@ def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 
 
 class Packed:
-    """The real positions of a padded batch, flattened to [T, ...].
+    """The real (non-pad) positions of a batch of item ids [B, L], flattened to tokens [T]."""
 
-    The transformer's dense layers run on real tokens only (tmall prefixes fill ~8 of 50
-    positions). This is exact: a real query only ever sees real keys, so what a padded position
-    would hold never reaches a real position's output.
-    """
-
-    def __init__(self, real: Tensor) -> None:
-        self.shape = real.shape
-        self.index = real.flatten().nonzero().squeeze(1)
-        self.row = self.index // real.shape[1]
-        self.position = self.index % real.shape[1]
-        # Packed index of each row's last real token (position lengths - 1 for right padding).
-        self.last = real.sum(dim=1).cumsum(dim=0) - 1
+    def __init__(self, items: Tensor) -> None:
+        self.real = items != PAD
+        self.shape = items.shape
+        self.index = self.real.flatten().nonzero().squeeze(1)
+        self.row = self.index // items.shape[1]
+        self.position = self.index % items.shape[1]
+        # Token index of each row's last real item (position lengths - 1 for right padding).
+        self.last = self.real.sum(dim=1).cumsum(dim=0) - 1
 
     def pack(self, x: Tensor) -> Tensor:
+        """[B, L, ...] -> [T, ...]."""
         return x.flatten(0, 1).index_select(0, self.index)
 
     def unpack(self, tokens: Tensor, fill: float) -> Tensor:
+        """[T, ...] -> [B, L, ...], padded positions set to ``fill``."""
         batch, length = self.shape
         full = tokens.new_full((batch * length, *tokens.shape[1:]), fill)
         return full.index_copy(0, self.index, tokens).view(batch, length, *tokens.shape[1:])
 
     def softmax(self, scores: Tensor) -> Tensor:
-        """Per-token scores [T, 1] -> attention over positions [B, L] in fp32, padding -inf."""
+        """Token scores [T, 1] -> attention over positions [B, L] in fp32 (padding -inf)."""
         return torch.softmax(self.unpack(scores.squeeze(1).float(), float("-inf")), dim=1)
+
+    def mean_weights(self) -> Tensor:
+        """CORE-ave weights: uniform over each row's real positions."""
+        weights = self.real.float()
+        return weights / weights.sum(dim=1, keepdim=True)
+
+    def weighted_sum(self, alpha: Tensor, x: Tensor) -> Tensor:
+        """h_b = sum_i alpha[b, i] x_bi: the only way any encoder forms a session vector."""
+        weighted = self.pack(alpha).unsqueeze(1) * x
+        return weighted.new_zeros(self.shape[0], x.shape[1]).index_add_(0, self.row, weighted)
 
 
 class TransformerLayer(nn.Module):
@@ -116,7 +119,7 @@ class TransformerLayer(nn.Module):
 
 class Transformer(nn.Module):
     """u_i = Dropout(LayerNorm(x_i + P_i)) through post-LN layers; key k is visible to query j
-    only when k <= j and item k is not padding. Returns every layer's (packed) outputs."""
+    only when k <= j and item k is not padding. Returns every layer's outputs [T, d]."""
 
     def __init__(
         self,
@@ -138,26 +141,25 @@ class Transformer(nn.Module):
             for _ in range(n_layers)
         )
 
-    def forward(self, x: Tensor, real: Tensor) -> tuple[list[Tensor], Packed]:
-        length = real.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
-        visible = causal & real[:, None, None, :]
+    def forward(self, packed: Packed, x: Tensor) -> list[Tensor]:
+        length = packed.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        visible = causal & packed.real[:, None, None, :]
         bias = torch.zeros(visible.shape, device=x.device).masked_fill_(~visible, MASKED)
-        packed = Packed(real)
-        tokens = self.dropout(self.norm(packed.pack(x) + self.position(packed.position)))
+        tokens = self.dropout(self.norm(x + self.position(packed.position)))
         outputs = []
         for layer in self.layers:
             tokens = layer(tokens, packed, bias)
             outputs.append(tokens)
-        return outputs, packed
+        return outputs
 
 
 class AveEncoder(nn.Module):
     """CORE-ave: the mean of the session's item embeddings."""
 
-    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        alpha = mean_weights(items != PAD)
-        return weighted_sum(alpha, x), alpha
+    def forward(self, packed: Packed, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = packed.mean_weights()
+        return packed.weighted_sum(alpha, x), alpha
 
 
 class TrmEncoder(nn.Module):
@@ -169,10 +171,9 @@ class TrmEncoder(nn.Module):
         self.scorer = nn.Linear(transformer.d, 1)
         self.apply(init_weights)
 
-    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        outputs, packed = self.transformer(x, items != PAD)
-        alpha = packed.softmax(self.scorer(outputs[-1]))
-        return weighted_sum(alpha, x), alpha
+    def forward(self, packed: Packed, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = packed.softmax(self.scorer(self.transformer(packed, x)[-1]))
+        return packed.weighted_sum(alpha, x), alpha
 
 
 class DualAttentionEncoder(nn.Module):
@@ -209,10 +210,8 @@ class DualAttentionEncoder(nn.Module):
         self.residual = residual
         self.apply(init_weights)
 
-    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        real = items != PAD
-        outputs, packed = self.transformer(x, real)
-        f = outputs[-1]
+    def forward(self, packed: Packed, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.transformer(packed, x)[-1]
         if self.with_last:
             f = torch.cat([f, f[packed.last][packed.row]], dim=1)
         alpha = packed.softmax(self.global_scorer(f))
@@ -221,12 +220,14 @@ class DualAttentionEncoder(nn.Module):
             if self.gate is None:
                 alpha = (alpha + alpha_recent) / 2
             else:
-                branches = torch.cat([weighted_sum(alpha, x), weighted_sum(alpha_recent, x)], 1)
+                branches = torch.cat(
+                    [packed.weighted_sum(alpha, x), packed.weighted_sum(alpha_recent, x)], dim=1
+                )
                 g = torch.softmax(self.gate(branches).float(), dim=1)
                 alpha = g[:, :1] * alpha + g[:, 1:] * alpha_recent
         if self.residual:
-            alpha = alpha + mean_weights(real)
-        return weighted_sum(alpha, x), alpha
+            alpha = alpha + packed.mean_weights()
+        return packed.weighted_sum(alpha, x), alpha
 
 
 class EnhancedEncoder(nn.Module):
@@ -248,20 +249,21 @@ class EnhancedEncoder(nn.Module):
         n_layers = len(transformer.layers)
         self.layer_logits = nn.Parameter(torch.ones(n_layers)) if multilayer else None
 
-    def forward(self, items: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        real = items != PAD
-        outputs, packed = self.transformer(x, real)
+    def forward(self, packed: Packed, x: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = self.transformer(packed, x)
         if self.layer_logits is None:
             f = outputs[-1]
         else:
             weights = torch.softmax(self.layer_logits, dim=0)
             f = sum(w * layer for w, layer in zip(weights, outputs, strict=True))
         alpha_trm = packed.softmax(self.scorer(f))
-        alpha_ave = mean_weights(real)
+        alpha_ave = packed.mean_weights()
         if self.gate is None:
             gamma = 0.5
         else:
-            branches = torch.cat([weighted_sum(alpha_trm, x), weighted_sum(alpha_ave, x)], 1)
+            branches = torch.cat(
+                [packed.weighted_sum(alpha_trm, x), packed.weighted_sum(alpha_ave, x)], dim=1
+            )
             gamma = torch.sigmoid(self.gate(branches).float())
         alpha = gamma * alpha_trm + (1 - gamma) * alpha_ave
-        return weighted_sum(alpha, x), alpha
+        return packed.weighted_sum(alpha, x), alpha

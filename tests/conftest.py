@@ -11,7 +11,7 @@ TINY = "tiny"
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
-    """A data dir holding `tiny/tiny.{train,valid,test}.inter`, written by the synthetic generator."""
+    """A data dir with `tiny/tiny.{train,valid,test}.inter`, written by the synthetic generator."""
     from data.synthetic import write_atomic
 
     root = tmp_path_factory.mktemp("datasets")

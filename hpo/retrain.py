@@ -1,0 +1,182 @@
+"""The test stage: retrain each selected configuration over several seeds, score test once, report.
+
+Runs as one Ray Tune experiment (a grid over variant x seed, no scheduler), so seeds train in
+parallel with the same resource options as a search, and every seed is an MLflow child run of a
+"test" parent run that holds the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import RunTag
+from ray import tune
+
+from data import SessionDataset, load_dataset
+from hpo.cluster import Resources, init_ray
+from hpo.report import write_report
+from hpo.selection import Selection
+from hpo.stats import METRICS
+from hpo.tracking import (
+    TEST_PREFIXES,
+    MLflowTrialLogger,
+    check_tracking,
+    default_artifact_location,
+    get_or_create_experiment,
+    log_params,
+)
+from hpo.trainable import TEST_ROWS_FILE, retrain_trial
+
+log = logging.getLogger(__name__)
+
+JOB_TAGS = ("variant", "space", "seed", "selected_from")
+
+
+class TestStageError(RuntimeError):
+    """Some seed runs failed, so no paired statistics can be computed."""
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    dataset: str
+    data_dir: Path | None
+    selections: tuple[Selection, ...]
+    seeds: tuple[int, ...]
+    baseline: str
+    output_dir: Path
+    tracking_uri: str
+    resources: Resources = Resources()
+    command_line: str = ""
+
+    @property
+    def experiment_name(self) -> str:
+        return f"{self.dataset}/test"
+
+
+def describe_job(config: dict) -> tuple[dict, dict]:
+    """MLflow params and tags of a seed run: the retrained config; variant, seed, provenance."""
+    job = config["job"]
+    return job["config"], {key: job[key] for key in JOB_TAGS}
+
+
+def run_test_stage(plan: TestPlan) -> dict[str, Path]:
+    """Retrain, score test, write the report; returns the report files."""
+    client = check_tracking(plan.tracking_uri)
+    dataset = load_dataset(plan.dataset, plan.data_dir)
+    out_dir = plan.output_dir.resolve() / plan.dataset / "test" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True)
+    parent_run_id = _start_parent_run(client, plan, out_dir)
+
+    init_ray(plan.resources.address)
+    jobs = [
+        {
+            "variant": s.space, "space": s.space, "seed": seed, "selected_from": s.trial_run_id,
+            "config": {**s.config, "seed": seed, "epochs": s.max_epochs},
+        }
+        for s in plan.selections
+        for seed in plan.seeds
+    ]
+    trainable = tune.with_resources(
+        tune.with_parameters(retrain_trial, dataset=dataset,
+                             num_threads=plan.resources.torch_threads),
+        plan.resources.per_trial(),
+    )
+    logger = MLflowTrialLogger(
+        plan.tracking_uri,
+        client.get_run(parent_run_id).info.experiment_id,
+        parent_run_id,
+        tags={"stage": "test", "dataset": plan.dataset},
+        describe=describe_job,
+        metric_prefixes=TEST_PREFIXES,
+    )
+    grid = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.max_concurrent or None),
+        run_config=tune.RunConfig(
+            name="seeds",
+            storage_path=str(out_dir),
+            callbacks=[logger],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    ).fit()
+
+    failed = [r for r in grid if r.error is not None]
+    if failed:
+        client.set_terminated(parent_run_id, status="FAILED")
+        raise TestStageError(
+            f"{len(failed)} of {len(jobs)} seed runs failed (first: {failed[0].error}); "
+            f"see {out_dir}"
+        )
+    seed_results, per_row = _collect(grid, plan.dataset)
+    paths = write_report(
+        out_dir,
+        seed_results,
+        baseline=plan.baseline,
+        per_row=per_row,
+        targets_by_dataset={plan.dataset: dataset.test.targets},
+        popularity_by_dataset={plan.dataset: train_popularity(dataset)},
+        n_items_by_dataset={plan.dataset: dataset.n_items},
+    )
+    for path in paths.values():
+        client.log_artifact(parent_run_id, str(path))
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return paths
+
+
+def train_popularity(dataset: SessionDataset) -> np.ndarray:
+    """How often each item is a training target: the head/tail split of the report."""
+    return np.bincount(dataset.train.targets, minlength=dataset.n_items)
+
+
+def _collect(grid, dataset_name: str) -> tuple[pd.DataFrame, dict]:
+    rows, per_row = [], {}
+    for result in grid:
+        job, metrics = result.config["job"], result.metrics
+        rows.append({
+            "dataset": dataset_name, "variant": job["variant"], "seed": job["seed"],
+            "best_epoch": metrics["best_epoch"], "selected_from": job["selected_from"],
+            **{name: metrics[f"test_{name}"] for name in METRICS},
+        })
+        with result.checkpoint.as_directory() as directory:
+            with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
+                entry = (arrays["ranks"], arrays["topk"])
+        per_row.setdefault((dataset_name, job["variant"]), []).append((job["seed"], entry))
+    ordered = {
+        key: [entry for _, entry in sorted(seeds, key=lambda pair: pair[0])]
+        for key, seeds in per_row.items()
+    }
+    frame = pd.DataFrame(rows).sort_values(["variant", "seed"], kind="stable")
+    return frame.reset_index(drop=True), ordered
+
+
+def _start_parent_run(client, plan: TestPlan, out_dir: Path) -> str:
+    experiment_id = get_or_create_experiment(
+        client, plan.experiment_name,
+        default_artifact_location(plan.tracking_uri, plan.output_dir, plan.experiment_name),
+    )
+    run = client.create_run(
+        experiment_id,
+        run_name=f"test-{out_dir.name}",
+        tags={"stage": "test", "dataset": plan.dataset, "output_dir": str(out_dir)},
+    )
+    log_params(client, run.info.run_id, {
+        "variants": ",".join(s.space for s in plan.selections),
+        "seeds": ",".join(map(str, plan.seeds)),
+        "baseline": plan.baseline,
+        "command_line": plan.command_line,
+    })
+    selections = [asdict(s) for s in plan.selections]
+    (out_dir / "selections.json").write_text(json.dumps(selections, indent=2))
+    client.log_artifact(run.info.run_id, str(out_dir / "selections.json"))
+    client.log_batch(run.info.run_id, tags=[
+        RunTag(f"selected_from.{s.space}", s.trial_run_id) for s in plan.selections
+    ])
+    return run.info.run_id

@@ -1,0 +1,1 @@
+"""CORE session-based recommenders in plain PyTorch: encoders, objectives, registry, trainer."""

@@ -1,0 +1,80 @@
+"""Train one CORE variant from the command line, printing one line per epoch.
+
+    python -m models.train --model trm --dataset tmall --data-dir /work/shared/datasets \\
+        --epochs 1 [--precision bf16] [--set key=value ...] [--test] [--save ckpt.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from data import load_dataset
+from models.registry import VARIANTS
+from models.trainer import Trainer
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    """``key=value`` with the value parsed as YAML (numbers, booleans, strings)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _percent(metrics: dict, prefix: str = "") -> str:
+    return " ".join(
+        f"{label} {100 * metrics[prefix + name]:.2f}"
+        for label, name in (("R@20", "recall_20"), ("MRR@20", "mrr_20"), ("NDCG@20", "ndcg_20"))
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Train a CORE variant (spec protocol).")
+    parser.add_argument("--model", required=True, choices=VARIANTS)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: config)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--set", type=_assignment, action="append", default=[], metavar="K=V")
+    parser.add_argument("--test", action="store_true", help="score the test split at the end")
+    parser.add_argument("--save", default=None, help="write the final checkpoint here")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    config = {"model": args.model, **dict(args.set)}
+    for key in ("epochs", "precision", "seed"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if not args.test:
+        dataset = dataset.without_test()
+    print(dataset.summary(), flush=True)
+    trainer = Trainer(config, dataset, num_threads=args.threads)
+    print(f"config: {trainer.config} | device {trainer.device}", flush=True)
+    n_train = len(dataset.train)
+    while not trainer.should_stop:
+        m = trainer.run_epoch()
+        print(
+            f"epoch {m['epoch']:3d} | train {m['train_time']:6.1f} s "
+            f"{n_train / m['train_time']:7,.0f} rows/s loss {m['train_loss']:.4f} | "
+            f"valid {m['epoch_time'] - m['train_time']:5.1f} s {_percent(m, 'valid_')} | "
+            f"best epoch {m['best_epoch']}",
+            flush=True,
+        )
+    best = trainer.best_metrics
+    print(f"best epoch {best['epoch']}: valid {_percent(best, 'valid_')}", flush=True)
+    result = dict(best)
+    if args.test:
+        test = trainer.evaluate("test")
+        print(f"test (best checkpoint): {_percent(test)}", flush=True)
+        result.update({f"test_{name}": value for name, value in test.items()})
+    if args.save:
+        trainer.save_checkpoint(args.save)
+    return result
+
+
+if __name__ == "__main__":
+    main()

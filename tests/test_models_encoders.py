@@ -1,0 +1,128 @@
+"""Encoders keep CORE's consistency principle, ignore padding, and DA reduces to CORE-trm."""
+
+import pytest
+import torch
+
+from models.encoders import (
+    AveEncoder,
+    DualAttentionEncoder,
+    EnhancedEncoder,
+    Packed,
+    Transformer,
+    TrmEncoder,
+)
+from models.registry import build_model
+
+D = 16
+
+
+def transformer() -> Transformer:
+    return Transformer(
+        D, n_layers=2, n_heads=2, inner_size=32, hidden_dropout=0.3, attn_dropout=0.3,
+        max_seq_length=12,
+    )
+
+
+ENCODERS = {
+    "ave": AveEncoder,
+    "trm": lambda: TrmEncoder(transformer()),
+    "da": lambda: DualAttentionEncoder(transformer()),
+    "da-no-gate": lambda: DualAttentionEncoder(transformer(), gating=False),
+    "da-no-recent": lambda: DualAttentionEncoder(transformer(), recent=False),
+    "da-no-residual": lambda: DualAttentionEncoder(transformer(), residual=False),
+    "enhanced": lambda: EnhancedEncoder(transformer()),
+    "enhanced-ablated": lambda: EnhancedEncoder(transformer(), multilayer=False, gate=False),
+}
+
+
+def batch(seed: int = 0, rows: int = 9, width: int = 12) -> torch.Tensor:
+    """Right-padded random sessions of lengths 1..width (one of each extreme included)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width + 1, (rows,), generator=g)
+    lengths[0], lengths[1] = 1, width
+    items = torch.randint(1, 50, (rows, width), generator=g)
+    return items.masked_fill(torch.arange(width) >= lengths[:, None], 0)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("training", [True, False])
+def test_session_vector_is_a_linear_combination_of_its_items(name, training):
+    torch.manual_seed(0)
+    encoder = ENCODERS[name]().train(training)
+    items = batch()
+    packed = Packed(items)
+    x = torch.randn(len(packed.index), D)
+    h, alpha = encoder(packed, x)
+    x_padded = packed.unpack(x, 0.0)
+    assert alpha.shape == items.shape
+    assert torch.all(alpha[items == 0] == 0)
+    assert torch.all(alpha >= 0)
+    torch.testing.assert_close(h, torch.einsum("bl,bld->bd", alpha, x_padded))
+    # h lies in the span of the session's own item embeddings (fewer items than dimensions).
+    for b in range(len(items)):
+        own = x_padded[b, items[b] != 0]
+        coefficients = torch.linalg.lstsq(own.T.double(), h[b].double()).solution
+        torch.testing.assert_close((own.T.double() @ coefficients).float(), h[b], atol=1e-5,
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["ave", "trm", "da", "enhanced", "contrastive"])
+def test_padding_never_changes_the_session_vector(variant):
+    torch.manual_seed(0)
+    model = build_model(
+        {"model": variant, "embedding_size": D, **({} if variant == "ave" else {"inner_size": 32})},
+        n_items=50,
+    ).eval()
+    items = batch(width=10)
+    wider = torch.cat([items, torch.zeros(len(items), 15, dtype=items.dtype)], dim=1)
+    trimmed = items[:, : int((items != 0).sum(1).max())]
+    with torch.no_grad():
+        h, alpha = model.encode(items)
+        for other in (wider, trimmed):
+            h_other, alpha_other = model.encode(other)
+            torch.testing.assert_close(h_other, h, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(alpha_other[:, :10], alpha[:, : other.shape[1]][:, :10])
+        # A single session scored alone equals its row in the batch.
+        torch.testing.assert_close(model.encode(items[2:3])[0], h[2:3], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dual_attention_with_switches_off_and_linear_scorer_is_trm(training):
+    torch.manual_seed(0)
+    trm = TrmEncoder(transformer())
+    da = DualAttentionEncoder(
+        transformer(), gating=False, recent=False, residual=False, scorer="linear"
+    )
+    state = {k.replace("scorer.", "global_scorer."): v for k, v in trm.state_dict().items()}
+    da.load_state_dict(state)
+    trm.train(training)
+    da.train(training)
+    items = batch(seed=3)
+    packed = Packed(items)
+    x = torch.randn(len(packed.index), D)
+    torch.manual_seed(1)
+    h_trm, alpha_trm = trm(packed, x)
+    torch.manual_seed(1)
+    h_da, alpha_da = da(packed, x)
+    assert torch.equal(h_da, h_trm)
+    assert torch.equal(alpha_da, alpha_trm)
+
+
+def test_dual_attention_default_differs_from_trm_and_weights_sum_to_two():
+    """Sanity of the full DA: residual mean adds 1 to the sum of the weights."""
+    torch.manual_seed(0)
+    encoder = DualAttentionEncoder(transformer()).eval()
+    items = batch(seed=4)
+    packed = Packed(items)
+    _, alpha = encoder(packed, torch.randn(len(packed.index), D))
+    torch.testing.assert_close(alpha.sum(1), torch.full((len(items),), 2.0))
+
+
+def test_enhanced_layer_weights_start_at_ones_and_initialisation_follows_spec():
+    torch.manual_seed(0)
+    encoder = EnhancedEncoder(transformer())
+    assert torch.equal(encoder.layer_logits.detach(), torch.ones(2))
+    layer = encoder.transformer.layers[0]
+    assert torch.all(layer.qkv.bias == 0) and torch.all(layer.norm1.weight == 1)
+    assert layer.norm1.eps == 1e-12
+    assert abs(layer.ff_in.weight.std().item() - 0.02) < 0.004
