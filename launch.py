@@ -13,18 +13,29 @@ import sys
 from pathlib import Path
 
 from hpo.cluster import Resources
+from hpo.retrain import TestPlan, TestStageError, run_test_stage
 from hpo.search import SearchPlan, latest_search_dir, new_search_dir, run_search
+from hpo.selection import SelectionError, select_best
 from hpo.space import METRICS, SpaceError, load_space, validate_budget
-from hpo.tracking import TrackingUnavailableError, resolve_tracking_uri
+from hpo.tracking import TrackingUnavailableError, check_tracking, resolve_tracking_uri
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (None) or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.py",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--space", nargs="+", required=True, metavar="SPACE",
                         help="search-space file(s): a name in search_spaces/ (dahn.yaml) or a path")
@@ -33,16 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where datasets live (default: $CORE_DATA_DIR or ./datasets)")
     parser.add_argument("--stage", choices=("search", "test", "all"), default="search",
-                        help="search: tune on validation; test: retrain the selection over "
-                             "seeds and score on test; all: both")
-    budget = parser.add_argument_group("budget (default: the space file's 'budget' section)")
-    budget.add_argument("--num-samples", type=int, help="number of trials per space")
+                        help="search: tune on validation; test: take each space's best "
+                             "configuration from MLflow, retrain it over --seeds and score on "
+                             "test; all: search, then test")
+    budget = parser.add_argument_group(
+        "budget (default: the space file's budget for the dataset)")
+    budget.add_argument("--num-samples", "--budget", type=int,
+                        help="number of trials per space")
     budget.add_argument("--max-epochs", type=int, help="epoch budget of one trial (ASHA max_t)")
     budget.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
     budget.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
     budget.add_argument("--metric", choices=METRICS, help="validation metric to optimise")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the TPE sampler and of every trial's training")
+    protocol = parser.add_argument_group("test stage (selection-then-test)")
+    protocol.add_argument("--seeds", type=int, default=5,
+                          help="seeds the selected configuration of each space is retrained "
+                               "with (seed+1 .. seed+N), each scored once on test")
+    protocol.add_argument("--baseline", default="trm",
+                          help="space every other space is compared with (paired t-tests)")
     resources = parser.add_argument_group("resources")
     resources.add_argument("--cpus-per-trial", type=float, default=1.0,
                            help="CPUs per trial (torch threads follow it)")
@@ -107,26 +127,76 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
     return plans
 
 
+def check_test_stage_args(args: argparse.Namespace, plans: list[SearchPlan]) -> None:
+    if args.stage == "search":
+        return
+    names = [plan.space.name for plan in plans]
+    if args.baseline not in names:
+        raise SpaceError(f"--baseline {args.baseline!r} is not among the spaces {names}: add its "
+                         "space file to --space (the test stage compares every space with it)")
+    if args.seeds < 2:
+        raise SpaceError(f"--seeds must be >= 2 for paired statistics; got {args.seeds}")
+
+
+def make_test_plan(
+    args: argparse.Namespace, plans: list[SearchPlan], search_runs: dict[str, str],
+    command_line: str,
+) -> TestPlan:
+    """Select each space's configuration from MLflow (the searches just run, or the latest)."""
+    client = check_tracking(plans[0].tracking_uri)
+    selections = []
+    for plan in plans:
+        selection = select_best(client, args.dataset, plan.space.name, plan.budget.metric,
+                                plan.budget.mode, search_run_id=search_runs.get(plan.space.name))
+        print(f"selected for {plan.space.name}: trial {selection.trial_id} "
+              f"({selection.metric} {selection.value:.4f}, run {selection.trial_run_id})")
+        selections.append(selection)
+    first = args.seed + 1
+    return TestPlan(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        selections=tuple(selections),
+        seeds=tuple(range(first, first + args.seeds)),
+        baseline=args.baseline,
+        output_dir=plans[0].output_dir,
+        tracking_uri=plans[0].tracking_uri,
+        resources=plans[0].resources,
+        command_line=command_line,
+    )
+
+
+def print_search_summary(plan: SearchPlan, table) -> None:
+    print(f"\n{plan.space.name}: {len(table)} trials, results in {plan.search_dir}")
+    columns = ["trial_id", "outcome", "epochs", plan.tune_metric]
+    print(table[columns].head(10).to_string(index=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        plans = make_plans(args, shlex.join(["python", "launch.py", *argv]))
+        command_line = shlex.join(["python", "launch.py", *argv])
+        plans = make_plans(args, command_line)
+        check_test_stage_args(args, plans)
         if args.dry_run:
             for plan in plans:
                 print(plan.describe(), end="\n\n")
             return 0
-        if args.stage != "search":
-            raise SystemExit("--stage test/all: the test stage is not available yet")
-        for plan in plans:
-            print(plan.describe(), flush=True)
-            table = run_search(plan, resume=args.resume)
-            print(f"\n{plan.space.name}: {len(table)} trials, results in {plan.search_dir}")
-            columns = ["trial_id", "outcome", "epochs", plan.tune_metric]
-            print(table[columns].head(10).to_string(index=False))
-    except (SpaceError, TrackingUnavailableError, FileNotFoundError, ValueError) as exc:
+        search_runs = {}
+        if args.stage in ("search", "all"):
+            for plan in plans:
+                print(plan.describe(), flush=True)
+                outcome = run_search(plan, resume=args.resume)
+                search_runs[plan.space.name] = outcome.parent_run_id
+                print_search_summary(plan, outcome.table)
+        if args.stage in ("test", "all"):
+            paths = run_test_stage(make_test_plan(args, plans, search_runs, command_line))
+            print(paths["results_md"].read_text())
+            print(f"report: {paths['results_md'].parent}")
+    except (SpaceError, TrackingUnavailableError, SelectionError, TestStageError,
+            FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

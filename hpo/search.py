@@ -103,8 +103,14 @@ def latest_search_dir(output_dir: Path, dataset: str, space_name: str) -> Path:
     return candidates[-1]
 
 
-def run_search(plan: SearchPlan, resume: bool = False) -> pd.DataFrame:
-    """Run (or resume) the search; returns the table of all trials."""
+@dataclass(frozen=True)
+class SearchOutcome:
+    parent_run_id: str
+    table: pd.DataFrame  # all trials, best first
+
+
+def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
+    """Run (or resume) the search; returns its MLflow parent run and the table of all trials."""
     client = check_tracking(plan.tracking_uri)
     dataset = load_dataset(plan.dataset, plan.data_dir).without_test()
     log.info("loaded %s", dataset.summary())
@@ -135,7 +141,7 @@ def run_search(plan: SearchPlan, resume: bool = False) -> pd.DataFrame:
 
     table = results_table(grid, plan.tune_metric, plan.budget.mode)
     _finish_parent_run(client, plan, parent_run_id, table)
-    return table
+    return SearchOutcome(parent_run_id, table)
 
 
 def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.Tuner:

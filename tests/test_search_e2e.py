@@ -195,5 +195,7 @@ def _one_finished_one_training(client: MlflowClient) -> bool:
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'search'")
     children = [r for r in runs if PARENT_TAG in r.data.tags]
     finished = [r for r in children if r.info.status == "FINISHED"]
-    training = [r for r in children if r.info.status == "RUNNING" and "train_loss" in r.data.metrics]
+    training = [
+        r for r in children if r.info.status == "RUNNING" and "train_loss" in r.data.metrics
+    ]
     return bool(finished) and bool(training)

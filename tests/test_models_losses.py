@@ -1,0 +1,125 @@
+"""Objectives: the fused catalog loss equals autograd references; HN, in-batch, InfoNCE, views."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.losses import (
+    catalog_loss,
+    hard_negatives,
+    in_batch_session_loss,
+    info_nce,
+    mask_items,
+)
+from models.registry import build_model
+
+B, N, D = 12, 40, 8
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(B, D, generator=g), dim=-1) / 0.07
+    table = F.normalize(torch.randn(N, D, generator=g), dim=-1)
+    targets = torch.randint(1, N, (B,), generator=g)
+    return query.requires_grad_(), table.requires_grad_(), targets
+
+
+def reference_loss(query, table, targets, k, lam):
+    """The spec's definition written with plain autograd."""
+    z = query @ table.t()
+    loss = (1 - lam) * F.cross_entropy(z, targets)
+    if lam > 0:
+        negatives = hard_negatives(z.detach(), targets, k)
+        margin = z.gather(1, negatives) - z.gather(1, targets[:, None])
+        loss = loss + lam * F.softplus(margin).mean()
+    return loss
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 1.0])
+def test_catalog_loss_and_gradients_match_autograd_reference(lam):
+    query, table, targets = inputs()
+    loss = catalog_loss(query, table, targets, hn_k=5, hn_lambda=lam)
+    grads = torch.autograd.grad(loss, (query, table))
+    expected = reference_loss(query, table, targets, 5, lam)
+    expected_grads = torch.autograd.grad(expected, (query, table))
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_catalog_loss_under_bf16_autocast_stays_close_and_returns_fp32_gradients():
+    query, table, targets = inputs(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = catalog_loss(query, table, targets, hn_k=5, hn_lambda=0.2)
+    assert loss.dtype == torch.float32
+    grad_query, grad_table = torch.autograd.grad(loss, (query, table))
+    assert grad_query.dtype == grad_table.dtype == torch.float32
+    torch.testing.assert_close(loss, reference_loss(query, table, targets, 5, 0.2), rtol=2e-2,
+                               atol=2e-2)
+
+
+def test_hard_negatives_are_the_top_scores_excluding_target_and_padding():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (B, N), generator=g).float()  # many ties
+    targets = torch.randint(1, N, (B,), generator=g)
+    scores[:, 0] = 100.0  # the padding item would win
+    scores[torch.arange(B), targets] = 99.0  # and so would the target
+    k = 7
+    negatives = hard_negatives(scores, targets, k)
+    assert negatives.shape == (B, k)
+    assert not torch.any(negatives == 0)
+    assert not torch.any(negatives == targets[:, None])
+    assert all(len(set(row.tolist())) == k for row in negatives)
+    allowed = scores.clone()
+    allowed[:, 0] = float("-inf")
+    allowed[torch.arange(B), targets] = float("-inf")
+    best = allowed.topk(k, dim=1).values
+    torch.testing.assert_close(scores.gather(1, negatives).sort(1, descending=True).values, best)
+
+
+def test_hn_with_lambda_zero_is_plain_cross_entropy_training():
+    config = {"embedding_size": D, "inner_size": 16}
+    items = torch.tensor([[3, 4, 5], [6, 0, 0], [7, 8, 0]])
+    targets = torch.tensor([9, 10, 11])
+    losses = []
+    for variant in ({"model": "hn", "hn_lambda": 0.0}, {"model": "trm"}):
+        torch.manual_seed(0)
+        model = build_model({**config, **variant}, n_items=20)
+        torch.manual_seed(1)
+        loss = model(items, targets)
+        loss.backward()
+        losses.append((loss, model.item_embedding.grad))
+    assert torch.equal(losses[0][0], losses[1][0])
+    assert torch.equal(losses[0][1], losses[1][1])
+
+
+def test_in_batch_session_loss_matches_definition():
+    h = F.normalize(torch.randn(5, D), dim=-1)
+    expected = torch.stack([
+        torch.logsumexp(torch.stack([h[b] @ h[c] / 0.1 for c in range(5) if c != b]), 0)
+        for b in range(5)
+    ]).mean()
+    torch.testing.assert_close(in_batch_session_loss(h, 0.1), expected)
+    assert in_batch_session_loss(h[:1], 0.1).item() == 0.0
+
+
+def test_info_nce_is_symmetric_and_small_for_aligned_views():
+    a, b = F.normalize(torch.randn(6, D), dim=-1), F.normalize(torch.randn(6, D), dim=-1)
+    torch.testing.assert_close(info_nce(a, b, 0.2), info_nce(b, a, 0.2))
+    expected = F.cross_entropy(a @ b.t() / 0.2, torch.arange(6))
+    expected = (expected + F.cross_entropy(b @ a.t() / 0.2, torch.arange(6))) / 2
+    torch.testing.assert_close(info_nce(a, b, 0.2), expected)
+    assert info_nce(a, a, 0.01) < 1e-3 < info_nce(a, b, 0.01)
+
+
+def test_masked_views_keep_the_last_item_and_padding():
+    items = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 0, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11]])
+    torch.manual_seed(0)
+    assert torch.equal(mask_items(items, 0.0), items)
+    almost_all = mask_items(items, 0.999)
+    assert torch.equal(almost_all, torch.tensor(
+        [[0, 0, 0, 4, 0, 0], [5, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 11]]
+    ))
+    view = mask_items(items.repeat(200, 1), 0.3)
+    kept = (view != 0) == (items.repeat(200, 1) != 0)
+    assert 0.6 < kept[items.repeat(200, 1) != 0].float().mean() < 0.85

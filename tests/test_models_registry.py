@@ -1,0 +1,89 @@
+"""Registry: the contract's keys and defaults, validation, and every variant builds and trains."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import VARIANTS, build_model, config_keys, default_config, resolve_config
+
+COMMON = {
+    "model", "embedding_size", "sess_dropout", "item_dropout", "temperature", "lr",
+    "weight_decay", "batch_size", "eval_batch_size", "max_seq_length", "epochs", "patience",
+    "seed", "precision",
+}
+TRANSFORMER = {"n_layers", "n_heads", "inner_size", "hidden_dropout", "attn_dropout"}
+EXTRA = {
+    "ave": set(),
+    "trm": TRANSFORMER,
+    "da": TRANSFORMER | {"da_gating", "da_recent", "da_residual"},
+    "hn": TRANSFORMER | {"hn_k", "hn_lambda"},
+    "dahn": TRANSFORMER | {"da_gating", "da_recent", "da_residual", "hn_k", "hn_lambda"},
+    "enhanced": TRANSFORMER | {"enh_multilayer", "enh_gate", "enh_inbatch", "beta"},
+    "contrastive": TRANSFORMER | {"cl_weight", "cl_dropout", "cl_temperature"},
+}
+
+
+def test_variants_and_keys_follow_the_contract():
+    assert VARIANTS == ("ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive")
+    for variant in VARIANTS:
+        assert config_keys(variant) == frozenset(COMMON | EXTRA[variant])
+        assert default_config(variant)["model"] == variant
+
+
+def test_spec_defaults():
+    config = default_config("dahn")
+    assert (config["embedding_size"], config["n_layers"], config["n_heads"]) == (100, 2, 2)
+    assert (config["inner_size"], config["hidden_dropout"], config["attn_dropout"]) == (256, .5, .5)
+    assert (config["sess_dropout"], config["item_dropout"], config["temperature"]) == (.2, .2, .07)
+    assert (config["lr"], config["batch_size"], config["patience"], config["epochs"]) == (
+        1e-3, 2048, 5, 300)
+    assert (config["hn_k"], config["hn_lambda"], config["precision"]) == (64, 0.2, "fp32")
+    assert default_config("enhanced")["beta"] == 0.5
+    assert default_config("contrastive")["cl_weight"] == 0.1
+
+
+def test_resolve_config_rejects_unknown_keys_by_name():
+    with pytest.raises(ValueError, match="n_layers"):
+        resolve_config({"model": "ave", "n_layers": 3})
+    with pytest.raises(ValueError, match="model"):
+        resolve_config({"lr": 0.1})
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve_config({"model": "gru"})
+
+
+def test_resolve_config_merges_coerces_and_validates():
+    config = resolve_config({"model": "hn", "lr": 1, "hn_k": np.int64(8), "temperature": 0.1})
+    assert config["lr"] == 1.0 and isinstance(config["lr"], float)
+    assert config["hn_k"] == 8 and type(config["hn_k"]) is int
+    assert config["n_heads"] == 2
+    for bad in ({"hn_k": 2.5}, {"batch_size": True}, {"precision": 16}):
+        with pytest.raises(TypeError):
+            resolve_config({"model": "hn", **bad})
+    for bad in ({"hn_lambda": 1.5}, {"item_dropout": 1.0}, {"temperature": 0.0},
+                {"precision": "fp16"}, {"n_heads": 3}):
+        with pytest.raises(ValueError):
+            resolve_config({"model": "hn", **bad})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_predicts(variant):
+    torch.manual_seed(0)
+    config = {"model": variant, "embedding_size": 16}
+    if variant != "ave":
+        config["inner_size"] = 32
+    if variant in ("hn", "dahn"):
+        config["hn_k"] = 4
+    model = build_model(config, n_items=30)
+    items = torch.tensor([[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]])
+    targets = torch.tensor([4, 5, 9])
+    loss = model(items, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.item_embedding.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        scores = model.predict(items)
+    assert scores.shape == (3, 30)
+    assert torch.all(scores[:, 0] == float("-inf")) and torch.all(torch.isfinite(scores[:, 1:]))
+    bound = 1 / 16**0.5
+    assert model.item_embedding.abs().max() <= bound

@@ -1,0 +1,160 @@
+"""Selection-then-test end to end: search two spaces, select from MLflow, retrain, report.
+
+Real local Ray, real SQLite MLflow store, tiny generated data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from scipy import stats as scipy_stats
+
+import hpo.search
+import launch
+from hpo.selection import SelectionError, select_best
+from hpo.tracking import PARENT_TAG
+from models.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tiny"
+SEEDS = 2
+SMALL = {"embedding_size": 16, "batch_size": 256}
+
+
+def small_space(tmp_path: Path, name: str) -> Path:
+    raw = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
+    raw["fixed"] = {**SMALL, **({"inner_size": 32} if name != "ave" else {})}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def stage_runs(client, experiment: str, stage: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.stage = '{stage}'")
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory, tiny_data_dir, ray_local):
+    tmp = tmp_path_factory.mktemp("protocol")
+    out = tmp / "outputs"
+    spaces = [str(small_space(tmp, name)) for name in ("ave", "trm")]
+    searched_datasets = []
+    original = hpo.search.tune.with_parameters
+
+    def spy(trainable, **kwargs):  # the dataset every search trial receives
+        searched_datasets.append(kwargs["dataset"])
+        return original(trainable, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(hpo.search.tune, "with_parameters", spy)
+    common = ["--dataset", TINY, "--data-dir", str(tiny_data_dir), "--output-dir", str(out),
+              "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2", "--seeds",
+              str(SEEDS), "--max-concurrent", "2"]
+    try:
+        assert launch.main(["--space", *spaces, "--stage", "search", *common]) == 0
+    finally:
+        patch.undo()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    return client, out, spaces, common, searched_datasets
+
+
+def test_search_trials_never_get_test_data(protocol):
+    client, _, _, _, searched_datasets = protocol
+    assert len(searched_datasets) == 2
+    assert all(dataset.test is None for dataset in searched_datasets)
+    with pytest.raises(PermissionError, match="withheld"):
+        searched_datasets[0].split("test")
+    for space in ("ave", "trm"):
+        for run in stage_runs(client, f"{TINY}/{space}", "search"):
+            assert not [k for k in run.data.metrics if k.startswith("test_")]
+
+
+def test_trainer_on_a_search_dataset_cannot_score_test(protocol):
+    _, _, _, _, searched_datasets = protocol
+    trainer = Trainer({"model": "ave", "embedding_size": 8, "epochs": 1}, searched_datasets[0])
+    with pytest.raises(PermissionError):
+        trainer.evaluate("test")
+
+
+def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch):
+    client, *_ = protocol
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("selection must not evaluate anything")
+
+    monkeypatch.setattr(Trainer, "evaluate_detailed", forbidden)
+    selection = select_best(client, TINY, "trm", "valid_mrr_20")
+    children = [r for r in stage_runs(client, f"{TINY}/trm", "search")
+                if r.data.tags.get(PARENT_TAG) == selection.search_run_id]
+    best = max(r.data.metrics["best_valid_mrr_20"] for r in children)
+    assert selection.value == best
+    assert selection.config["model"] == "trm"
+    assert isinstance(selection.config["embedding_size"], int)  # MLflow strings typed back
+    assert isinstance(selection.config["temperature"], float)
+    with pytest.raises(SelectionError, match="validation metrics only"):
+        select_best(client, TINY, "trm", "test_mrr_20")
+
+
+@pytest.fixture(scope="module")
+def test_stage(protocol):
+    client, out, spaces, common, _ = protocol
+    assert launch.main(["--space", *spaces, "--stage", "test", *common]) == 0
+    [parent] = [r for r in stage_runs(client, f"{TINY}/test", "test")
+                if PARENT_TAG not in r.data.tags]
+    return client, parent
+
+
+def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol, test_stage):
+    client, parent = test_stage
+    children = [r for r in stage_runs(client, f"{TINY}/test", "test")
+                if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == 2 * SEEDS
+    assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
+        (v, str(s)) for v in ("ave", "trm") for s in range(1, SEEDS + 1)
+    }
+    for run in children:
+        selected = select_best(client, TINY, run.data.tags["variant"], "valid_mrr_20")
+        assert run.data.tags["selected_from"] == selected.trial_run_id
+        assert run.data.params["seed"] == run.data.tags["seed"]
+        assert 0.0 <= run.data.metrics["test_mrr_20"] <= run.data.metrics["test_recall_20"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.md", "results.csv", "seed_results.csv", "seed_distributions.png",
+            "beyond_mean.csv", "session_tests.csv", "selections.json"} <= artifacts
+
+
+def test_report_statistics_equal_scipy_on_recorded_values(test_stage):
+    client, parent = test_stage
+    out_dir = Path(parent.data.tags["output_dir"])
+    seeds = pd.read_csv(out_dir / "seed_results.csv")
+    children = [r for r in stage_runs(client, f"{TINY}/test", "test")
+                if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    recorded = {(r.data.tags["variant"], int(r.data.tags["seed"])): r.data.metrics["test_mrr_20"]
+                for r in children}
+    for row in seeds.itertuples():
+        assert row.mrr_20 == pytest.approx(recorded[(row.variant, row.seed)])
+    results = pd.read_csv(out_dir / "results.csv")
+    trm = [recorded[("trm", s)] for s in range(1, SEEDS + 1)]
+    ave = [recorded[("ave", s)] for s in range(1, SEEDS + 1)]
+    row = results[(results.variant == "ave") & (results.metric == "mrr_20")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(ave))
+    assert row["std"] == pytest.approx(np.std(ave, ddof=1))
+    expected = scipy_stats.ttest_rel(ave, trm)
+    if np.isfinite(expected.pvalue) and np.std(np.subtract(ave, trm)) > 0:
+        assert row["p_value"] == pytest.approx(expected.pvalue)
+    markdown = (out_dir / "results.md").read_text()
+    assert "CORE-trm" in markdown and "CORE-ave" in markdown
+
+
+def test_selection_refuses_a_search_that_saw_test_metrics(protocol, test_stage):
+    """Runs last in this module: the planted leak stays in the store (MLflow cannot delete it)."""
+    client, *_ = protocol
+    selection = select_best(client, TINY, "ave", "valid_mrr_20")
+    client.log_metric(selection.trial_run_id, "test_mrr_20", 0.5)
+    with pytest.raises(SelectionError, match="holds test metrics"):
+        select_best(client, TINY, "ave", "valid_mrr_20")
