@@ -12,9 +12,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from hpo.cluster import Resources
+from hpo.cluster import Resources, in_ray_job, validate_resources
 from hpo.retrain import TestPlan, TestStageError, run_test_stage
-from hpo.search import SearchPlan, latest_search_dir, new_search_dir, run_search
+from hpo.search import (
+    SearchFailedError,
+    SearchPlan,
+    latest_search_dir,
+    new_search_dir,
+    run_search,
+)
 from hpo.selection import SelectionError, select_best
 from hpo.space import METRICS, SpaceError, load_space, validate_budget
 from hpo.tracking import TrackingUnavailableError, check_tracking, resolve_tracking_uri
@@ -67,12 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--cpus-per-trial", type=float, default=1.0,
                            help="CPUs per trial (torch threads follow it)")
     resources.add_argument("--gpus-per-trial", type=float, default=0.0,
-                           help="GPUs per trial; fractions pack trials onto one GPU")
+                           help="GPUs per trial, at most 1; fractions pack trials onto one GPU "
+                                "(0.25: four trials per GPU)")
+    resources.add_argument("--require-cuda", action="store_true",
+                           help="fail a trial given a GPU when torch sees no CUDA device, "
+                                "instead of training it on CPU with a warning")
     resources.add_argument("--max-concurrent", type=int, default=0,
                            help="trials running at once (0: as many as resources allow)")
+    resources.add_argument("--max-failures", type=int, default=0,
+                           help="retries of a failed trial from its last checkpoint (a node "
+                                "that died, but also deterministic errors such as a non-finite "
+                                "loss: keep it small; 2 on clusters where nodes can die)")
     resources.add_argument("--address", default=None,
                            help="existing Ray cluster ('auto' or HOST:PORT); default: a local "
                                 "instance, or the job's cluster under `ray job submit`")
+    resources.add_argument("--storage-path", default=None,
+                           help="where trial directories and checkpoints live: a directory "
+                                "every node mounts, or a cloud URI (s3://bucket/prefix); "
+                                "needed on a multi-node cluster (default: under --output-dir)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                              "sqlite:///<output-dir>/mlflow.db)")
@@ -90,6 +108,17 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
     """Validate everything that can be validated without starting Ray."""
     output_dir = args.output_dir.resolve()
     tracking_uri = resolve_tracking_uri(args.mlflow_uri, output_dir)
+    resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
+                          args.address, storage_path=args.storage_path,
+                          max_failures=args.max_failures, require_cuda=args.require_cuda)
+    validate_resources(resources)
+    relative = [f"{flag} {path}" for flag, path in (("--output-dir", args.output_dir),
+                                                     ("--storage-path", args.storage_path))
+                if path and "://" not in str(path) and not Path(path).is_absolute()]
+    if in_ray_job() and relative:
+        logging.getLogger("launch").warning(
+            "%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
+            "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
     plans = []
     for name in args.space:
         space = load_space(name)
@@ -116,8 +145,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
                 data_dir=args.data_dir,
                 budget=budget,
                 seed=args.seed,
-                resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
-                                    args.address),
+                resources=resources,
                 output_dir=output_dir,
                 tracking_uri=tracking_uri,
                 command_line=command_line,
@@ -199,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SearchFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

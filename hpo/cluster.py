@@ -1,21 +1,35 @@
-"""Where trials run: connecting to Ray and the resources each trial asks for."""
+"""Where trials run: connecting to Ray, the resources each trial asks for, where results live.
+
+One machine or a cluster, the driver is the same: it connects (``--address``, or the cluster of
+the Ray job it runs in), asks Ray for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs per
+trial (fractions pack several trials on one GPU), and keeps trial directories and checkpoints
+under ``storage_path`` when given: a path every node mounts or a cloud URI, since Ray does not
+copy trial directories from worker nodes to the head.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Resources:
-    """Per-trial resources, shared by the search and the test stage."""
+    """Per-trial resources and failure policy, shared by the search and the test stage."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the cluster fits
     address: str | None = None  # None: a local instance, or the cluster of the current Ray job
+    storage_path: str | None = None  # None: trial directories under the output directory
+    max_failures: int = 0  # retries of a trial that errored (also a node that died under it)
+    require_cuda: bool = False  # a trial given a GPU fails instead of falling back to CPU
 
     @property
     def torch_threads(self) -> int:
@@ -24,6 +38,44 @@ class Resources:
     def per_trial(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
+    def trials_location(self, local_dir: Path, output_dir: Path) -> str:
+        """Where Tune keeps an experiment's trials: `local_dir`, or its mirror in storage_path.
+
+        `local_dir` lies under `output_dir`; with a storage path its place below the output
+        directory (`<dataset>/<space>/<stamp>`) is kept, so --resume finds the same trials again.
+        """
+        if not self.storage_path:
+            return str(local_dir)
+        relative = Path(local_dir).resolve().relative_to(Path(output_dir).resolve()).as_posix()
+        return join_storage(self.storage_path, relative)
+
+
+def join_storage(storage_path: str, relative: str) -> str:
+    """`relative` under a storage path: a cloud URI (s3://, gs://, ...) or a shared directory."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{relative}"
+    return str(Path(storage_path).expanduser().resolve() / relative)
+
+
+def validate_resources(resources: Resources) -> None:
+    """Reject what Ray would refuse later, or a GPU option that cannot do what it says."""
+    if resources.cpus_per_trial <= 0:
+        raise ValueError(f"--cpus-per-trial must be > 0; got {resources.cpus_per_trial}")
+    gpus = resources.gpus_per_trial
+    if not 0 <= gpus <= 1:
+        raise ValueError(f"--gpus-per-trial must be in [0, 1] (a trial trains on one device; "
+                         f"a fraction packs several trials on one GPU); got {gpus}")
+    if resources.require_cuda and gpus == 0:
+        raise ValueError("--require-cuda needs --gpus-per-trial > 0: trials given no GPU "
+                         "always train on CPU")
+    if resources.max_failures < 0:
+        raise ValueError(f"--max-failures must be >= 0; got {resources.max_failures}")
+
+
+def in_ray_job() -> bool:
+    """True in the entrypoint of a `ray job submit` job (Ray hands it the job's config)."""
+    return "job_submission_id" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+
 
 def init_ray(address: str | None) -> None:
     """Connect once: to `address`, to the job's cluster under `ray job submit`, or start locally."""
@@ -31,7 +83,12 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address)
+    if address or os.environ.get("RAY_ADDRESS"):
+        # An existing cluster: given explicitly, or the one a Ray job's entrypoint runs in.
+        ray.init(address=address or None)
+        resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        log.info("connected to a Ray cluster of %d node(s): %s", len(nodes),
+                 {k: v for k, v in sorted(resources.items()) if k in ("CPU", "GPU")})
     else:
         ray.init(include_dashboard=False, configure_logging=False)

@@ -84,7 +84,8 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
     ]
     trainable = tune.with_resources(
         tune.with_parameters(retrain_trial, dataset=dataset,
-                             num_threads=plan.resources.torch_threads),
+                             num_threads=plan.resources.torch_threads,
+                             require_cuda=plan.resources.require_cuda),
         plan.resources.per_trial(),
     )
     logger = MLflowTrialLogger(
@@ -101,9 +102,10 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.max_concurrent or None),
         run_config=tune.RunConfig(
             name="seeds",
-            storage_path=str(out_dir),
+            storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
             callbacks=[logger],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),
             verbose=1,
         ),
     ).fit()

@@ -58,6 +58,11 @@ class SearchPlan:
         return f"{self.dataset}/{self.space.name}"
 
     @property
+    def trials_storage(self) -> str:
+        """Where Tune keeps the trial directories: the search dir, or under --storage-path."""
+        return self.resources.trials_location(self.search_dir, self.output_dir)
+
+    @property
     def tune_metric(self) -> str:
         """The metric at each trial's selected (best-so-far) checkpoint: what selection uses."""
         return f"best_{self.budget.metric}"
@@ -70,9 +75,12 @@ class SearchPlan:
             f"budget      {b.num_samples} trials x <= {b.max_epochs} epochs; ASHA grace "
             f"{b.grace_period}, reduction factor {b.reduction_factor}; {b.mode} {b.metric}",
             f"seed        {self.seed} (TPE sampler and every trial's training)",
-            f"resources   {r.cpus_per_trial} CPU + {r.gpus_per_trial} GPU per trial, "
-            f"max concurrent {r.max_concurrent or 'unlimited'}",
+            f"resources   {r.cpus_per_trial} CPU + {r.gpus_per_trial} GPU per trial"
+            + (" (CUDA required)" if r.require_cuda else "")
+            + f", max concurrent {r.max_concurrent or 'unlimited'}, "
+            f"max failures {r.max_failures}",
             f"ray         {r.address or 'local instance (or the Ray job cluster)'}",
+            f"trials      {self.trials_storage}",
             f"mlflow      {self.tracking_uri} (experiment {self.experiment_name!r})",
             f"output      {self.search_dir}",
             "fixed       " + (json.dumps(self.space.fixed) if self.space.fixed else "-"),
@@ -103,6 +111,10 @@ def latest_search_dir(output_dir: Path, dataset: str, space_name: str) -> Path:
     return candidates[-1]
 
 
+class SearchFailedError(RuntimeError):
+    """Every trial of a search failed (the search itself ran and is recorded in MLflow)."""
+
+
 @dataclass(frozen=True)
 class SearchOutcome:
     parent_run_id: str
@@ -118,6 +130,11 @@ def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
     state_path = plan.search_dir / STATE_FILE
     if resume:
         state = json.loads(state_path.read_text())
+        recorded = state.get("resources", {}).get("storage_path")
+        if recorded != plan.resources.storage_path:
+            raise ValueError(f"--resume: {plan.search_dir} keeps its trials in "
+                             f"{recorded or 'its output directory'}; pass the same "
+                             f"--storage-path ({recorded or 'none'})")
         parent_run_id = state["parent_run_id"]
         client.update_run(parent_run_id, status="RUNNING")
     else:
@@ -128,19 +145,25 @@ def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
     init_ray(plan.resources.address)
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial, dataset=dataset, num_threads=plan.resources.torch_threads
+            train_trial, dataset=dataset, num_threads=plan.resources.torch_threads,
+            require_cuda=plan.resources.require_cuda,
         ),
         plan.resources.per_trial(),
     )
-    trials_path = plan.search_dir / TRIALS_DIR
-    if resume and tune.Tuner.can_restore(str(trials_path)):
-        tuner = tune.Tuner.restore(str(trials_path), trainable=trainable, resume_errored=False)
+    trials_path = f"{plan.trials_storage}/{TRIALS_DIR}"
+    if resume and tune.Tuner.can_restore(trials_path):
+        tuner = tune.Tuner.restore(trials_path, trainable=trainable, resume_errored=False)
     else:
         tuner = _new_tuner(plan, trainable, client, parent_run_id)
     grid = tuner.fit()
 
     table = results_table(grid, plan.tune_metric, plan.budget.mode)
     _finish_parent_run(client, plan, parent_run_id, table)
+    if len(table) and (table["outcome"] == "failed").all():
+        raise SearchFailedError(
+            f"{plan.space.name}: all {len(table)} trials failed (first error: "
+            f"{table['error'].iloc[0]}); see {plan.search_dir} and MLflow run {parent_run_id}"
+        )
     return SearchOutcome(parent_run_id, table)
 
 
@@ -178,10 +201,10 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.
         ),
         run_config=tune.RunConfig(
             name=TRIALS_DIR,
-            storage_path=str(plan.search_dir),
+            storage_path=plan.trials_storage,
             callbacks=[logger],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),
             verbose=1,
         ),
     )
@@ -240,4 +263,4 @@ def _finish_parent_run(client, plan: SearchPlan, run_id: str, table: pd.DataFram
         client.log_metric(run_id, plan.tune_metric, float(best[plan.tune_metric]))
     counts = table["outcome"].value_counts().to_dict()
     client.log_batch(run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
-    client.set_terminated(run_id, status="FINISHED")
+    client.set_terminated(run_id, status="FAILED" if finished.empty else "FINISHED")

@@ -1,7 +1,9 @@
 """MLflow tracking: where runs go, the parent run of a search, and the per-trial logger callback.
 
 All MLflow writes happen in the driver (the Tune callback runs there), so trials on remote nodes
-never need a path to the store: one writer per search, over HTTP when the URI is a server.
+never need a path to the store: one writer per search, over HTTP when the URI is a server (see
+``hpo.tracking_server``). Each trial's run is tagged with the Ray node and device it ran on, and
+with its retries when a failure (a crash, a node that died) was recovered from a checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ TRIAL_TAG = "ray_trial_id"
 LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_")
 TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
+# Result keys the trainable reports about where it runs -> the run tags that record them.
+PLACEMENT_TAGS = {"node_id": "ray_node_id", "device": "device", "gpu_ids": "ray_gpu_ids"}
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -131,12 +135,13 @@ class MLflowTrialLogger(Callback):
         self.metric_prefixes = metric_prefixes
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._placement: dict[str, dict[str, str]] = {}
         self._client: MlflowClient | None = None
 
     def __getstate__(self):
         # Tune pickles callbacks into its experiment state; live clients and caches stay out.
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={})
+        state.update(_client=None, _runs={}, _last_step={}, _placement={})
         return state
 
     @property
@@ -178,6 +183,7 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
+        self._tag_placement(trial, run_id, result)
         step = int(result["epoch"])  # one report per epoch
         if step <= self._last_step.get(trial.trial_id, 0):
             return
@@ -191,6 +197,22 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, error=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """The trial failed and is retried from its last checkpoint: same run, nothing lost."""
+        tags = [RunTag("retries", str(trial.num_failures)),
+                RunTag("last_failure", _error_text(trial)[-MAX_TAG_CHARS:])]
+        self.client.log_batch(self.run_id(trial), tags=tags)
+        log.warning("trial %s failed (failure %d) and is retried from its last checkpoint",
+                    trial, trial.num_failures)
+
+    def _tag_placement(self, trial, run_id: str, result: dict[str, Any]) -> None:
+        """Tag where the trial runs when that is new (its first report, or after a retry)."""
+        placement = {tag: str(result[key]) for key, tag in PLACEMENT_TAGS.items()
+                     if result.get(key) not in (None, "")}
+        if placement and placement != self._placement.get(trial.trial_id):
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in placement.items()])
+            self._placement[trial.trial_id] = placement
 
     def _finish(self, trial, error: bool) -> None:
         run_id = self.run_id(trial)

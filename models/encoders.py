@@ -13,6 +13,9 @@ positions carry zero weight) and much cheaper: tmall prefixes fill ~8 of 50 posi
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,8 +26,6 @@ INIT_STD = 0.02
 # Additive attention mask for hidden keys (as CORE's code): finite, so that a query with no
 # visible key (a masked-out first item in a contrastive view) yields no NaN; exp(-1e4) == 0.
 MASKED = -10_000.0
-
-
 
 
 def init_weights(module: nn.Module) -> None:
@@ -43,17 +44,44 @@ def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_out))
 
 
+class Block(NamedTuple):
+    """Rows of one attention block: packed tokens [start, end) laid out on a [rows, width] grid
+    (``grid``: each token's flat grid position), with the additive attention mask ``bias``."""
+
+    start: int
+    end: int
+    rows: int
+    width: int
+    grid: Tensor
+    bias: Tensor
+
+
 class Packed:
-    """The real (non-pad) positions of a batch of item ids [B, L], flattened to tokens [T]."""
+    """The real (non-pad) positions of a batch of item ids [B, L], flattened to tokens [T].
+
+    Tokens are ordered by attention block, then row, then position: rows are grouped by width
+    (last real position + 1) rounded up to a power of two, so that self-attention runs on a few
+    [rows, width, width] blocks instead of one [B, L, L] square that is mostly padding.
+    """
 
     def __init__(self, items: Tensor) -> None:
         self.real = items != PAD
         self.shape = items.shape
-        self.index = self.real.flatten().nonzero().squeeze(1)
-        self.row = self.index // items.shape[1]
-        self.position = self.index % items.shape[1]
+        batch, length = items.shape
+        positions = torch.arange(1, length + 1, device=items.device)
+        width = (self.real * positions).amax(dim=1)
+        block_width = torch.exp2(torch.log2(width.clamp(min=1).float()).ceil()).long()
+        self._row_block_width = block_width.clamp(max=length)
+        flat = self.real.flatten().nonzero().squeeze(1)
+        order = torch.argsort(self._row_block_width[flat // length], stable=True)
+        self.index = flat[order]
+        self.row = self.index // length
+        self.position = self.index % length
+        tokens = torch.arange(len(self.index), device=items.device)
         # Token index of each row's last real item (position lengths - 1 for right padding).
-        self.last = self.real.sum(dim=1).cumsum(dim=0) - 1
+        self.last = torch.zeros(batch, dtype=torch.long, device=items.device).scatter_reduce_(
+            0, self.row, tokens, "amax", include_self=False
+        )
 
     def pack(self, x: Tensor) -> Tensor:
         """[B, L, ...] -> [T, ...]."""
@@ -79,6 +107,26 @@ class Packed:
         weighted = self.pack(alpha).unsqueeze(1) * x
         return weighted.new_zeros(self.shape[0], x.shape[1]).index_add_(0, self.row, weighted)
 
+    @cached_property
+    def blocks(self) -> list[Block]:
+        """Attention blocks; key k is visible to query j iff k <= j and item k is real."""
+        blocks, start = [], 0
+        row_width = self._row_block_width
+        for width in torch.unique(row_width).tolist():
+            rows = (row_width == width).nonzero().squeeze(1)
+            local = torch.full_like(row_width, -1).index_copy_(
+                0, rows, torch.arange(len(rows), device=rows.device)
+            )
+            end = start + int(self.real[rows].sum())
+            grid = local[self.row[start:end]] * width + self.position[start:end]
+            real = self.real[rows, :width]
+            causal = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
+            visible = causal & real[:, None, None, :]
+            bias = torch.zeros(visible.shape, device=real.device).masked_fill_(~visible, MASKED)
+            blocks.append(Block(start, end, len(rows), width, grid, bias))
+            start = end
+        return blocks
+
 
 class TransformerLayer(nn.Module):
     """Post-LN block of CORE-trm: self-attention then feed-forward (exact GELU), each followed by
@@ -100,21 +148,28 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(hidden_dropout)
 
-    def forward(self, tokens: Tensor, packed: Packed, bias: Tensor) -> Tensor:
-        batch, length = packed.shape
-        d = tokens.shape[1]
-        qkv = packed.unpack(self.qkv(tokens), 0.0)
-        q, k, v = qkv.view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias.to(q.dtype),
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )
-        context = packed.pack(context.transpose(1, 2).reshape(batch, length, d))
-        tokens = self.norm1(tokens + self.dropout(self.proj(context)))
+    def forward(self, tokens: Tensor, packed: Packed) -> Tensor:
+        tokens = self.norm1(tokens + self.dropout(self.proj(self._attention(tokens, packed))))
         return self.norm2(tokens + self.dropout(self.ff_out(F.gelu(self.ff_in(tokens)))))
+
+    def _attention(self, tokens: Tensor, packed: Packed) -> Tensor:
+        qkv = self.qkv(tokens)
+        d = tokens.shape[1]
+        contexts = []
+        for block in packed.blocks:
+            grid = qkv.new_zeros(block.rows * block.width, 3 * d)
+            grid = grid.index_copy(0, block.grid, qkv[block.start : block.end])
+            q, k, v = grid.view(block.rows, block.width, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=block.bias.to(q.dtype),
+                dropout_p=self.attn_dropout if self.training else 0.0,
+            )
+            context = context.transpose(1, 2).reshape(block.rows * block.width, d)
+            contexts.append(context.index_select(0, block.grid))
+        return torch.cat(contexts)
 
 
 class Transformer(nn.Module):
@@ -142,14 +197,10 @@ class Transformer(nn.Module):
         )
 
     def forward(self, packed: Packed, x: Tensor) -> list[Tensor]:
-        length = packed.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        visible = causal & packed.real[:, None, None, :]
-        bias = torch.zeros(visible.shape, device=x.device).masked_fill_(~visible, MASKED)
         tokens = self.dropout(self.norm(x + self.position(packed.position)))
         outputs = []
         for layer in self.layers:
-            tokens = layer(tokens, packed, bias)
+            tokens = layer(tokens, packed)
             outputs.append(tokens)
         return outputs
 

@@ -32,7 +32,11 @@ class _CatalogLoss(torch.autograd.Function):
     def forward(
         ctx, query: Tensor, table: Tensor, targets: Tensor, k: int, lam: float, dtype: torch.dtype
     ) -> Tensor:
-        z = torch.mm(query.to(dtype), table.to(dtype).t()).float()
+        query_, table_ = query.to(dtype), table.to(dtype)
+        # Writing z as the transpose of a contiguous [N, B] product is ~2x faster on CPU BLAS;
+        # every op below is layout-agnostic except top-k mining, which wants contiguous rows.
+        z = torch.mm(query_, table_.t()) if lam > 0 else torch.mm(table_, query_.t()).t()
+        z = z.float()
         rows = torch.arange(len(targets), device=z.device)
         positive = z[rows, targets]
         loss = z.new_zeros(())

@@ -18,7 +18,12 @@ D = 16
 
 def transformer() -> Transformer:
     return Transformer(
-        D, n_layers=2, n_heads=2, inner_size=32, hidden_dropout=0.3, attn_dropout=0.3,
+        D,
+        n_layers=2,
+        n_heads=2,
+        inner_size=32,
+        hidden_dropout=0.3,
+        attn_dropout=0.3,
         max_seq_length=12,
     )
 
@@ -62,8 +67,9 @@ def test_session_vector_is_a_linear_combination_of_its_items(name, training):
     for b in range(len(items)):
         own = x_padded[b, items[b] != 0]
         coefficients = torch.linalg.lstsq(own.T.double(), h[b].double()).solution
-        torch.testing.assert_close((own.T.double() @ coefficients).float(), h[b], atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(
+            (own.T.double() @ coefficients).float(), h[b], atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("variant", ["ave", "trm", "da", "enhanced", "contrastive"])

@@ -54,8 +54,9 @@ def test_catalog_loss_under_bf16_autocast_stays_close_and_returns_fp32_gradients
     assert loss.dtype == torch.float32
     grad_query, grad_table = torch.autograd.grad(loss, (query, table))
     assert grad_query.dtype == grad_table.dtype == torch.float32
-    torch.testing.assert_close(loss, reference_loss(query, table, targets, 5, 0.2), rtol=2e-2,
-                               atol=2e-2)
+    torch.testing.assert_close(
+        loss, reference_loss(query, table, targets, 5, 0.2), rtol=2e-2, atol=2e-2
+    )
 
 
 def test_hard_negatives_are_the_top_scores_excluding_target_and_padding():
@@ -95,10 +96,12 @@ def test_hn_with_lambda_zero_is_plain_cross_entropy_training():
 
 def test_in_batch_session_loss_matches_definition():
     h = F.normalize(torch.randn(5, D), dim=-1)
-    expected = torch.stack([
-        torch.logsumexp(torch.stack([h[b] @ h[c] / 0.1 for c in range(5) if c != b]), 0)
-        for b in range(5)
-    ]).mean()
+    expected = torch.stack(
+        [
+            torch.logsumexp(torch.stack([h[b] @ h[c] / 0.1 for c in range(5) if c != b]), 0)
+            for b in range(5)
+        ]
+    ).mean()
     torch.testing.assert_close(in_batch_session_loss(h, 0.1), expected)
     assert in_batch_session_loss(h[:1], 0.1).item() == 0.0
 
@@ -117,9 +120,26 @@ def test_masked_views_keep_the_last_item_and_padding():
     torch.manual_seed(0)
     assert torch.equal(mask_items(items, 0.0), items)
     almost_all = mask_items(items, 0.999)
-    assert torch.equal(almost_all, torch.tensor(
-        [[0, 0, 0, 4, 0, 0], [5, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 11]]
-    ))
+    assert torch.equal(
+        almost_all, torch.tensor([[0, 0, 0, 4, 0, 0], [5, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 11]])
+    )
     view = mask_items(items.repeat(200, 1), 0.3)
     kept = (view != 0) == (items.repeat(200, 1) != 0)
     assert 0.6 < kept[items.repeat(200, 1) != 0].float().mean() < 0.85
+
+
+def test_model_loss_is_cross_entropy_of_cosine_logits_over_temperature():
+    """Robust distance measuring: without dropout, the training loss is CE over h_s E'^T / tau
+    with E' the row-normalised table (padding row included, as in CORE's training)."""
+    torch.manual_seed(0)
+    model = build_model({"model": "ave", "embedding_size": D, "temperature": 0.1}, n_items=20)
+    model.eval()
+    items = torch.tensor([[3, 4, 5], [6, 0, 0]])
+    targets = torch.tensor([9, 10])
+    real = (items != 0).unsqueeze(-1)
+    h = F.normalize((model.item_embedding[items] * real).sum(1), dim=-1)
+    logits = h @ F.normalize(model.item_embedding, dim=-1).t() / 0.1
+    torch.testing.assert_close(model(items, targets), F.cross_entropy(logits, targets))
+    scores = model.predict(items)
+    torch.testing.assert_close(scores[:, 1:], logits[:, 1:])
+    assert torch.all(scores[:, 0] == float("-inf"))

@@ -7,9 +7,20 @@ import torch
 from models.registry import VARIANTS, build_model, config_keys, default_config, resolve_config
 
 COMMON = {
-    "model", "embedding_size", "sess_dropout", "item_dropout", "temperature", "lr",
-    "weight_decay", "batch_size", "eval_batch_size", "max_seq_length", "epochs", "patience",
-    "seed", "precision",
+    "model",
+    "embedding_size",
+    "sess_dropout",
+    "item_dropout",
+    "temperature",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "eval_batch_size",
+    "max_seq_length",
+    "epochs",
+    "patience",
+    "seed",
+    "precision",
 }
 TRANSFORMER = {"n_layers", "n_heads", "inner_size", "hidden_dropout", "attn_dropout"}
 EXTRA = {
@@ -33,10 +44,22 @@ def test_variants_and_keys_follow_the_contract():
 def test_spec_defaults():
     config = default_config("dahn")
     assert (config["embedding_size"], config["n_layers"], config["n_heads"]) == (100, 2, 2)
-    assert (config["inner_size"], config["hidden_dropout"], config["attn_dropout"]) == (256, .5, .5)
-    assert (config["sess_dropout"], config["item_dropout"], config["temperature"]) == (.2, .2, .07)
+    assert (config["inner_size"], config["hidden_dropout"], config["attn_dropout"]) == (
+        256,
+        0.5,
+        0.5,
+    )
+    assert (config["sess_dropout"], config["item_dropout"], config["temperature"]) == (
+        0.2,
+        0.2,
+        0.07,
+    )
     assert (config["lr"], config["batch_size"], config["patience"], config["epochs"]) == (
-        1e-3, 2048, 5, 300)
+        1e-3,
+        2048,
+        5,
+        300,
+    )
     assert (config["hn_k"], config["hn_lambda"], config["precision"]) == (64, 0.2, "fp32")
     assert default_config("enhanced")["beta"] == 0.5
     assert default_config("contrastive")["cl_weight"] == 0.1
@@ -59,8 +82,13 @@ def test_resolve_config_merges_coerces_and_validates():
     for bad in ({"hn_k": 2.5}, {"batch_size": True}, {"precision": 16}):
         with pytest.raises(TypeError):
             resolve_config({"model": "hn", **bad})
-    for bad in ({"hn_lambda": 1.5}, {"item_dropout": 1.0}, {"temperature": 0.0},
-                {"precision": "fp16"}, {"n_heads": 3}):
+    for bad in (
+        {"hn_lambda": 1.5},
+        {"item_dropout": 1.0},
+        {"temperature": 0.0},
+        {"precision": "fp16"},
+        {"n_heads": 3},
+    ):
         with pytest.raises(ValueError):
             resolve_config({"model": "hn", **bad})
 

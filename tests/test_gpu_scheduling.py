@@ -1,0 +1,156 @@
+"""GPU scheduling: the device a trial picks, and fractional GPUs on a mixed CPU/GPU cluster.
+
+This machine has no GPU, so the cluster test declares a logical one (`ray start --num-gpus 1`) on
+one of two nodes: trials asking for 0.5 GPU must all land on that node, two at a time, and - as
+torch sees no CUDA device - train on CPU with a warning, or fail when CUDA is required.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from local_cluster import ROOT, LocalCluster
+from mlflow.tracking import MlflowClient
+
+import launch
+from hpo.cluster import Resources, validate_resources
+from hpo.tracking import PARENT_TAG
+from hpo.trainable import CudaUnavailableError, pick_device
+
+TINY = "tiny"
+
+
+def test_a_trial_without_a_gpu_trains_on_cpu_even_where_cuda_exists():
+    assert pick_device([], cuda_available=True, visible_devices=None,
+                       require_cuda=False) == (torch.device("cpu"), None)
+
+
+def test_a_trial_with_a_gpu_uses_the_one_ray_assigned():
+    # Ray narrows CUDA_VISIBLE_DEVICES to the assigned GPU: it is device 0 of the trial.
+    assert pick_device(["3"], True, "3", False) == (torch.device("cuda", 0), None)
+    # With RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES every GPU is visible: use the id,
+    # or its place among the devices the user made visible.
+    assert pick_device(["2"], True, None, True) == (torch.device("cuda", 2), None)
+    assert pick_device(["3"], True, "2,3", True) == (torch.device("cuda", 1), None)
+
+
+def test_a_gpu_without_cuda_falls_back_to_cpu_with_a_warning_or_fails_when_required():
+    device, warning = pick_device(["0"], False, "0", require_cuda=False)
+    assert device == torch.device("cpu")
+    assert "Ray assigned GPU 0" in warning and "falling back to CPU" in warning
+    with pytest.raises(CudaUnavailableError, match="--require-cuda was given"):
+        pick_device(["0"], False, "0", require_cuda=True)
+
+
+@pytest.mark.parametrize("resources, problem", [
+    (Resources(gpus_per_trial=2), "--gpus-per-trial must be in [0, 1]"),
+    (Resources(gpus_per_trial=-0.5), "--gpus-per-trial must be in [0, 1]"),
+    (Resources(require_cuda=True), "--require-cuda needs --gpus-per-trial > 0"),
+    (Resources(cpus_per_trial=0), "--cpus-per-trial must be > 0"),
+    (Resources(max_failures=-1), "--max-failures must be >= 0"),
+])
+def test_resource_options_ray_would_refuse_fail_before_anything_runs(resources, problem):
+    with pytest.raises(ValueError) as raised:
+        validate_resources(resources)
+    assert problem in str(raised.value)
+
+
+def test_launch_rejects_bad_gpu_options(tmp_path, capsys):
+    common = ["--space", "trm.yaml", "--output-dir", str(tmp_path), "--dry-run"]
+    assert launch.main([*common, "--gpus-per-trial", "0.25"]) == 0
+    assert "1.0 CPU + 0.25 GPU per trial" in capsys.readouterr().out
+    assert launch.main([*common, "--require-cuda"]) == 2
+    assert "--require-cuda needs --gpus-per-trial > 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a cluster with a logical GPU
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    """A CPU-only head and a worker with one (logical) GPU."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("gpu_cluster"))
+    try:
+        cluster.start_head(num_cpus=2, resources={"cpu_node": 1})
+        cluster.add_worker("gpu", num_cpus=2, num_gpus=1, resources={"gpu_node": 1})
+        cluster.resolve_node_ids()
+        yield cluster
+    finally:
+        cluster.shutdown()
+        for path in cluster.temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_driver(cluster: LocalCluster, tmp_path: Path, tiny_data_dir: Path, name: str, *extra):
+    """launch.py as a driver joining the cluster with --address HOST:PORT."""
+    raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
+    raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--space", str(space), "--dataset", TINY,
+         "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--address",
+         cluster.address, "--cpus-per-trial", "1", "--max-epochs", "2", "--grace-period", "2",
+         *extra],
+        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300,
+    )
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"{TINY}/{name}")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return done, client, [r for r in runs if PARENT_TAG in r.data.tags]
+
+
+def max_overlap(runs) -> int:
+    """Most trials running at once, from the start and end times of their runs."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs],
+                    key=lambda event: (event[0], event[1]))  # an end before a start at a tie
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_two_trials_per_gpu_on_the_gpu_node(
+    gpu_cluster, tmp_path, tiny_data_dir
+):
+    # --max-concurrent 4 lets Tune start trials together (with a searcher it otherwise keeps
+    # one pending trial at a time), so only the GPU limits how many run at once.
+    done, _, runs = run_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_gpu",
+                               "--gpus-per-trial", "0.5", "--num-samples", "4",
+                               "--max-concurrent", "4")
+    assert done.returncode == 0, done.stderr[-4000:]
+    output = done.stdout + done.stderr
+    assert "Ray assigned GPU 0 to this trial but torch sees no CUDA device" in output
+    assert "falling back to CPU for this trial" in output
+    assert len(runs) == 4
+    gpu_node = gpu_cluster.nodes[1].node_id
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert (tags["ray_node_id"], tags["ray_gpu_ids"], tags["device"]) == (gpu_node, "0", "cpu")
+    # 4 CPUs would run all 4 at once; the one GPU at 0.5 per trial allows exactly 2.
+    assert max_overlap(runs) == 2
+
+
+@pytest.mark.slow
+def test_required_cuda_fails_every_trial_clearly(gpu_cluster, tmp_path, tiny_data_dir):
+    done, client, runs = run_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_cuda",
+                                    "--gpus-per-trial", "0.5", "--num-samples", "2",
+                                    "--require-cuda")
+    assert done.returncode == 1
+    assert "error: trm_cuda: all 2 trials failed" in done.stderr
+    assert "CudaUnavailableError" in done.stderr and "--require-cuda was given" in done.stderr
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert "torch sees no CUDA device" in run.data.tags["error"]
+        assert not client.get_metric_history(run.info.run_id, "train_loss")

@@ -1,0 +1,156 @@
+"""Trainer: protocol (best checkpoint, early stopping, test only on request), determinism,
+exact resume, divergence detection, and that training actually learns."""
+
+import numpy as np
+import pytest
+import torch
+
+from data.synthetic import make_dataset
+from models.metrics import metrics_from_ranks, rank_and_top_
+from models.trainer import NonFiniteLossError, Trainer, _keep_last
+
+SMALL = {"embedding_size": 16, "batch_size": 256, "eval_batch_size": 64, "seed": 7}
+TRM = {**SMALL, "model": "trm", "inner_size": 32}
+TIMES = ("epoch_time", "train_time")
+CPU = {"device": "cpu", "num_threads": 1}  # tiny data: one thread is fastest, even on a busy box
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_dataset("tiny", seed=0)
+
+
+def without_times(history):
+    return [{k: v for k, v in m.items() if k not in TIMES} for m in history]
+
+
+def test_same_seed_gives_identical_metrics(dataset):
+    runs = []
+    for _ in range(2):
+        trainer = Trainer({**TRM, "epochs": 2}, dataset, **CPU)
+        trainer.fit()
+        runs.append(without_times(trainer.history))
+    assert runs[0] == runs[1]
+    other = Trainer({**TRM, "epochs": 2, "seed": 8}, dataset, **CPU)
+    other.fit()
+    assert without_times(other.history) != runs[0]
+
+
+@pytest.mark.parametrize("variant", ["trm", "contrastive"])
+def test_resume_from_checkpoint_is_exact(dataset, tmp_path, variant):
+    config = {**TRM, "model": variant, "epochs": 3}
+    straight = Trainer(config, dataset, **CPU)
+    straight.fit()
+
+    first = Trainer(config, dataset, **CPU)
+    first.run_epoch()
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = Trainer(config, dataset, **CPU)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.epoch == 2
+    resumed.run_epoch()
+    assert resumed.should_stop
+    assert without_times(resumed.history) == without_times(straight.history)
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert resumed.evaluate("test") == straight.evaluate("test")
+
+
+def test_checkpoint_of_another_config_is_refused(dataset):
+    state = Trainer({**TRM, "epochs": 1}, dataset, **CPU).state_dict()
+    with pytest.raises(ValueError, match="lr"):
+        Trainer({**TRM, "lr": 0.01}, dataset, **CPU).load_state_dict(state)
+    Trainer({**TRM, "epochs": 9}, dataset, **CPU).load_state_dict(state)  # run length ok
+
+
+def test_non_finite_loss_stops_with_epoch_batch_and_config(dataset):
+    trainer = Trainer({**SMALL, "model": "ave", "epochs": 2}, dataset, **CPU)
+    with torch.no_grad():
+        trainer.model.item_embedding[5] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1/\d+.*'model': 'ave'"):
+        trainer.run_epoch()
+
+
+def test_best_checkpoint_early_stopping_and_callback(dataset):
+    seen = []
+    trainer = Trainer(
+        {**SMALL, "model": "ave", "epochs": 50, "patience": 2},
+        dataset,
+        **CPU,
+        callback=lambda metrics: seen.append(
+            (metrics, trainer.model.state_dict()["item_embedding"].clone())
+        ),
+    )
+    scores = iter([0.1, 0.3, 0.2, 0.3, 0.5])
+    real_evaluate = trainer.evaluate
+    trainer.evaluate = lambda split, use_best: {"mrr_20": next(scores)}  # scripted validation
+    best = trainer.fit()
+    assert trainer.epoch == 4 and trainer.best_epoch == 2  # 0.3 is not > 0.3: no improvement
+    assert best["epoch"] == 2 and best["valid_mrr_20"] == 0.3
+    assert [m["best_epoch"] for m, _ in seen] == [1, 2, 2, 2]
+    assert [m["best_valid_mrr_20"] for m, _ in seen] == [0.1, 0.3, 0.3, 0.3]
+    assert {"epoch", "train_loss", "epoch_time", "valid_mrr_20"} <= set(seen[0][0])
+    assert torch.equal(trainer.best_state["item_embedding"], seen[1][1])
+    # Evaluation with the best checkpoint leaves the current weights in place.
+    trainer.evaluate = real_evaluate
+    current = trainer.model.state_dict()["item_embedding"].clone()
+    trainer.evaluate("valid")
+    assert torch.equal(trainer.model.state_dict()["item_embedding"], current)
+
+
+def test_evaluate_detailed_is_consistent_and_uses_the_best_checkpoint(dataset):
+    trainer = Trainer({**TRM, "epochs": 3}, dataset, **CPU)
+    trainer.fit()
+    metrics, ranks, top = trainer.evaluate_detailed("valid")
+    n = len(dataset.valid)
+    assert ranks.dtype == np.int64 and ranks.shape == (n,) and ranks.min() >= 1
+    assert top.dtype == np.int32 and top.shape == (n, 20) and not (top == 0).any()
+    assert metrics == metrics_from_ranks(ranks) == trainer.evaluate("valid")
+    in_top = (top == dataset.valid.targets[:, None]).any(axis=1)
+    assert np.array_equal(in_top, ranks <= 20)
+    best = trainer.best_metrics
+    assert metrics == {k[len("valid_") :]: v for k, v in best.items() if k.startswith("valid_")}
+
+
+def test_test_split_is_scored_only_when_present(dataset):
+    trainer = Trainer({**SMALL, "model": "ave", "epochs": 1}, dataset.without_test(), **CPU)
+    trainer.fit()
+    with pytest.raises(PermissionError):
+        trainer.evaluate("test")
+
+
+def test_training_beats_popularity_on_validation(dataset):
+    counts = np.bincount(dataset.train.targets, minlength=dataset.n_items).astype(np.float32)
+    scores = torch.from_numpy(np.tile(counts, (len(dataset.valid), 1)))
+    scores[:, 0] = float("-inf")
+    ranks, _ = rank_and_top_(scores, torch.from_numpy(dataset.valid.targets))
+    popularity = metrics_from_ranks(ranks.numpy())
+    trainer = Trainer(
+        {**SMALL, "model": "ave", "batch_size": 128, "epochs": 6, "embedding_size": 32},
+        dataset,
+        **CPU,
+    )
+    best = trainer.fit()
+    assert best["valid_recall_20"] > popularity["recall_20"] + 0.03
+    assert best["valid_mrr_20"] > popularity["mrr_20"] + 0.02
+
+
+def test_bf16_training_runs_and_stays_close_to_fp32(dataset):
+    results = {}
+    for precision in ("fp32", "bf16"):
+        trainer = Trainer({**TRM, "epochs": 2, "precision": precision}, dataset, **CPU)
+        results[precision] = trainer.fit()
+    assert np.isfinite(results["bf16"]["train_loss"])
+    assert abs(results["bf16"]["train_loss"] - results["fp32"]["train_loss"]) < 0.05
+    assert abs(results["bf16"]["valid_recall_20"] - results["fp32"]["valid_recall_20"]) < 0.05
+
+
+def test_prefixes_longer_than_max_seq_length_keep_their_last_items():
+    prefixes = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0], [8, 9, 10, 11, 0]], dtype=np.int32)
+    lengths = np.array([5, 2, 4], dtype=np.int32)
+    cut, kept = _keep_last(prefixes, lengths, 3)
+    assert cut.tolist() == [[3, 4, 5], [6, 7, 0], [9, 10, 11]]
+    assert kept.tolist() == [3, 2, 3]
+    same, _ = _keep_last(prefixes, lengths, 5)
+    assert same is prefixes
