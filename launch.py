@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from data import DatasetSource
 from hpo.cluster import Resources, in_ray_job, validate_resources
 from hpo.retrain import TestPlan, TestStageError, run_test_stage
 from hpo.search import (
@@ -37,6 +38,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.py",
@@ -49,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset name resolved in --data-dir; 'synthetic' is generated")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where datasets live (default: $CORE_DATA_DIR or ./datasets)")
+    parser.add_argument("--train-rows", type=_positive_int, default=None, metavar="N",
+                        help="train on the last N training rows only (quick searches on a large "
+                             "benchmark; validation, test and catalog unchanged); runs are filed "
+                             "under '<dataset>-lastN', apart from the full dataset's")
     parser.add_argument("--stage", choices=("search", "test", "all"), default="search",
                         help="search: tune on validation; test: take each space's best "
                              "configuration from MLflow, retrain it over --seeds and score on "
@@ -79,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="fail a trial given a GPU when torch sees no CUDA device, "
                                 "instead of training it on CPU with a warning")
     resources.add_argument("--max-concurrent", type=int, default=0,
-                           help="trials running at once (0: as many as resources allow)")
+                           help="trials running at once (0: as many as the cluster's CPUs and GPUs "
+                                "fit at --cpus-per-trial / --gpus-per-trial)")
     resources.add_argument("--max-failures", type=int, default=0,
                            help="retries of a failed trial from its last checkpoint (a node "
                                 "that died, but also deterministic errors such as a non-finite "
@@ -119,6 +132,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
         logging.getLogger("launch").warning(
             "%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
             "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
+    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows)
     plans = []
     for name in args.space:
         space = load_space(name)
@@ -134,15 +148,14 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
             budget = budget.with_overrides(grace_period=budget.max_epochs)
         validate_budget(budget, lambda problem, n=name: SpaceError(f"{n}: {problem}"))
         search_dir = (
-            latest_search_dir(output_dir, args.dataset, space.name)
+            latest_search_dir(output_dir, dataset.label, space.name)
             if args.resume
-            else new_search_dir(output_dir, args.dataset, space.name)
+            else new_search_dir(output_dir, dataset.label, space.name)
         )
         plans.append(
             SearchPlan(
                 space=space,
-                dataset=args.dataset,
-                data_dir=args.data_dir,
+                dataset=dataset,
                 budget=budget,
                 seed=args.seed,
                 resources=resources,
@@ -174,15 +187,14 @@ def make_test_plan(
     client = check_tracking(plans[0].tracking_uri)
     selections = []
     for plan in plans:
-        selection = select_best(client, args.dataset, plan.space.name, plan.budget.metric,
+        selection = select_best(client, plan.dataset.label, plan.space.name, plan.budget.metric,
                                 plan.budget.mode, search_run_id=search_runs.get(plan.space.name))
         print(f"selected for {plan.space.name}: trial {selection.trial_id} "
               f"({selection.metric} {selection.value:.4f}, run {selection.trial_run_id})")
         selections.append(selection)
     first = args.seed + 1
     return TestPlan(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
+        dataset=plans[0].dataset,
         selections=tuple(selections),
         seeds=tuple(range(first, first + args.seeds)),
         baseline=args.baseline,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import load_dataset  # noqa: E402
 from models.trainer import Trainer  # noqa: E402
+
+TOLERANCE = 0.003  # bf16 must match fp32 validation R@20 / MRR@20 within 0.3 points
 
 
 def _run(args: argparse.Namespace, model: str, precision: str) -> dict:
@@ -43,6 +46,7 @@ def _run(args: argparse.Namespace, model: str, precision: str) -> dict:
         "recall_20": last["valid_recall_20"],
         "mrr_20": last["valid_mrr_20"],
         "loss": last["train_loss"],
+        "load": os.getloadavg()[0],
     }
 
 
@@ -70,18 +74,21 @@ def main(argv: list[str] | None = None) -> None:
                 f"({result['rows_per_s']:,.0f} rows/s on {result['train_rows']:,} rows) | "
                 f"eval {result['eval_s']:5.1f} s ({result['valid_rows']:,} rows) | "
                 f"peak RSS {result['peak_rss_gib']:.2f} GiB | loss {result['loss']:.4f} | "
-                f"valid R@20 {100 * result['recall_20']:.2f} MRR@20 {100 * result['mrr_20']:.2f}",
+                f"valid R@20 {100 * result['recall_20']:.2f} MRR@20 {100 * result['mrr_20']:.2f} | "
+                f"load {result['load']:.1f}",
                 flush=True,
             )
     by_key = {(r["model"], r["precision"]): r for r in results}
     for model in args.models:
         fp32, bf16 = by_key.get((model, "fp32")), by_key.get((model, "bf16"))
         if fp32 and bf16:
+            delta = max(abs(bf16[m] - fp32[m]) for m in ("recall_20", "mrr_20"))
             print(
                 f"{model:>4} bf16 vs fp32: speed-up x{fp32['epoch_s'] / bf16['epoch_s']:.2f}, "
                 f"valid R@20 {100 * (bf16['recall_20'] - fp32['recall_20']):+.2f} points, "
                 f"MRR@20 {100 * (bf16['mrr_20'] - fp32['mrr_20']):+.2f} points "
-                f"after {args.epochs} epoch(s)"
+                f"after {args.epochs} epoch(s): "
+                f"{'within' if delta <= TOLERANCE else 'NOT within'} {100 * TOLERANCE:.1f} points"
             )
 
 

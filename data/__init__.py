@@ -2,12 +2,13 @@
 
 from data.dataset import MAX_SEQ_LENGTH, SessionDataset, Split
 from data.errors import AtomicFormatError, DataError, DatasetNotFoundError
-from data.resolve import load_dataset, resolve_data_dir
+from data.resolve import DatasetSource, load_dataset, resolve_data_dir
 
 __all__ = [
     "MAX_SEQ_LENGTH",
     "AtomicFormatError",
     "DataError",
+    "DatasetSource",
     "DatasetNotFoundError",
     "SessionDataset",
     "Split",

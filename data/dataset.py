@@ -55,6 +55,11 @@ class Split:
         return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows])
 
 
+def train_tail_name(name: str, rows: int) -> str:
+    """The name a dataset cut to its last ``rows`` training rows is filed under."""
+    return f"{name}-last{rows}"
+
+
 @dataclass(frozen=True)
 class SessionDataset:
     """The three splits of one benchmark plus the catalog size (max item id + 1, row 0 = pad).
@@ -71,6 +76,16 @@ class SessionDataset:
 
     def without_test(self) -> SessionDataset:
         return replace(self, test=None)
+
+    def with_train_tail(self, rows: int) -> SessionDataset:
+        """Only the last ``rows`` training rows (the latest sessions of a file written in time
+        order), for quick searches on a large benchmark. Validation, test and the catalog are
+        unchanged, so metrics keep their scale; the name says what was cut."""
+        if rows < 1:
+            raise ValueError(f"train rows must be >= 1; got {rows}")
+        start = max(0, len(self.train) - rows)
+        return replace(self, name=train_tail_name(self.name, rows),
+                       train=self.train.subset(slice(start, None)))
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

@@ -12,11 +12,12 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from data import synthetic
 from data.atomic import load_atomic, split_paths
-from data.dataset import SessionDataset
+from data.dataset import SessionDataset, train_tail_name
 from data.errors import DataError, DatasetNotFoundError
 from data.fileio import writable_dir
 from data.raw import RAW_READERS
@@ -58,6 +59,28 @@ def load_dataset(
         if any(path.exists() for path in split_paths(folder, name).values()):
             return load_atomic(folder, name, use_cache=use_cache)
     raise DatasetNotFoundError(_not_found_message(name, folders))
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset as a search or a test stage names it: a name, where its files are, and an
+    optional cut of the training split to its last ``train_rows`` rows.
+
+    ``label`` is what experiments, runs and output folders are filed under, so a search on a cut
+    dataset is never mixed with, or selected for, the full one.
+    """
+
+    name: str
+    data_dir: Path | None = None
+    train_rows: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.train_rows is None else train_tail_name(self.name, self.train_rows)
+
+    def load(self) -> SessionDataset:
+        dataset = load_dataset(self.name, self.data_dir)
+        return dataset if self.train_rows is None else dataset.with_train_tail(self.train_rows)
 
 
 def _load_synthetic(root: Path, preset: str, seed: int, use_cache: bool) -> SessionDataset:

@@ -25,7 +25,7 @@ class Resources:
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    max_concurrent: int = 0  # 0: as many as the cluster fits
+    max_concurrent: int = 0  # 0: as many as the cluster's CPUs/GPUs hold at once
     address: str | None = None  # None: a local instance, or the cluster of the current Ray job
     storage_path: str | None = None  # None: trial directories under the output directory
     max_failures: int = 0  # retries of a trial that errored (also a node that died under it)
@@ -37,6 +37,20 @@ class Resources:
 
     def per_trial(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    def concurrent_trials(self) -> int:
+        """--max-concurrent, else the trials the connected cluster fits side by side.
+
+        Tune with a search algorithm and no limit keeps one trial pending at a time, which on a
+        2-CPU machine already halves throughput; so the limit is always set.
+        """
+        if self.max_concurrent:
+            return self.max_concurrent
+        total = ray.cluster_resources()
+        slots = total.get("CPU", 1.0) // self.cpus_per_trial
+        if self.gpus_per_trial:
+            slots = min(slots, total.get("GPU", 0.0) // self.gpus_per_trial)
+        return max(1, int(slots))
 
     def trials_location(self, local_dir: Path, output_dir: Path) -> str:
         """Where Tune keeps an experiment's trials: `local_dir`, or its mirror in storage_path.

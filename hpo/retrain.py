@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.entities import RunTag
 from ray import tune
 
-from data import SessionDataset, load_dataset
+from data import DatasetSource, SessionDataset
 from hpo.cluster import Resources, init_ray
 from hpo.report import write_report
 from hpo.selection import Selection
@@ -44,8 +44,7 @@ class TestStageError(RuntimeError):
 
 @dataclass(frozen=True)
 class TestPlan:
-    dataset: str
-    data_dir: Path | None
+    dataset: DatasetSource
     selections: tuple[Selection, ...]
     seeds: tuple[int, ...]
     baseline: str
@@ -56,7 +55,7 @@ class TestPlan:
 
     @property
     def experiment_name(self) -> str:
-        return f"{self.dataset}/test"
+        return f"{self.dataset.label}/test"
 
 
 def describe_job(config: dict) -> tuple[dict, dict]:
@@ -68,8 +67,9 @@ def describe_job(config: dict) -> tuple[dict, dict]:
 def run_test_stage(plan: TestPlan) -> dict[str, Path]:
     """Retrain, score test, write the report; returns the report files."""
     client = check_tracking(plan.tracking_uri)
-    dataset = load_dataset(plan.dataset, plan.data_dir)
-    out_dir = plan.output_dir.resolve() / plan.dataset / "test" / time.strftime("%Y%m%d-%H%M%S")
+    dataset = plan.dataset.load()
+    label = plan.dataset.label
+    out_dir = plan.output_dir.resolve() / label / "test" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     parent_run_id = _start_parent_run(client, plan, out_dir)
 
@@ -92,14 +92,14 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         plan.tracking_uri,
         client.get_run(parent_run_id).info.experiment_id,
         parent_run_id,
-        tags={"stage": "test", "dataset": plan.dataset},
+        tags={"stage": "test", "dataset": label},
         describe=describe_job,
         metric_prefixes=TEST_PREFIXES,
     )
     grid = tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.max_concurrent or None),
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.concurrent_trials()),
         run_config=tune.RunConfig(
             name="seeds",
             storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
@@ -117,15 +117,15 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
             f"{len(failed)} of {len(jobs)} seed runs failed (first: {failed[0].error}); "
             f"see {out_dir}"
         )
-    seed_results, per_row = _collect(grid, plan.dataset)
+    seed_results, per_row = _collect(grid, label)
     paths = write_report(
         out_dir,
         seed_results,
         baseline=plan.baseline,
         per_row=per_row,
-        targets_by_dataset={plan.dataset: dataset.test.targets},
-        popularity_by_dataset={plan.dataset: train_popularity(dataset)},
-        n_items_by_dataset={plan.dataset: dataset.n_items},
+        targets_by_dataset={label: dataset.test.targets},
+        popularity_by_dataset={label: train_popularity(dataset)},
+        n_items_by_dataset={label: dataset.n_items},
     )
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path))
@@ -167,7 +167,7 @@ def _start_parent_run(client, plan: TestPlan, out_dir: Path) -> str:
     run = client.create_run(
         experiment_id,
         run_name=f"test-{out_dir.name}",
-        tags={"stage": "test", "dataset": plan.dataset, "output_dir": str(out_dir)},
+        tags={"stage": "test", "dataset": plan.dataset.label, "output_dir": str(out_dir)},
     )
     log_params(client, run.info.run_id, {
         "variants": ",".join(s.space for s in plan.selections),

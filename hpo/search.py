@@ -18,7 +18,7 @@ from mlflow.entities import RunTag
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from data import load_dataset
+from data import DatasetSource
 from hpo.cluster import Resources, init_ray
 from hpo.results import plot_history, results_table
 from hpo.searcher import PruningAwareOptunaSearch
@@ -43,8 +43,7 @@ class SearchPlan:
     """Everything a search needs, fixed before any work starts (and printed by --dry-run)."""
 
     space: SearchSpace
-    dataset: str
-    data_dir: Path | None
+    dataset: DatasetSource
     budget: Budget
     seed: int
     resources: Resources
@@ -55,7 +54,7 @@ class SearchPlan:
 
     @property
     def experiment_name(self) -> str:
-        return f"{self.dataset}/{self.space.name}"
+        return f"{self.dataset.label}/{self.space.name}"
 
     @property
     def trials_storage(self) -> str:
@@ -71,13 +70,15 @@ class SearchPlan:
         b, r = self.budget, self.resources
         lines = [
             f"search      {self.space.name} (variant {self.space.model}) from {self.space.path}",
-            f"dataset     {self.dataset} (data dir {self.data_dir or 'default'})",
+            f"dataset     {self.dataset.label} (data dir {self.dataset.data_dir or 'default'}"
+            + (f", last {self.dataset.train_rows:,} training rows only"
+               if self.dataset.train_rows else "") + ")",
             f"budget      {b.num_samples} trials x <= {b.max_epochs} epochs; ASHA grace "
             f"{b.grace_period}, reduction factor {b.reduction_factor}; {b.mode} {b.metric}",
             f"seed        {self.seed} (TPE sampler and every trial's training)",
             f"resources   {r.cpus_per_trial} CPU + {r.gpus_per_trial} GPU per trial"
             + (" (CUDA required)" if r.require_cuda else "")
-            + f", max concurrent {r.max_concurrent or 'unlimited'}, "
+            + f", max concurrent {r.max_concurrent or 'as the cluster fits'}, "
             f"max failures {r.max_failures}",
             f"ray         {r.address or 'local instance (or the Ray job cluster)'}",
             f"trials      {self.trials_storage}",
@@ -124,7 +125,7 @@ class SearchOutcome:
 def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
     """Run (or resume) the search; returns its MLflow parent run and the table of all trials."""
     client = check_tracking(plan.tracking_uri)
-    dataset = load_dataset(plan.dataset, plan.data_dir).without_test()
+    dataset = plan.dataset.load().without_test()
     log.info("loaded %s", dataset.summary())
 
     state_path = plan.search_dir / STATE_FILE
@@ -197,7 +198,7 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=b.num_samples,
-            max_concurrent_trials=plan.resources.max_concurrent or None,
+            max_concurrent_trials=plan.resources.concurrent_trials(),
         ),
         run_config=tune.RunConfig(
             name=TRIALS_DIR,
@@ -215,7 +216,8 @@ def _plan_record(plan: SearchPlan) -> dict:
         "space": plan.space.name,
         "space_file": str(plan.space.path),
         "variant": plan.space.model,
-        "dataset": plan.dataset,
+        "dataset": plan.dataset.label,
+        "train_rows": plan.dataset.train_rows,
         "seed": plan.seed,
         "budget": asdict(plan.budget),
         "resources": asdict(plan.resources),
@@ -233,7 +235,7 @@ def _start_parent_run(client, plan: SearchPlan) -> str:
         experiment_id,
         run_name=f"{plan.space.name}-{plan.search_dir.name}",
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name,
-              "dataset": plan.dataset, "search_dir": str(plan.search_dir)},
+              "dataset": plan.dataset.label, "search_dir": str(plan.search_dir)},
     )
     run_id = run.info.run_id
     record = _plan_record(plan)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.encoders import PAD, Packed
+from models.encoders import PAD, Packed, dropout
 from models.losses import catalog_loss, in_batch_session_loss, info_nce, mask_items
 
 
@@ -57,13 +57,13 @@ class CORE(nn.Module):
         """Normalised session vectors h_s [B, d] (fp32) and the encoder's weights alpha [B, L]."""
         packed = Packed(items)
         x = F.embedding(packed.pack(items), self.item_embedding)
-        h, alpha = self.encoder(packed, F.dropout(x, self.sess_dropout, self.training))
+        h, alpha = self.encoder(packed, dropout(x, self.sess_dropout, self.training))
         return F.normalize(h.float(), dim=-1), alpha
 
     def forward(self, items: Tensor, targets: Tensor) -> Tensor:
         """Training loss of a batch of right-padded prefixes [B, L] and next items [B]."""
         h, _ = self.encode(items)
-        table = F.dropout(self.item_embedding, self.item_dropout, self.training)
+        table = dropout(self.item_embedding, self.item_dropout, self.training)
         obj = self.objective
         loss = catalog_loss(
             h / self.temperature, F.normalize(table, dim=-1), targets, obj.hn_k, obj.hn_lambda
@@ -79,10 +79,14 @@ class CORE(nn.Module):
         """The row-normalised item table used for inference (compute once per evaluation)."""
         return F.normalize(self.item_embedding, dim=-1)
 
-    def predict(self, items: Tensor, catalog: Tensor | None = None) -> Tensor:
-        """Full-catalog logits [B, n_items] = h_s normalise(E)^T / tau, with z_0 = -inf."""
-        h, _ = self.encode(items)
-        catalog = self.catalog() if catalog is None else catalog
-        scores = torch.mm(h / self.temperature, catalog.t())
+    def score(self, h: Tensor, catalog: Tensor, out: Tensor | None = None) -> Tensor:
+        """Full-catalog logits [B, n_items] = h_s catalog^T / tau of session vectors h_s, with
+        z_0 = -inf: the transpose of a contiguous [n_items, B] product (written to ``out`` if
+        given), which CPU BLAS computes about twice as fast for the few rows of a block."""
+        scores = torch.mm(catalog, (h / self.temperature).t(), out=out).t()
         scores[:, PAD] = float("-inf")
         return scores
+
+    def predict(self, items: Tensor) -> Tensor:
+        """Full-catalog inference logits of a batch of prefixes (see ``score``)."""
+        return self.score(self.encode(items)[0], self.catalog())

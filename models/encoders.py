@@ -28,6 +28,20 @@ INIT_STD = 0.02
 MASKED = -10_000.0
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout`` (keep with probability 1 - p, scale by 1 / (1 - p)), drawn by thresholding
+    uniform noise: ~3x faster than torch's Bernoulli sampler on CPU, the same distribution."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))
+    return x * keep.to(x.dtype)
+
+
+class Dropout(nn.Dropout):
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def init_weights(module: nn.Module) -> None:
     """Spec initialisation of the non-item-table weights: Linear/Embedding N(0, 0.02), biases 0,
     LayerNorm 1/0 (apply with ``module.apply``)."""
@@ -45,15 +59,20 @@ def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 
 
 class Block(NamedTuple):
-    """Rows of one attention block: packed tokens [start, end) laid out on a [rows, width] grid
-    (``grid``: each token's flat grid position), with the additive attention mask ``bias``."""
+    """One attention block: ``rows`` sessions on a [rows, width] grid, with the additive mask
+    ``bias`` [rows, 1, width, width] (key k visible to query j iff k <= j and item k is real)."""
 
-    start: int
-    end: int
     rows: int
     width: int
-    grid: Tensor
     bias: Tensor
+
+
+class AttentionLayout(NamedTuple):
+    """The blocks, stacked flat one after the other, and each token's cell in that stack."""
+
+    blocks: list[Block]
+    cell: Tensor  # [T] flat grid index of each token
+    cells: int  # total grid cells (sum of rows * width)
 
 
 class Packed:
@@ -91,7 +110,7 @@ class Packed:
         """[T, ...] -> [B, L, ...], padded positions set to ``fill``."""
         batch, length = self.shape
         full = tokens.new_full((batch * length, *tokens.shape[1:]), fill)
-        return full.index_copy(0, self.index, tokens).view(batch, length, *tokens.shape[1:])
+        return full.index_copy_(0, self.index, tokens).view(batch, length, *tokens.shape[1:])
 
     def softmax(self, scores: Tensor) -> Tensor:
         """Token scores [T, 1] -> attention over positions [B, L] in fp32 (padding -inf)."""
@@ -108,9 +127,9 @@ class Packed:
         return weighted.new_zeros(self.shape[0], x.shape[1]).index_add_(0, self.row, weighted)
 
     @cached_property
-    def blocks(self) -> list[Block]:
-        """Attention blocks; key k is visible to query j iff k <= j and item k is real."""
-        blocks, start = [], 0
+    def attention(self) -> AttentionLayout:
+        """Rows grouped by block width (tokens are already in that order)."""
+        blocks, cells, start, offset = [], [], 0, 0
         row_width = self._row_block_width
         for width in torch.unique(row_width).tolist():
             rows = (row_width == width).nonzero().squeeze(1)
@@ -118,14 +137,14 @@ class Packed:
                 0, rows, torch.arange(len(rows), device=rows.device)
             )
             end = start + int(self.real[rows].sum())
-            grid = local[self.row[start:end]] * width + self.position[start:end]
+            cells.append(offset + local[self.row[start:end]] * width + self.position[start:end])
             real = self.real[rows, :width]
             causal = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
             visible = causal & real[:, None, None, :]
             bias = torch.zeros(visible.shape, device=real.device).masked_fill_(~visible, MASKED)
-            blocks.append(Block(start, end, len(rows), width, grid, bias))
-            start = end
-        return blocks
+            blocks.append(Block(len(rows), width, bias))
+            start, offset = end, offset + len(rows) * width
+        return AttentionLayout(blocks, torch.cat(cells), offset)
 
 
 class TransformerLayer(nn.Module):
@@ -146,19 +165,22 @@ class TransformerLayer(nn.Module):
         self.ff_in = nn.Linear(d, inner_size)
         self.ff_out = nn.Linear(inner_size, d)
         self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
 
     def forward(self, tokens: Tensor, packed: Packed) -> Tensor:
         tokens = self.norm1(tokens + self.dropout(self.proj(self._attention(tokens, packed))))
         return self.norm2(tokens + self.dropout(self.ff_out(F.gelu(self.ff_in(tokens)))))
 
     def _attention(self, tokens: Tensor, packed: Packed) -> Tensor:
-        qkv = self.qkv(tokens)
+        # One scatter into all blocks' grids and one gather back: per-block slicing of the
+        # token tensor would cost a [T, 3d] zero-fill per block in the backward pass.
+        layout = packed.attention
         d = tokens.shape[1]
+        qkv = self.qkv(tokens)
+        stacked = qkv.new_zeros(layout.cells, 3 * d).index_copy_(0, layout.cell, qkv)
+        grids = torch.split(stacked, [block.rows * block.width for block in layout.blocks])
         contexts = []
-        for block in packed.blocks:
-            grid = qkv.new_zeros(block.rows * block.width, 3 * d)
-            grid = grid.index_copy(0, block.grid, qkv[block.start : block.end])
+        for block, grid in zip(layout.blocks, grids, strict=True):
             q, k, v = grid.view(block.rows, block.width, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(
                 q,
@@ -167,9 +189,8 @@ class TransformerLayer(nn.Module):
                 attn_mask=block.bias.to(q.dtype),
                 dropout_p=self.attn_dropout if self.training else 0.0,
             )
-            context = context.transpose(1, 2).reshape(block.rows * block.width, d)
-            contexts.append(context.index_select(0, block.grid))
-        return torch.cat(contexts)
+            contexts.append(context.transpose(1, 2).reshape(block.rows * block.width, d))
+        return torch.cat(contexts).index_select(0, layout.cell)
 
 
 class Transformer(nn.Module):
@@ -190,7 +211,7 @@ class Transformer(nn.Module):
         self.d = d
         self.position = nn.Embedding(max_seq_length, d)
         self.norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(d, n_heads, inner_size, hidden_dropout, attn_dropout)
             for _ in range(n_layers)

@@ -14,12 +14,15 @@ TOP_K = max(KS)
 METRIC_NAMES = tuple(f"{name}_{k}" for k in KS for name in ("recall", "mrr", "ndcg"))
 
 
-def rank_and_top_(scores: Tensor, targets: Tensor, k: int = TOP_K) -> tuple[Tensor, Tensor]:
-    """Ranks [B] (int64) of ``targets`` and the top-k item ids [B, k] (best first).
+def rank_and_top_(
+    scores: Tensor, targets: Tensor, k: int | None = TOP_K
+) -> tuple[Tensor, Tensor | None]:
+    """Ranks [B] (int64) of ``targets`` and the top-k item ids [B, k] (best first; None when
+    ``k`` is None: validation needs ranks only, and top-k costs about as much as the count).
 
     Consumes ``scores`` (overwritten in place: counting through a float 0/1 buffer is several
     times faster on CPU than reducing a boolean comparison)."""
-    top = scores.topk(k, dim=1).indices
+    top = scores.topk(k, dim=1).indices if k else None
     target_scores = scores.gather(1, targets[:, None])
     higher = scores.gt_(target_scores).sum(dim=1)
     return higher.long() + 1, top

@@ -93,3 +93,21 @@ def test_write_atomic_round_trips(tmp_path):
     loaded, built = load_atomic(tmp_path, "syn"), make_dataset("tiny", seed=4)
     assert loaded.n_items == built.n_items
     np.testing.assert_array_equal(loaded.test.prefixes, built.test.prefixes)
+
+
+def test_a_train_tail_keeps_the_latest_rows_and_everything_else(tmp_path):
+    from data import DatasetSource
+
+    write_atomic(tmp_path / "tiny", name="tiny", preset="tiny", seed=0)
+    full = DatasetSource("tiny", tmp_path).load()
+    source = DatasetSource("tiny", tmp_path, train_rows=100)
+    cut = source.load()
+    assert source.label == cut.name == "tiny-last100" and DatasetSource("tiny").label == "tiny"
+    assert np.array_equal(cut.train.targets, full.train.targets[-100:])
+    assert np.array_equal(cut.train.prefixes, full.train.prefixes[-100:])
+    assert cut.n_items == full.n_items
+    assert np.array_equal(cut.valid.targets, full.valid.targets)
+    assert np.array_equal(cut.test.targets, full.test.targets)
+    assert len(full.with_train_tail(10**9).train) == len(full.train)
+    with pytest.raises(ValueError, match=">= 1"):
+        full.with_train_tail(0)

@@ -10,6 +10,7 @@ from models.encoders import (
     Packed,
     Transformer,
     TrmEncoder,
+    dropout,
 )
 from models.registry import build_model
 
@@ -132,3 +133,31 @@ def test_enhanced_layer_weights_start_at_ones_and_initialisation_follows_spec():
     assert torch.all(layer.qkv.bias == 0) and torch.all(layer.norm1.weight == 1)
     assert layer.norm1.eps == 1e-12
     assert abs(layer.ff_in.weight.std().item() - 0.02) < 0.004
+
+
+def test_dropout_keeps_1_minus_p_scaled_and_is_identity_in_eval():
+    torch.manual_seed(0)
+    x = torch.ones(200, 500)
+    dropped = dropout(x, 0.2, training=True)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert torch.allclose(dropped[kept], torch.tensor(1.25))
+    assert dropout(x, 0.2, training=False) is x
+
+
+@pytest.mark.parametrize("name", ["trm", "da", "enhanced"])
+def test_gradients_through_packing_match_finite_differences(name):
+    torch.manual_seed(0)
+    encoder = ENCODERS[name]().eval()
+    items = batch(seed=5, rows=5, width=9)
+    packed = Packed(items)
+    x = torch.randn(len(packed.index), D, dtype=torch.float32, requires_grad=True)
+    weights = torch.randn(len(items), D)
+    (grad,) = torch.autograd.grad((encoder(packed, x)[0] * weights).sum(), x)
+    for token, dim in [(0, 0), (3, 5), (len(packed.index) - 1, D - 1), (7, 2)]:
+        step = torch.zeros_like(x)
+        step[token, dim] = 1e-2
+        with torch.no_grad():
+            up = (encoder(packed, x + step)[0] * weights).sum()
+            down = (encoder(packed, x - step)[0] * weights).sum()
+        assert (up - down).item() / 2e-2 == pytest.approx(grad[token, dim].item(), abs=2e-3)

@@ -22,6 +22,8 @@ from models.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny"
+TRAIN_ROWS = 1200  # of 1,449: the protocol also runs on a cut training split
+LABEL = f"{TINY}-last{TRAIN_ROWS}"  # what a cut dataset's runs are filed under
 SEEDS = 2
 SMALL = {"embedding_size": 16, "batch_size": 256}
 
@@ -53,7 +55,8 @@ def protocol(tmp_path_factory, tiny_data_dir, ray_local):
 
     patch = pytest.MonkeyPatch()
     patch.setattr(hpo.search.tune, "with_parameters", spy)
-    common = ["--dataset", TINY, "--data-dir", str(tiny_data_dir), "--output-dir", str(out),
+    common = ["--dataset", TINY, "--train-rows", str(TRAIN_ROWS), "--data-dir", str(tiny_data_dir),
+              "--output-dir", str(out),
               "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2", "--seeds",
               str(SEEDS), "--max-concurrent", "2"]
     try:
@@ -68,10 +71,11 @@ def test_search_trials_never_get_test_data(protocol):
     client, _, _, _, searched_datasets = protocol
     assert len(searched_datasets) == 2
     assert all(dataset.test is None for dataset in searched_datasets)
+    assert all(len(dataset.train) == TRAIN_ROWS for dataset in searched_datasets)
     with pytest.raises(PermissionError, match="withheld"):
         searched_datasets[0].split("test")
     for space in ("ave", "trm"):
-        for run in stage_runs(client, f"{TINY}/{space}", "search"):
+        for run in stage_runs(client, f"{LABEL}/{space}", "search"):
             assert not [k for k in run.data.metrics if k.startswith("test_")]
 
 
@@ -89,8 +93,8 @@ def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch
         raise AssertionError("selection must not evaluate anything")
 
     monkeypatch.setattr(Trainer, "evaluate_detailed", forbidden)
-    selection = select_best(client, TINY, "trm", "valid_mrr_20")
-    children = [r for r in stage_runs(client, f"{TINY}/trm", "search")
+    selection = select_best(client, LABEL, "trm", "valid_mrr_20")
+    children = [r for r in stage_runs(client, f"{LABEL}/trm", "search")
                 if r.data.tags.get(PARENT_TAG) == selection.search_run_id]
     best = max(r.data.metrics["best_valid_mrr_20"] for r in children)
     assert selection.value == best
@@ -98,28 +102,29 @@ def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch
     assert isinstance(selection.config["embedding_size"], int)  # MLflow strings typed back
     assert isinstance(selection.config["temperature"], float)
     with pytest.raises(SelectionError, match="validation metrics only"):
-        select_best(client, TINY, "trm", "test_mrr_20")
+        select_best(client, LABEL, "trm", "test_mrr_20")
 
 
 @pytest.fixture(scope="module")
 def test_stage(protocol):
     client, out, spaces, common, _ = protocol
     assert launch.main(["--space", *spaces, "--stage", "test", *common]) == 0
-    [parent] = [r for r in stage_runs(client, f"{TINY}/test", "test")
+    [parent] = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if PARENT_TAG not in r.data.tags]
     return client, parent
 
 
 def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol, test_stage):
     client, parent = test_stage
-    children = [r for r in stage_runs(client, f"{TINY}/test", "test")
+    children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 2 * SEEDS
+    assert parent.data.tags["dataset"] == LABEL
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
         (v, str(s)) for v in ("ave", "trm") for s in range(1, SEEDS + 1)
     }
     for run in children:
-        selected = select_best(client, TINY, run.data.tags["variant"], "valid_mrr_20")
+        selected = select_best(client, LABEL, run.data.tags["variant"], "valid_mrr_20")
         assert run.data.tags["selected_from"] == selected.trial_run_id
         assert run.data.params["seed"] == run.data.tags["seed"]
         assert 0.0 <= run.data.metrics["test_mrr_20"] <= run.data.metrics["test_recall_20"]
@@ -132,7 +137,7 @@ def test_report_statistics_equal_scipy_on_recorded_values(test_stage):
     client, parent = test_stage
     out_dir = Path(parent.data.tags["output_dir"])
     seeds = pd.read_csv(out_dir / "seed_results.csv")
-    children = [r for r in stage_runs(client, f"{TINY}/test", "test")
+    children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     recorded = {(r.data.tags["variant"], int(r.data.tags["seed"])): r.data.metrics["test_mrr_20"]
                 for r in children}
@@ -154,7 +159,7 @@ def test_report_statistics_equal_scipy_on_recorded_values(test_stage):
 def test_selection_refuses_a_search_that_saw_test_metrics(protocol, test_stage):
     """Runs last in this module: the planted leak stays in the store (MLflow cannot delete it)."""
     client, *_ = protocol
-    selection = select_best(client, TINY, "ave", "valid_mrr_20")
+    selection = select_best(client, LABEL, "ave", "valid_mrr_20")
     client.log_metric(selection.trial_run_id, "test_mrr_20", 0.5)
     with pytest.raises(SelectionError, match="holds test metrics"):
-        select_best(client, TINY, "ave", "valid_mrr_20")
+        select_best(client, LABEL, "ave", "valid_mrr_20")

@@ -1,6 +1,8 @@
 """Trainer: protocol (best checkpoint, early stopping, test only on request), determinism,
 exact resume, divergence detection, and that training actually learns."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,30 @@ def test_prefixes_longer_than_max_seq_length_keep_their_last_items():
     assert kept.tolist() == [3, 2, 3]
     same, _ = _keep_last(prefixes, lengths, 5)
     assert same is prefixes
+
+
+def test_best_valid_metrics_are_all_taken_at_the_mrr_selected_checkpoint(dataset):
+    trainer = Trainer({**SMALL, "model": "ave", "epochs": 3, "patience": 5}, dataset, **CPU)
+    # Epoch 2 has the best MRR@20 but the worst recall: best_valid_recall_20 must follow MRR.
+    scripted = iter([
+        {"mrr_20": 0.1, "recall_20": 0.5},
+        {"mrr_20": 0.2, "recall_20": 0.1},
+        {"mrr_20": 0.15, "recall_20": 0.9},
+    ])
+    trainer.evaluate = lambda split, use_best: next(scripted)
+    history = [trainer.run_epoch() for _ in range(3)]
+    assert [m["best_valid_recall_20"] for m in history] == [0.5, 0.1, 0.1]
+    assert [m["best_valid_mrr_20"] for m in history] == [0.1, 0.2, 0.2]
+
+
+def test_read_only_arrays_from_the_object_store_are_used_without_copy_or_warning():
+    dataset = make_dataset("tiny", seed=0)
+    for split in (dataset.train, dataset.valid):
+        for array in (split.prefixes, split.lengths, split.targets):
+            array.setflags(write=False)  # what Ray's object store hands to a worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = Trainer({**SMALL, "model": "ave", "epochs": 1}, dataset, **CPU)
+        trainer.run_epoch()
+    targets = trainer._split_rows("train").targets
+    assert targets.data_ptr() == dataset.train.targets.ctypes.data  # shared, not copied
