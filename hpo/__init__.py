@@ -1,0 +1,2 @@
+"""Hyperparameter search: search spaces, Ray Tune + Optuna + ASHA searches, MLflow tracking,
+selection-then-test and its statistics and report."""
