@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
     """Validate everything that can be validated without starting Ray."""
+    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows)
+    dataset.check()
     output_dir = args.output_dir.resolve()
     tracking_uri = resolve_tracking_uri(args.mlflow_uri, output_dir)
     resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
@@ -132,7 +134,6 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
         logging.getLogger("launch").warning(
             "%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
             "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
-    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows)
     plans = []
     for name in args.space:
         space = load_space(name)

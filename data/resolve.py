@@ -54,10 +54,15 @@ def load_dataset(
         preset = generated["preset"] or synthetic_preset
         seed = int(generated["seed"]) if generated["seed"] else seed
         return _load_synthetic(root, preset, seed, use_cache)
+    return load_atomic(atomic_folder(name, root), name, use_cache=use_cache)
+
+
+def atomic_folder(name: str, root: Path) -> Path:
+    """The folder holding ``name``'s atomic files: ``<root>/<name>/`` or ``<root>`` itself."""
     folders = [root / name, root]
     for folder in folders:
         if any(path.exists() for path in split_paths(folder, name).values()):
-            return load_atomic(folder, name, use_cache=use_cache)
+            return folder
     raise DatasetNotFoundError(_not_found_message(name, folders))
 
 
@@ -77,6 +82,12 @@ class DatasetSource:
     @property
     def label(self) -> str:
         return self.name if self.train_rows is None else train_tail_name(self.name, self.train_rows)
+
+    def check(self) -> None:
+        """Fail now, with load's message, if the files of a non-generated dataset are missing:
+        a plan (and --dry-run) is refused before Ray or MLflow are touched."""
+        if not _SYNTHETIC_NAME.fullmatch(self.name):
+            atomic_folder(self.name, resolve_data_dir(self.data_dir))
 
     def load(self) -> SessionDataset:
         dataset = load_dataset(self.name, self.data_dir)

@@ -27,13 +27,13 @@ def test_trials_go_under_the_output_dir_or_mirror_it_in_the_storage_path(tmp_pat
 
 
 def test_dry_run_shows_where_trials_go_and_the_failure_policy(tmp_path, capsys):
-    rc = launch.main(["--space", "trm.yaml", "--dataset", "tiny", "--output-dir",
+    rc = launch.main(["--space", "trm.yaml", "--dataset", "synthetic", "--output-dir",
                       str(tmp_path / "out"), "--storage-path", "s3://bucket/hpo",
                       "--max-failures", "2", "--dry-run"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "max failures 2" in printed
-    assert "trials      s3://bucket/hpo/tiny/trm/" in printed
+    assert "trials      s3://bucket/hpo/synthetic/trm/" in printed
 
 
 def test_tracking_server_command_keeps_sqlite_to_one_writer(tmp_path):
