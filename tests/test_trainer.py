@@ -84,16 +84,19 @@ def test_best_checkpoint_early_stopping_and_callback(dataset):
             (metrics, trainer.model.state_dict()["item_embedding"].clone())
         ),
     )
-    scores = iter([0.1, 0.3, 0.2, 0.3, 0.5])
+    # Compared at 4 decimal places, ties to the later epoch: 0.30004 and 0.29996 tie 0.3 and
+    # become the best; 0.29994 is below it; patience 2 then stops after epoch 7.
+    scores = iter([0.1, 0.3, 0.2, 0.30004, 0.29996, 0.2, 0.29994, 0.5])
     real_evaluate = trainer.evaluate
     trainer.evaluate = lambda split, use_best: {"mrr_20": next(scores)}  # scripted validation
     best = trainer.fit()
-    assert trainer.epoch == 4 and trainer.best_epoch == 2  # 0.3 is not > 0.3: no improvement
-    assert best["epoch"] == 2 and best["valid_mrr_20"] == 0.3
-    assert [m["best_epoch"] for m, _ in seen] == [1, 2, 2, 2]
-    assert [m["best_valid_mrr_20"] for m, _ in seen] == [0.1, 0.3, 0.3, 0.3]
+    assert trainer.epoch == 7 and trainer.best_epoch == 5
+    assert best["epoch"] == 5 and best["valid_mrr_20"] == 0.29996
+    assert [m["best_epoch"] for m, _ in seen] == [1, 2, 2, 4, 5, 5, 5]
+    assert [m["best_valid_mrr_20"] for m, _ in seen] == [0.1, 0.3, 0.3, 0.30004] + [0.29996] * 3
     assert {"epoch", "train_loss", "epoch_time", "valid_mrr_20"} <= set(seen[0][0])
-    assert torch.equal(trainer.best_state["item_embedding"], seen[1][1])
+    assert torch.equal(trainer.best_state["item_embedding"], seen[4][1])
+    assert not torch.equal(seen[4][1], seen[3][1])
     # Evaluation with the best checkpoint leaves the current weights in place.
     trainer.evaluate = real_evaluate
     current = trainer.model.state_dict()["item_embedding"].clone()
