@@ -46,15 +46,20 @@ def load_dataset(
     ``synthetic-<preset>-seed<n>`` (the names such datasets carry) are generated into
     ``<data_dir>/synthetic-<preset>[-seed<n>]/`` on first use; ``seed`` only matters for
     synthetic data. ``use_cache=False`` parses the text even if a cache exists."""
-    if not _NAME.fullmatch(name):
-        raise DataError(f"invalid dataset name {name!r}: use letters, digits, '.', '_', '-'")
     root = resolve_data_dir(data_dir)
-    generated = _SYNTHETIC_NAME.fullmatch(name)
+    generated = _generated_name(name)
     if generated:
         preset = generated["preset"] or synthetic_preset
         seed = int(generated["seed"]) if generated["seed"] else seed
         return _load_synthetic(root, preset, seed, use_cache)
     return load_atomic(atomic_folder(name, root), name, use_cache=use_cache)
+
+
+def _generated_name(name: str) -> re.Match | None:
+    """Refuses an invalid name; the match (preset, seed) when ``name`` is generated data."""
+    if not _NAME.fullmatch(name):
+        raise DataError(f"invalid dataset name {name!r}: use letters, digits, '.', '_', '-'")
+    return _SYNTHETIC_NAME.fullmatch(name)
 
 
 def atomic_folder(name: str, root: Path) -> Path:
@@ -84,9 +89,9 @@ class DatasetSource:
         return self.name if self.train_rows is None else train_tail_name(self.name, self.train_rows)
 
     def check(self) -> None:
-        """Fail now, with load's message, if the files of a non-generated dataset are missing:
-        a plan (and --dry-run) is refused before Ray or MLflow are touched."""
-        if not _SYNTHETIC_NAME.fullmatch(self.name):
+        """Fail now, with load's message, on an invalid name or the missing files of a
+        non-generated dataset: a plan (and --dry-run) is refused before Ray or MLflow start."""
+        if not _generated_name(self.name):
             atomic_folder(self.name, resolve_data_dir(self.data_dir))
 
     def load(self) -> SessionDataset:

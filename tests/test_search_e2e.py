@@ -141,6 +141,9 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, tiny_data_dir, capsys):
     assert launch.main(["--space", "trm.yaml", "--dataset", "retailrocket", "--data-dir",
                         str(tmp_path / "none"), "--output-dir", str(tmp_path), "--dry-run"]) == 2
     assert "dataset 'retailrocket' not found" in capsys.readouterr().err
+    assert launch.main(["--space", "trm.yaml", "--dataset", "../up", "--output-dir",
+                        str(tmp_path), "--dry-run"]) == 2
+    assert "invalid dataset name '../up'" in capsys.readouterr().err
     assert not (tmp_path / TINY).exists()
     assert not (tmp_path / "mlflow.db").exists(), "the tracking store was touched before the check"
 
