@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from data.items import ItemTable
 
 MAX_SEQ_LENGTH = 50
 SPLITS = ("train", "valid", "test")
@@ -18,6 +22,9 @@ class Split:
     prefixes: np.ndarray  # int32 [n_rows, max_len], row i holds lengths[i] real ids then zeros
     lengths: np.ndarray  # int32 [n_rows], 1 <= length <= max_len
     targets: np.ndarray  # int64 [n_rows], ids >= 1
+    # int64 [n_rows]: the user of each row's session, 1..n_users (0 = unknown), when the source
+    # knows users (the optional ``user_id:token`` column); None otherwise.
+    users: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.targets)
@@ -26,6 +33,8 @@ class Split:
                 f"inconsistent split arrays: prefixes {self.prefixes.shape}, "
                 f"lengths {self.lengths.shape}, targets {self.targets.shape}"
             )
+        if self.users is not None and len(self.users) != n:
+            raise ValueError(f"users has {len(self.users)} entries for {n} rows")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -52,7 +61,8 @@ class Split:
         return cls(matrix, lengths, np.asarray(targets, dtype=np.int64))
 
     def subset(self, rows: np.ndarray | slice) -> Split:
-        return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows])
+        users = None if self.users is None else self.users[rows]
+        return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows], users)
 
 
 def train_tail_name(name: str, rows: int) -> str:
@@ -73,6 +83,20 @@ class SessionDataset:
     train: Split
     valid: Split
     test: Split | None
+    # Item metadata from ``<name>.item`` (``data.items.ItemTable``), None when there is no file.
+    items: ItemTable | None = None
+    # Frozen semantic item vectors float32 [n_items, dim] (row 0, padding, all zeros) and the
+    # text model that made them (``data.text``); None until attached with ``with_item_vectors``.
+    item_vectors: np.ndarray | None = None
+    text_model: str | None = None
+
+    def with_item_vectors(self, vectors: np.ndarray, text_model: str) -> SessionDataset:
+        """This dataset carrying ``vectors`` (one row per catalog id) made by ``text_model``."""
+        if vectors.ndim != 2 or len(vectors) != self.n_items:
+            raise ValueError(
+                f"item vectors must be [n_items={self.n_items}, dim], got {vectors.shape}"
+            )
+        return replace(self, item_vectors=vectors, text_model=text_model)
 
     def without_test(self) -> SessionDataset:
         return replace(self, test=None)

@@ -24,16 +24,9 @@ from hpo.stats import (
     row_metrics,
     summarize,
 )
+from models.metrics import METRIC_LABELS
 
 TABLE_METRICS = ("recall_20", "mrr_20")
-METRIC_LABELS = {
-    "recall_10": "R@10",
-    "recall_20": "R@20",
-    "mrr_10": "M@10",
-    "mrr_20": "M@20",
-    "ndcg_10": "N@10",
-    "ndcg_20": "N@20",
-}
 VARIANT_LABELS = {
     "ave": "CORE-ave",
     "trm": "CORE-trm",

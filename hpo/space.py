@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from models.metrics import METRIC_NAMES
 from models.registry import VARIANTS, config_keys
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -45,7 +46,7 @@ COMMON_SPEC_KEYS = {"type", "condition"}
 TOP_LEVEL_KEYS = {
     "name", "model", "description", "fixed", "budget", "dataset_budgets", "parameters"
 }
-METRICS = tuple(f"valid_{m}_{k}" for m in ("recall", "mrr", "ndcg") for k in (10, 20))
+METRICS = tuple(f"valid_{name}" for name in METRIC_NAMES)  # what a search may optimise
 # Keys the search owns: a space may not fix or sample them, the CLI sets them.
 RESERVED_KEYS = {"model", "seed", "epochs"}
 

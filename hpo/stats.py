@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-METRICS = ("recall_10", "recall_20", "mrr_10", "mrr_20", "ndcg_10", "ndcg_20")
+from models.metrics import METRIC_NAMES as METRICS
+from models.metrics import row_metrics
+
 KEYS = ("dataset", "variant", "seed")
 SESSION_LEVEL = "session (rows; not independent of the seed-level test, use when seeds are few)"
 
@@ -19,27 +21,6 @@ SESSION_LEVEL = "session (rows; not independent of the seed-level test, use when
 _ZERO_SPREAD = 1e-12
 ZERO_VARIANCE_NOTE = "differences have zero variance: t-test undefined"
 NO_DIFFERENCE_NOTE = "all differences are zero: Wilcoxon test undefined"
-
-
-def row_metrics(ranks, k: int) -> dict[str, np.ndarray]:
-    """Per-row recall@k, MRR@k and NDCG@k (one relevant item) from 1-based full-catalog ranks.
-
-    The single place where metrics are derived from ranks; works on arrays of any shape.
-    """
-    ranks = np.asarray(ranks)
-    if not np.issubdtype(ranks.dtype, np.integer):
-        raise ValueError(f"ranks must be integers, got dtype {ranks.dtype}")
-    if ranks.size and ranks.min() < 1:
-        raise ValueError(f"ranks are 1-based; found {int(ranks.min())}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    hit = ranks <= k
-    safe = np.where(hit, ranks, 1).astype(np.float64)  # no division or log of large ranks
-    return {
-        f"recall_{k}": hit.astype(np.float64),
-        f"mrr_{k}": np.where(hit, 1.0 / safe, 0.0),
-        f"ndcg_{k}": np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0),
-    }
 
 
 def check_seed_results(seed_results: pd.DataFrame) -> pd.DataFrame:

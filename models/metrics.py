@@ -1,5 +1,9 @@
 """Full-catalog ranking metrics: Recall@K (= HitRate@K), MRR@K and NDCG@K, K in {10, 20}.
 
+The one place that names the metrics (``METRIC_NAMES``; validation and test results add a
+``valid_`` / ``test_`` prefix) and turns target ranks into them (``row_metrics``): training,
+search, selection and the test-stage statistics all read them from here.
+
 A target's rank is 1 + the number of items with a strictly higher score, so ties are resolved
 in the target's favour and no sort is needed. Items already in the session are not masked.
 """
@@ -12,6 +16,11 @@ from torch import Tensor
 KS = (10, 20)
 TOP_K = max(KS)
 METRIC_NAMES = tuple(f"{name}_{k}" for k in KS for name in ("recall", "mrr", "ndcg"))
+METRIC_LABELS = {
+    f"{name}_{k}": f"{label}@{k}"
+    for k in KS
+    for name, label in (("recall", "R"), ("mrr", "M"), ("ndcg", "N"))
+}
 
 
 def rank_and_top_(
@@ -28,13 +37,39 @@ def rank_and_top_(
     return higher.long() + 1, top
 
 
+def row_metrics(ranks, k: int) -> dict[str, np.ndarray]:
+    """Per-row recall@k, MRR@k and NDCG@k (one relevant item) from 1-based full-catalog ranks.
+
+    Args:
+        ranks: integer ranks of the targets, any shape (e.g. [n_seeds, n_rows]).
+        k: the cut-off.
+
+    Returns:
+        ``{"recall_k": ..., "mrr_k": ..., "ndcg_k": ...}``, float64 arrays shaped like ``ranks``.
+    """
+    ranks = np.asarray(ranks)
+    if not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError(f"ranks must be integers, got dtype {ranks.dtype}")
+    if ranks.size and ranks.min() < 1:
+        raise ValueError(f"ranks are 1-based; found {int(ranks.min())}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    hit = ranks <= k
+    safe = np.where(hit, ranks, 1).astype(np.float64)  # no division or log of large ranks
+    return {
+        f"recall_{k}": hit.astype(np.float64),
+        f"mrr_{k}": np.where(hit, 1.0 / safe, 0.0),
+        f"ndcg_{k}": np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0),
+    }
+
+
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
-    """Averages over rows of Recall@K, MRR@K and NDCG@K (fractions in [0, 1])."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    metrics = {}
+    """Averages over rows of every metric in ``METRIC_NAMES`` (fractions in [0, 1]).
+
+    Args:
+        ranks: 1-based integer target ranks, one per row.
+    """
+    per_row = {}
     for k in KS:
-        hit = ranks <= k
-        metrics[f"recall_{k}"] = float(hit.mean())
-        metrics[f"mrr_{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
-        metrics[f"ndcg_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    return {name: metrics[name] for name in METRIC_NAMES}
+        per_row.update(row_metrics(ranks, k))
+    return {name: float(per_row[name].mean()) for name in METRIC_NAMES}
