@@ -24,7 +24,6 @@ import torch
 from ray import tune
 
 from hpo.searcher import FINISHED_KEY
-from models.registry import resolve_config
 from models.trainer import Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -40,14 +39,14 @@ class CudaUnavailableError(RuntimeError):
 
 def train_trial(config: dict, dataset, num_threads: int = 1, require_cuda: bool = False) -> None:
     """A search trial: train until early stopping, the epoch budget, or ASHA stops it."""
-    _train_reporting(resolve_config(config), dataset, num_threads, require_cuda)
+    _train_reporting(config, dataset, num_threads, require_cuda)
 
 
 def retrain_trial(
     config: dict, dataset, num_threads: int = 1, require_cuda: bool = False
 ) -> None:
     """A test-stage trial: `config["job"]` holds the selected configuration with its seed."""
-    _train_reporting(resolve_config(config["job"]["config"]), dataset, num_threads,
+    _train_reporting(config["job"]["config"], dataset, num_threads,
                      require_cuda, on_last_epoch=_score_test)
 
 

@@ -53,31 +53,48 @@ class CORE(nn.Module):
         self.temperature = temperature
         self.objective = objective
 
-    def encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalised session vectors h_s [B, d] (fp32) and the encoder's weights alpha [B, L]."""
+    def item_table(self) -> Tensor:
+        """The item representations [n_items, d] that sessions combine and the catalog is scored
+        against: CORE's trainable table (subclasses may derive it, see ``models.semantic``)."""
+        return self.item_embedding
+
+    def session_vector(self, packed: Packed, items: Tensor, h: Tensor) -> Tensor:
+        """Hook on the encoder's session vector h [B, d] before normalisation (identity here)."""
+        return h
+
+    def encode(self, items: Tensor, table: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised session vectors h_s [B, d] (fp32) and the encoder's weights alpha [B, L].
+
+        Args:
+            items: right-padded item ids [B, L].
+            table: the batch's ``item_table()`` when the caller already computed it.
+        """
         packed = Packed(items)
-        x = F.embedding(packed.pack(items), self.item_embedding)
+        table = self.item_table() if table is None else table
+        x = F.embedding(packed.pack(items), table)
         h, alpha = self.encoder(packed, dropout(x, self.sess_dropout, self.training))
+        h = self.session_vector(packed, items, h)
         return F.normalize(h.float(), dim=-1), alpha
 
     def forward(self, items: Tensor, targets: Tensor) -> Tensor:
         """Training loss of a batch of right-padded prefixes [B, L] and next items [B]."""
-        h, _ = self.encode(items)
-        table = dropout(self.item_embedding, self.item_dropout, self.training)
+        table = self.item_table()
+        h, _ = self.encode(items, table)
+        dropped = dropout(table, self.item_dropout, self.training)
         obj = self.objective
         loss = catalog_loss(
-            h / self.temperature, F.normalize(table, dim=-1), targets, obj.hn_k, obj.hn_lambda
+            h / self.temperature, F.normalize(dropped, dim=-1), targets, obj.hn_k, obj.hn_lambda
         )
         if obj.inbatch_weight:
             loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)
         if obj.cl_weight:
-            views = [self.encode(mask_items(items, obj.cl_dropout))[0] for _ in range(2)]
+            views = [self.encode(mask_items(items, obj.cl_dropout), table)[0] for _ in range(2)]
             loss = loss + obj.cl_weight * info_nce(*views, obj.cl_temperature)
         return loss
 
     def catalog(self) -> Tensor:
         """The row-normalised item table used for inference (compute once per evaluation)."""
-        return F.normalize(self.item_embedding, dim=-1)
+        return F.normalize(self.item_table(), dim=-1)
 
     def score(self, h: Tensor, catalog: Tensor, out: Tensor | None = None) -> Tensor:
         """Full-catalog logits [B, n_items] = h_s catalog^T / tau of session vectors h_s, with

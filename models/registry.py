@@ -1,12 +1,14 @@
 """Variant registry: the config keys each CORE variant accepts, their spec defaults, validation,
-and ``build_model`` (config dict -> model). The HPO layer validates search spaces against
-``config_keys`` and every training run goes through ``resolve_config``."""
+and ``build_model`` (resolved config -> model). The HPO layer validates search spaces against
+``config_keys``; a training run resolves its config once (``resolve_config``, in the trainer)
+and builds its model from that."""
 
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
+import torch
 from torch import nn
 
 from models.core import CORE, Objective
@@ -17,9 +19,27 @@ from models.encoders import (
     Transformer,
     TrmEncoder,
 )
+from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
 
-VARIANTS = ("ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive")
+VARIANTS = (
+    "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f",
+)
+# How reports name each variant.
+LABELS = {
+    "ave": "CORE-ave",
+    "trm": "CORE-trm",
+    "da": "CORE-DA",
+    "hn": "CORE-HN",
+    "dahn": "CORE-DAHN",
+    "enhanced": "CORE-trm-enhanced",
+    "contrastive": "CORE-trm-contrastive",
+    "semsr_i": "SemSR-I (CORE-trm)",
+    "semsr_f": "SemSR-F (CORE-trm)",
+}
+# Variants whose items need semantic vectors made from item text (``data.text``).
+SEMANTIC_VARIANTS = ("semsr_i", "semsr_f")
 PRECISIONS = ("fp32", "bf16")
+DA_SCORERS = ("mlp", "linear")
 
 _COMMON = {
     "embedding_size": 100,
@@ -44,9 +64,14 @@ _TRANSFORMER = {
     "attn_dropout": 0.5,
 }
 _HN = {"hn_k": 64, "hn_lambda": 0.2}
-_DA = {"da_gating": True, "da_recent": True, "da_residual": True}
+# da_scorer "mlp" scores [f_i; f_last] with an MLP (the paper's DA); "linear" scores f_i as
+# CORE-trm does, so DA with every switch off and a linear scorer is exactly CORE-trm.
+_DA = {"da_gating": True, "da_recent": True, "da_residual": True, "da_scorer": "mlp"}
 _ENHANCED = {"enh_multilayer": True, "enh_gate": True, "enh_inbatch": True, "beta": 0.5}
 _CONTRASTIVE = {"cl_weight": 0.1, "cl_dropout": 0.2, "cl_temperature": 0.2}
+# SemSR-F: size of the projected semantic view, its dropout, and how the behavioural and the
+# semantic session vectors are fused (see models.semantic).
+_SEMSR_F = {"sem_size": 128, "sem_dropout": 0.2, "fusion": "gate"}
 
 _GROUPS = {
     "ave": (),
@@ -56,6 +81,8 @@ _GROUPS = {
     "dahn": (_TRANSFORMER, _DA, _HN),
     "enhanced": (_TRANSFORMER, _ENHANCED),
     "contrastive": (_TRANSFORMER, _CONTRASTIVE),
+    "semsr_i": (_TRANSFORMER,),
+    "semsr_f": (_TRANSFORMER, _SEMSR_F),
 }
 
 # Value constraints beyond the type of the default: (check, description).
@@ -69,6 +96,7 @@ _RANGES = {
     "hidden_dropout": _FRACTION,
     "attn_dropout": _FRACTION,
     "cl_dropout": _FRACTION,
+    "sem_dropout": _FRACTION,
     "hn_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "temperature": _POSITIVE,
     "cl_temperature": _POSITIVE,
@@ -88,10 +116,13 @@ _RANGES = {
             "n_heads",
             "inner_size",
             "hn_k",
+            "sem_size",
         ),
         _COUNT,
     ),
     "precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
+    "da_scorer": (lambda v: v in DA_SCORERS, f"one of {DA_SCORERS}"),
+    "fusion": (lambda v: v in FUSIONS, f"one of {FUSIONS}"),
 }
 
 
@@ -110,7 +141,14 @@ def default_config(variant: str) -> dict:
 
 
 def config_keys(variant: str) -> frozenset[str]:
+    """The config keys ``variant`` accepts (its defaults' keys, "model" included)."""
     return frozenset(default_config(variant))
+
+
+def needs_item_text(variant: str) -> bool:
+    """Whether ``variant`` needs semantic item vectors (a dataset with item text)."""
+    _check_variant(variant)
+    return variant in SEMANTIC_VARIANTS
 
 
 def _coerce(key: str, value: object, default: object) -> object:
@@ -133,8 +171,16 @@ def _coerce(key: str, value: object, default: object) -> object:
 
 
 def resolve_config(overrides: dict) -> dict:
-    """Defaults of ``overrides["model"]`` merged with ``overrides``, type-checked and
-    range-checked; unknown keys raise ValueError naming them."""
+    """The complete config of a run: defaults of ``overrides["model"]`` merged with
+    ``overrides``, type-checked and range-checked.
+
+    Args:
+        overrides: a "model" key naming the variant, plus any of its config keys.
+
+    Raises:
+        ValueError: unknown keys (named), an unknown model, or a value out of its range.
+        TypeError: a value of the wrong type.
+    """
     if "model" not in overrides:
         raise ValueError("config needs a 'model' key naming the variant")
     config = default_config(overrides["model"])
@@ -170,6 +216,7 @@ def _encoder(config: dict) -> nn.Module:
             gating=config["da_gating"],
             recent=config["da_recent"],
             residual=config["da_residual"],
+            scorer=config["da_scorer"],
         )
     if variant == "enhanced":
         return EnhancedEncoder(
@@ -193,15 +240,40 @@ def _objective(config: dict) -> Objective:
     return Objective()
 
 
-def build_model(config: dict, n_items: int) -> CORE:
-    """The model a (possibly partial) config describes, for a catalog of ``n_items`` rows."""
-    config = resolve_config(config)
-    return CORE(
-        n_items,
-        config["embedding_size"],
-        _encoder(config),
-        sess_dropout=config["sess_dropout"],
-        item_dropout=config["item_dropout"],
-        temperature=config["temperature"],
-        objective=_objective(config),
-    )
+def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = None) -> CORE:
+    """The model a resolved config describes.
+
+    Args:
+        config: a complete config, as ``resolve_config`` returns it (not resolved again here).
+        n_items: catalog rows (max item id + 1; row 0 is padding).
+        item_vectors: semantic item vectors [n_items, D] for the SemSR variants.
+
+    Raises:
+        ValueError: an incomplete config, or a SemSR variant without item vectors.
+    """
+    variant = config.get("model")
+    missing = sorted(config_keys(variant) - set(config)) if variant in VARIANTS else ["model"]
+    if missing:
+        raise ValueError(f"build_model needs a resolved config (resolve_config); missing {missing}")
+    if needs_item_text(variant) and item_vectors is None:
+        raise ValueError(
+            f"model {variant!r} needs semantic item vectors made from item text; "
+            "attach them with data.text.attach_item_vectors"
+        )
+    options = {
+        "sess_dropout": config["sess_dropout"],
+        "item_dropout": config["item_dropout"],
+        "temperature": config["temperature"],
+        "objective": _objective(config),
+    }
+    d = config["embedding_size"]
+    if variant == "semsr_f":
+        return SemanticFusionCORE(
+            n_items, d, _encoder(config), item_vectors, sem_size=config["sem_size"],
+            sem_dropout=config["sem_dropout"], fusion=config["fusion"], **options,
+        )
+    model = CORE(n_items, d, _encoder(config), **options)
+    if variant == "semsr_i":
+        with torch.no_grad():
+            model.item_embedding.copy_(semantic_init(item_vectors, model.item_embedding))
+    return model

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from data.dataset import SessionDataset, Split
@@ -131,7 +132,9 @@ class Trainer:
         pin_mmap_threshold()
         torch.manual_seed(self.config["seed"])
         self.rng = np.random.default_rng(self.config["seed"])
-        self.model = build_model(self.config, dataset.n_items).to(self.device)
+        self.model = build_model(self.config, dataset.n_items, dataset.item_vectors).to(
+            self.device
+        )
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=self.config["lr"],
@@ -243,12 +246,13 @@ class Trainer:
         ranks, tops = [], []
         with self._weights(self.best_state if use_best else None), torch.inference_mode():
             self.model.eval()
-            catalog = self.model.catalog()
+            table = self.model.item_table()
+            catalog = F.normalize(table, dim=-1)
             block = max(1, SCORE_BLOCK_FLOATS // len(catalog))
             buffer = catalog.new_empty(len(catalog), block)
             for start in range(0, len(rows), size):
                 items, targets = rows.batch(slice(start, start + size))
-                h, _ = self.model.encode(items)
+                h, _ = self.model.encode(items, table)
                 for part in range(0, len(targets), block):
                     h_part = h[part : part + block]
                     out = buffer if len(h_part) == block else None

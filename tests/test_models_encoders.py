@@ -12,7 +12,7 @@ from models.encoders import (
     TrmEncoder,
     dropout,
 )
-from models.registry import build_model
+from models.registry import build_model, resolve_config
 
 D = 16
 
@@ -77,7 +77,10 @@ def test_session_vector_is_a_linear_combination_of_its_items(name, training):
 def test_padding_never_changes_the_session_vector(variant):
     torch.manual_seed(0)
     model = build_model(
-        {"model": variant, "embedding_size": D, **({} if variant == "ave" else {"inner_size": 32})},
+        resolve_config(
+            {"model": variant, "embedding_size": D}
+            | ({} if variant == "ave" else {"inner_size": 32})
+        ),
         n_items=50,
     ).eval()
     items = batch(width=10)

@@ -11,7 +11,7 @@ from models.losses import (
     info_nce,
     mask_items,
 )
-from models.registry import build_model
+from models.registry import build_model, resolve_config
 
 B, N, D = 12, 40, 8
 
@@ -85,7 +85,7 @@ def test_hn_with_lambda_zero_is_plain_cross_entropy_training():
     losses = []
     for variant in ({"model": "hn", "hn_lambda": 0.0}, {"model": "trm"}):
         torch.manual_seed(0)
-        model = build_model({**config, **variant}, n_items=20)
+        model = build_model(resolve_config({**config, **variant}), n_items=20)
         torch.manual_seed(1)
         loss = model(items, targets)
         loss.backward()
@@ -132,7 +132,9 @@ def test_model_loss_is_cross_entropy_of_cosine_logits_over_temperature():
     """Robust distance measuring: without dropout, the training loss is CE over h_s E'^T / tau
     with E' the row-normalised table (padding row included, as in CORE's training)."""
     torch.manual_seed(0)
-    model = build_model({"model": "ave", "embedding_size": D, "temperature": 0.1}, n_items=20)
+    model = build_model(
+        resolve_config({"model": "ave", "embedding_size": D, "temperature": 0.1}), n_items=20
+    )
     model.eval()
     items = torch.tensor([[3, 4, 5], [6, 0, 0]])
     targets = torch.tensor([9, 10])
