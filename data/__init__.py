@@ -2,6 +2,7 @@
 
 from data.dataset import MAX_SEQ_LENGTH, SessionDataset, Split
 from data.errors import AtomicFormatError, DataError, DatasetNotFoundError
+from data.items import ItemTable
 from data.resolve import DatasetSource, load_dataset, resolve_data_dir
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "DataError",
     "DatasetSource",
     "DatasetNotFoundError",
+    "ItemTable",
     "SessionDataset",
     "Split",
     "load_dataset",

@@ -82,6 +82,13 @@ RAW_READERS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
 }
 
 
+# Benchmarks whose --raw is a folder of RecBole atomic files, built by their own module (item
+# text, users and side files need more than an event frame): name -> what the folder holds.
+RAW_FOLDERS: dict[str, str] = {
+    "ml-100k": "ml-100k.inter, .item, .user, .link and .kg (data.movielens)",
+}
+
+
 def read_events(dataset: str, path: str | Path) -> pd.DataFrame:
     """Event frame of a raw log, with errors that name the expected file and columns."""
     if dataset not in RAW_READERS:

@@ -20,7 +20,7 @@ from data.atomic import load_atomic, split_paths
 from data.dataset import SessionDataset, train_tail_name
 from data.errors import DataError, DatasetNotFoundError
 from data.fileio import writable_dir
-from data.raw import RAW_READERS
+from data.raw import RAW_FOLDERS, RAW_READERS
 from data.synthetic import SYNTHETIC
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -149,8 +149,14 @@ def _not_found_message(name: str, folders: list[Path]) -> str:
             f", or build them from the raw log: python -m data.prepare --dataset {name} "
             f"--raw path/to/{raw_file} --out {folders[0]}"
         )
+    elif name in RAW_FOLDERS:
+        how += (
+            f", or build them from the raw folder ({RAW_FOLDERS[name]}): python -m data.prepare "
+            f"--dataset {name} --raw path/to/{name} --out {folders[0]}"
+        )
     else:
-        how += f" (raw-log preprocessors exist for {', '.join(sorted(RAW_READERS))})"
+        known = ", ".join(sorted([*RAW_READERS, *RAW_FOLDERS]))
+        how += f" (raw-log preprocessors exist for {known})"
     return (
         f"dataset {name!r} not found: looked for {looked}. {how}. "
         f"The data directory is {folders[1]} (argument, else $CORE_DATA_DIR, else ./datasets); "

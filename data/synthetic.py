@@ -6,6 +6,18 @@ few likely successors in its cluster (first-order structure), some sessions swit
 mid-way (a recent-intent shift), and lengths are log-normal (>= 2). The sessions go through the
 same protocol as real logs (``data.pipeline.build_dataset``), so filtering, temporal split,
 numbering and expansion are exactly the benchmarks'.
+
+Item text (so the semantic variants run offline): each cluster belongs to a theme (``category``,
+e.g. ``Kitchen``) and draws three topic words from that theme's word list; an item's ``title`` is
+a random adjective, two of its cluster's topic words (one of them, with probability 0.2, from a
+random theme instead) and a model number, e.g. ``"Vintage kettle whisk 417"``. So items of one
+cluster share words, clusters of one theme share a vocabulary, and text similarity tracks the
+clusters without identifying them.
+
+Users (for persona models): ``n_sessions // 8`` users, each preferring two clusters (drawn by
+cluster popularity). A session started in cluster c belongs, with probability 0.8, to a random
+user who prefers c (when there is one), else to any user. Users and text use their own random
+streams, so the click log is the same as without them.
 """
 
 from __future__ import annotations
@@ -23,7 +35,41 @@ from data.pipeline import Log, build_dataset
 
 SYNTHETIC = "synthetic"  # dataset name (prefix) that means "generate, do not look for files"
 # Bump when the generator's output changes, so datasets generated on disk are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: item text (.item) and users (user_id column)
+ITEM_TYPES = {"title": "token_seq", "category": "token"}
+SESSIONS_PER_USER = 8
+USER_CLUSTERS = 2  # preferred clusters per user
+P_PREFERRED_USER = 0.8  # a session goes to a user preferring its cluster
+P_OFF_TOPIC_WORD = 0.2  # a title's second topic word comes from a random theme
+THEMES: dict[str, tuple[str, ...]] = {
+    "Kitchen": ("kettle", "skillet", "ladle", "whisk", "teapot", "colander", "grater",
+                "saucepan", "cleaver", "platter", "mug", "spatula"),
+    "Garden": ("trowel", "planter", "hose", "rake", "seedling", "shears", "birdhouse",
+               "trellis", "compost", "sprinkler", "wheelbarrow", "fern"),
+    "Outdoors": ("tent", "backpack", "compass", "canteen", "hammock", "headlamp", "carabiner",
+                 "tarp", "stove", "kayak", "paddle", "binoculars"),
+    "Music": ("guitar", "violin", "drum", "piano", "ukulele", "trumpet", "flute", "cello",
+              "harmonica", "metronome", "amplifier", "tambourine"),
+    "Office": ("stapler", "notebook", "binder", "pen", "pencil", "envelope", "calendar",
+               "folder", "marker", "clipboard", "desk", "paperclip"),
+    "Toys": ("puzzle", "kite", "robot", "doll", "yoyo", "marbles", "blocks", "teddy", "train",
+             "rocket", "dinosaur", "spinner"),
+    "Sports": ("football", "racket", "helmet", "skates", "jersey", "dumbbell", "treadmill",
+               "goggles", "whistle", "glove", "net", "skateboard"),
+    "Beauty": ("lipstick", "perfume", "lotion", "shampoo", "mascara", "serum", "hairbrush",
+               "mirror", "soap", "nailpolish", "balm", "cologne"),
+    "Electronics": ("headphones", "charger", "speaker", "camera", "tablet", "keyboard", "mouse",
+                    "monitor", "router", "drone", "cable", "smartwatch"),
+    "Books": ("novel", "atlas", "cookbook", "poetry", "biography", "thriller", "fable",
+              "almanac", "dictionary", "memoir", "comic", "anthology"),
+    "Pets": ("leash", "collar", "aquarium", "catnip", "kennel", "birdcage", "chewtoy", "feeder",
+             "litter", "harness", "scratcher", "terrarium"),
+    "Home": ("pillow", "blanket", "curtain", "candle", "vase", "rug", "clock", "frame", "basket",
+             "cushion", "quilt", "shelf"),
+}
+ADJECTIVES = ("Red", "Blue", "Green", "Vintage", "Compact", "Deluxe", "Classic", "Mini", "Large",
+              "Bright", "Silver", "Golden", "Wooden", "Soft", "Modern", "Rustic", "Smart",
+              "Portable", "Sturdy", "Light")
 
 
 @dataclass(frozen=True)
@@ -67,9 +113,19 @@ def make_dataset(
     log: Log | None = None,
     **overrides: float,
 ) -> SessionDataset:
-    """Generate a preset (fields overridable, e.g. ``n_sessions=1000``) and process it in memory."""
-    events = generate_events(_config(preset, overrides), seed)
-    return build_dataset(events, name or f"{SYNTHETIC}-{preset}", log=log)
+    """Generate a preset and process it in memory, with item text and users.
+
+    Args:
+        preset: a key of ``PRESETS``.
+        seed: random seed; the same seed gives the same dataset.
+        name: dataset name (default ``synthetic-<preset>``).
+        log: receives the pipeline's stage lines.
+        **overrides: ``SyntheticConfig`` fields to change, e.g. ``n_sessions=1000``.
+    """
+    events, items = generate(_config(preset, overrides), seed)
+    return build_dataset(
+        events, name or f"{SYNTHETIC}-{preset}", log=log, items=items, item_types=ITEM_TYPES
+    )
 
 
 def write_atomic(
@@ -81,7 +137,20 @@ def write_atomic(
     log: Log | None = None,
     **overrides: float,
 ) -> list[Path]:
-    """Generate and write ``<out_dir>/<name>.{train,valid,test}.inter``; returns the paths."""
+    """Generate and write ``<out_dir>/<name>.{train,valid,test}.inter`` (with the user column)
+    and ``<name>.item``.
+
+    Args:
+        out_dir: output folder.
+        name: file name prefix.
+        preset: a key of ``PRESETS``.
+        seed: random seed.
+        log: receives the pipeline's stage lines.
+        **overrides: ``SyntheticConfig`` fields to change.
+
+    Returns:
+        The paths written.
+    """
     dataset = make_dataset(preset, seed, name=name, log=log, **overrides)
     return write_dataset(dataset, out_dir)
 
@@ -92,7 +161,23 @@ def describe(preset: str, seed: int) -> dict:
 
 
 def generate_events(config: SyntheticConfig, seed: int) -> pd.DataFrame:
-    """Raw click log (session, item, time): one Markov walk per session, vectorised per step."""
+    """Raw click log (session, item, time, user); see ``generate``.
+
+    Args:
+        config: generator knobs.
+        seed: random seed.
+    """
+    return generate(config, seed)[0]
+
+
+def generate(config: SyntheticConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw click log (session, item, time, user): one Markov walk per session, vectorised per
+    step; and the item metadata (``title``, ``category``) indexed by raw item id.
+
+    Args:
+        config: generator knobs.
+        seed: random seed.
+    """
     rng = np.random.default_rng(seed)
     catalog = _Catalog(config, rng)
     n = config.n_sessions
@@ -103,6 +188,7 @@ def generate_events(config: SyntheticConfig, seed: int) -> pd.DataFrame:
     shifts = rng.random(n) < config.shift_prob
     shift_at = np.where(shifts, rng.integers(1, lengths), -1)  # position of the new intent
     shift_to = catalog.sample_clusters(n)
+    users = _session_users(catalog, cluster, np.random.default_rng([seed, 1]))
 
     walks = np.zeros((n, int(lengths.max())), dtype=np.int64)
     walks[:, 0] = catalog.sample_in_cluster(cluster)
@@ -116,9 +202,54 @@ def generate_events(config: SyntheticConfig, seed: int) -> pd.DataFrame:
     mask = np.arange(walks.shape[1]) < lengths[:, None]
     gaps = np.where(mask, rng.exponential(60.0, walks.shape), 0.0)
     times = starts[:, None] + np.cumsum(gaps, axis=1)
-    return pd.DataFrame(
-        {"session": np.repeat(np.arange(n), lengths), "item": walks[mask], "time": times[mask]}
+    events = pd.DataFrame(
+        {
+            "session": np.repeat(np.arange(n), lengths),
+            "item": walks[mask],
+            "time": times[mask],
+            "user": np.repeat(users, lengths),
+        }
     )
+    return events, _item_text(catalog, np.random.default_rng([seed, 2]))
+
+
+def _session_users(
+    catalog: _Catalog, clusters: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A user per session, most often one who prefers the session's (first) cluster."""
+    n_users = max(2, len(clusters) // SESSIONS_PER_USER)
+    p = catalog.cluster_mass / catalog.cluster_mass.sum()
+    preferred = rng.choice(len(p), size=n_users * USER_CLUSTERS, p=p)
+    fans = np.repeat(np.arange(n_users), USER_CLUSTERS)[np.argsort(preferred, kind="stable")]
+    count = np.bincount(preferred, minlength=len(p))
+    first = np.cumsum(count) - count
+    users = rng.integers(0, n_users, size=len(clusters))
+    pick = (rng.random(len(clusters)) < P_PREFERRED_USER) & (count[clusters] > 0)
+    offset = (rng.random(len(clusters)) * count[clusters]).astype(np.int64)
+    users[pick] = fans[(first[clusters] + offset)[pick]]
+    return users
+
+
+def _item_text(catalog: _Catalog, rng: np.random.Generator) -> pd.DataFrame:
+    """Title and category of every raw item (see the module docstring)."""
+    themes = list(THEMES)
+    n_clusters, n_items = catalog.config.n_clusters, len(catalog.cluster_of)
+    theme_of_cluster = rng.permutation(n_clusters) % len(themes)
+    words = np.array([THEMES[theme] for theme in themes], dtype=object)  # [themes, 12]
+    topic = np.argsort(rng.random((n_clusters, words.shape[1])), axis=1)[:, :3]
+    cluster = catalog.cluster_of
+    theme = theme_of_cluster[cluster]
+    slots = np.argsort(rng.random((n_items, 3)), axis=1)[:, :2]  # two of the three topic words
+    first = words[theme, topic[cluster, slots[:, 0]]]
+    second = words[theme, topic[cluster, slots[:, 1]]]
+    off = rng.random(n_items) < P_OFF_TOPIC_WORD
+    second[off] = words[rng.integers(0, len(themes), off.sum()),
+                        rng.integers(0, words.shape[1], off.sum())]
+    adjective = np.array(ADJECTIVES, dtype=object)[rng.integers(0, len(ADJECTIVES), n_items)]
+    number = rng.integers(100, 1000, n_items).astype(str).astype(object)
+    title = adjective + " " + first + " " + second + " " + number
+    category = np.array(themes, dtype=object)[theme]
+    return pd.DataFrame({"title": title, "category": category}, index=np.arange(n_items))
 
 
 class _Catalog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,75 @@ def test_synthetic_in_read_only_dir_is_built_in_memory(tmp_path):
     finally:
         tmp_path.chmod(0o755)
     assert len(dataset.train) > 0 and not (tmp_path / "synthetic-tiny").exists()
+
+
+# The optional fourth column: the user of each row's session.
+USER_TRAIN = [(prefix, f"{target}\t{user}") for (prefix, target), user in
+              zip(TRAIN, [5, 5, 2, 2, 2, 0], strict=True)]
+
+
+def write_with_users(folder: Path, **replace_rows) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": USER_TRAIN, "valid": [(p, f"{t}\t7") for p, t in VALID],
+            "test": [(p, f"{t}\t2") for p, t in TEST], **replace_rows}
+    for split, split_rows in rows.items():
+        write_split(folder / f"toy.{split}.inter", split_rows, header=atomic.USER_HEADER)
+    return folder
+
+
+def test_user_column_is_read_into_split_users_and_cached(tmp_path):
+    write_with_users(tmp_path)
+    for _ in range(2):  # parsed, then from the cache
+        dataset = load_atomic(tmp_path, "toy")
+        assert dataset.train.users.dtype == np.int64
+        assert dataset.train.users.tolist() == [5, 5, 2, 2, 2, 0]
+        assert dataset.valid.users.tolist() == [7, 7] and dataset.test.users.tolist() == [2, 2]
+        assert dataset.train.targets.tolist() == [3, 2, 7, 6, 5, 8]
+    assert (tmp_path / "toy.cache.npz").is_file()
+    assert load_atomic(write_small(tmp_path / "plain"), "toy").train.users is None
+
+
+def test_users_round_trip_through_write_dataset(tmp_path):
+    dataset = load_atomic(write_with_users(tmp_path / "a"), "toy")
+    paths = write_dataset(dataset, tmp_path / "b")
+    assert paths[0].read_text().splitlines()[:2] == [atomic.USER_HEADER, "1\t1 2\t3\t5"]
+    again = load_atomic(tmp_path / "b", "toy")
+    for split in ("train", "valid", "test"):
+        assert again.split(split).users.tolist() == dataset.split(split).users.tolist()
+
+
+def test_users_must_be_on_all_splits_or_none(tmp_path):
+    write_with_users(tmp_path)
+    write_split(tmp_path / "toy.valid.inter", VALID)  # three columns
+    with pytest.raises(data.AtomicFormatError, match=r"toy.valid.inter:1: header lacks the "
+                       r"user_id:token column but .*toy.train.inter has it"):
+        load_atomic(tmp_path, "toy")
+    dataset = load_atomic(write_small(tmp_path / "plain"), "toy")
+    mixed = replace(dataset, train=replace(dataset.train, users=np.ones(len(dataset.train))))
+    with pytest.raises(ValueError, match="only the \\['train'\\] split"):
+        write_dataset(mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+BAD_USERS = [
+    pytest.param([*USER_TRAIN[:2], ("1 2", "3\tu9")], 4, "user id 'u9' is not an integer",
+                 id="not-integer"),
+    pytest.param([*USER_TRAIN[:1], ("1 2", "3\t-4")], 3, "negative user id '-4'", id="negative"),
+    pytest.param([*USER_TRAIN[:3], ("1 2", "3\t4 5")], 5, "user_id must be one id, found 2",
+                 id="two-users"),
+    pytest.param([*USER_TRAIN[:3], ("1 2", "3\t")], 5, "user_id must be one id, found 0",
+                 id="empty-user"),
+    pytest.param([*USER_TRAIN[:2], ("1 2", "3")], 4, "expected 4 tab-separated columns, found 3",
+                 id="three-columns"),
+    pytest.param([*USER_TRAIN, ("1 2", "3\t" + "9" * 19)], 8, "user id '9999", id="too-large"),
+    pytest.param([*USER_TRAIN[:2], ("1 x", "3\t1")], 4, "item id 'x' is not an integer",
+                 id="item-error-still-named"),
+]
+
+
+@pytest.mark.parametrize("rows, line, message", BAD_USERS)
+def test_bad_user_column_reports_file_and_line(tmp_path, rows, line, message):
+    write_with_users(tmp_path, train=rows)
+    with pytest.raises(data.AtomicFormatError, match=message) as caught:
+        load_atomic(tmp_path, "toy")
+    assert f"toy.train.inter:{line}:" in str(caught.value) and caught.value.line == line

@@ -227,3 +227,68 @@ def test_cli_errors_are_clear(tmp_path, capsys, dataset, text, message):
 def test_cli_requires_raw_for_real_datasets(tmp_path, capsys):
     assert prepare(["--dataset", "tmall", "--out", str(tmp_path)]) == 2
     assert "--raw is required for tmall (its raw log is dataset15.csv)" in capsys.readouterr().err
+
+
+def test_users_are_numbered_by_first_appearance_and_kept_per_row():
+    frame = events({f"s{i}": items for i, items in enumerate(BASE)}, list(range(10)))
+    raw_users = ["carol", "alice", "carol", "bob", "alice", "alice", "bob", "carol", None, "dave"]
+    frame["user"] = [raw_users[int(key[1:])] for key in frame["session"]]
+    dataset = build_dataset(frame, "toy")
+    # train sessions in date order, then valid, then test; unknown -> 0
+    ids = {"carol": 1, "alice": 2, "bob": 3, "dave": 4, None: 0}
+    expected = [ids[user] for user in raw_users for _ in range(2)]  # 3 clicks -> 2 rows each
+    assert dataset.train.users.tolist() == expected[:16]
+    assert dataset.valid.users.tolist() == [0, 0] and dataset.test.users.tolist() == [4, 4]
+    _check_base(dataset, BASE)  # the rows themselves are unchanged by the user column
+    assert build_dataset(frame.drop(columns="user"), "toy").train.users is None
+
+
+def test_a_session_with_two_users_is_refused():
+    frame = events({"a": [1, 2, 3], "b": [1, 2]}, [0, 1]).assign(user=[1, 2, 1, 1, 1])
+    with pytest.raises(DataError, match="session 'b' has clicks of 2 different users"):
+        build_dataset(frame, "toy")
+
+
+def _metadata(raw_ids):
+    return pd.DataFrame(
+        {"title": [f"Film {raw}" for raw in raw_ids], "genres": ["Drama Comedy"] * len(raw_ids)},
+        index=raw_ids,
+    )
+
+
+def test_item_metadata_follows_the_item_numbering_exactly():
+    sessions = [[11 + (i * 2 + j) % 5 for j in range(3)] for i in range(10)]
+    frame = events({f"s{i}": items for i, items in enumerate(sessions)}, list(range(10)))
+    metadata = _metadata([99, 15, 14, 11, 12])  # 13 has no row; 99 is not in the log
+    dataset = build_dataset(frame, "toy", items=metadata, item_types={"genres": "token_seq"})
+    _check_base(dataset, sessions)  # ids are the oracle's first-seen numbering
+    numbering = {}
+    for session in sessions[:8]:
+        for raw in session:
+            numbering.setdefault(raw, len(numbering) + 1)
+    table = dataset.items
+    assert table.types == {"title": "token_seq", "genres": "token_seq"}
+    assert table.n_items == dataset.n_items == 6
+    texts = table.texts(["title"])
+    assert texts[0] == "" and texts[numbering[13]] == ""
+    for raw in (11, 12, 14, 15):
+        assert texts[numbering[raw]] == f"Film {raw}"
+    assert table.texts()[numbering[11]] == "Film 11 | Drama Comedy"
+    assert table.items_with_text() == 4
+
+
+@pytest.mark.parametrize(
+    "metadata, types, message",
+    [
+        (_metadata([11, 12, 11]), None, "repeats raw item id 11"),
+        (_metadata(["11", "12", "13"]), None, "no item of the log has a row"),
+        (_metadata([11, 12]), {"plot": "token_seq"}, "unknown column(s) ['plot']"),
+        (_metadata([11, 12]), {"title": "text"}, "bad type(s) {'title': 'text'}"),
+        (_metadata([11, 12]), {"title": "float", "genres": "float"}, "no token/token_seq"),
+    ],
+)
+def test_unusable_item_metadata_is_a_clear_error(metadata, types, message):
+    frame = events({f"s{i}": items for i, items in enumerate(BASE)}, list(range(10)))
+    with pytest.raises(DataError) as caught:
+        build_dataset(frame, "toy", items=metadata, item_types=types)
+    assert message in str(caught.value)

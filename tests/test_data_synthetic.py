@@ -9,7 +9,14 @@ import pytest
 
 from data import DataError
 from data.atomic import load_atomic
-from data.synthetic import PRESETS, SyntheticConfig, generate_events, make_dataset, write_atomic
+from data.synthetic import (
+    PRESETS,
+    THEMES,
+    SyntheticConfig,
+    generate_events,
+    make_dataset,
+    write_atomic,
+)
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -89,10 +96,74 @@ def test_overrides_and_unknown_parameters():
 
 def test_write_atomic_round_trips(tmp_path):
     paths = write_atomic(tmp_path, name="syn", preset="tiny", seed=4)
-    assert [p.name for p in paths] == ["syn.train.inter", "syn.valid.inter", "syn.test.inter"]
+    assert [p.name for p in paths] == [
+        "syn.train.inter", "syn.valid.inter", "syn.test.inter", "syn.item"
+    ]
+    assert paths[0].read_text().split("\n", 1)[0].endswith("\titem_id:token\tuser_id:token")
     loaded, built = load_atomic(tmp_path, "syn"), make_dataset("tiny", seed=4)
     assert loaded.n_items == built.n_items
     np.testing.assert_array_equal(loaded.test.prefixes, built.test.prefixes)
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(loaded.split(split).users, built.split(split).users)
+    assert loaded.items.texts() == built.items.texts()
+    assert loaded.items.types == {"title": "token_seq", "category": "token"}
+
+
+def _title_words(text: str) -> set[str]:
+    """The topic words of a synthetic title 'Adjective word word 123 | Category'."""
+    return set(text.split(" | ")[0].split()[1:3])
+
+
+def test_every_item_has_a_title_and_a_category():
+    dataset = make_dataset("tiny", seed=2)
+    titles, categories = dataset.items.fields["title"], dataset.items.fields["category"]
+    assert titles[0] == categories[0] == ""
+    assert all(len(t.split()) == 4 and t.split()[-1].isdigit() for t in titles[1:])
+    assert set(categories[1:]) <= set(THEMES) and len(set(categories[1:])) > 3
+    assert dataset.items.has_text and dataset.items.items_with_text() == dataset.n_items - 1
+    again = make_dataset("tiny", seed=2).items.texts()
+    assert again == dataset.items.texts() != make_dataset("tiny", seed=3).items.texts()
+
+
+def test_item_text_follows_the_latent_clusters():
+    """Consecutive clicks mostly stay in a cluster, so their titles share a topic word far more
+    often than random item pairs; but titles are not identical."""
+    dataset = make_dataset("small", seed=0)
+    words = [_title_words(text) for text in dataset.items.texts()]
+    train = dataset.train
+    last = train.prefixes[np.arange(len(train)), train.lengths - 1]
+
+    def shared(a, b):
+        return np.mean([bool(words[x] & words[y]) for x, y in zip(a, b, strict=True)])
+
+    rng = np.random.default_rng(0)
+    random_pairs = rng.integers(1, dataset.n_items, size=(2, 5000))
+    consecutive = shared(last[:5000], train.targets[:5000])
+    baseline = shared(*random_pairs)
+    assert consecutive > baseline + 0.3, (consecutive, baseline)
+    distinct = len(set(dataset.items.fields["title"][1:]))
+    assert distinct > 0.9 * (dataset.n_items - 1)
+
+
+def test_sessions_have_users_who_prefer_some_clusters():
+    dataset = make_dataset("small", seed=0)
+    train = dataset.train
+    assert train.users is not None and train.users.min() >= 1
+    every = np.concatenate([dataset.split(s).users for s in ("train", "valid", "test")])
+    n_users = len(np.unique(every))
+    assert np.array_equal(np.unique(every), np.arange(1, n_users + 1))  # numbered 1..n_users
+    assert 0.5 * 8000 / 8 <= n_users <= 8000 / 8
+    # one category per session (of its first item); a user's sessions agree far more often
+    categories = dataset.items.fields["category"]
+    starts = train.lengths == 1  # one row per session
+    session_category = categories[train.prefixes[starts, 0]][:2000]
+    session_user = train.users[starts][:2000]
+    same_user = session_user[:, None] == session_user[None, :]
+    same_category = session_category[:, None] == session_category[None, :]
+    off_diagonal = ~np.eye(len(session_user), dtype=bool)
+    within = same_category[same_user & off_diagonal].mean()
+    across = same_category[~same_user].mean()
+    assert within > across + 0.2, (within, across)
 
 
 def test_a_train_tail_keeps_the_latest_rows_and_everything_else(tmp_path):
