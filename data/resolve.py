@@ -12,12 +12,11 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from data import synthetic
 from data.atomic import load_atomic, split_paths
-from data.dataset import SessionDataset, train_tail_name
+from data.dataset import SessionDataset
 from data.errors import DataError, DatasetNotFoundError
 from data.fileio import writable_dir
 from data.raw import RAW_FOLDERS, RAW_READERS
@@ -69,34 +68,6 @@ def atomic_folder(name: str, root: Path) -> Path:
         if any(path.exists() for path in split_paths(folder, name).values()):
             return folder
     raise DatasetNotFoundError(_not_found_message(name, folders))
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """A dataset as a search or a test stage names it: a name, where its files are, and an
-    optional cut of the training split to its last ``train_rows`` rows.
-
-    ``label`` is what experiments, runs and output folders are filed under, so a search on a cut
-    dataset is never mixed with, or selected for, the full one.
-    """
-
-    name: str
-    data_dir: Path | None = None
-    train_rows: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name if self.train_rows is None else train_tail_name(self.name, self.train_rows)
-
-    def check(self) -> None:
-        """Fail now, with load's message, on an invalid name or the missing files of a
-        non-generated dataset: a plan (and --dry-run) is refused before Ray or MLflow start."""
-        if not _generated_name(self.name):
-            atomic_folder(self.name, resolve_data_dir(self.data_dir))
-
-    def load(self) -> SessionDataset:
-        dataset = load_dataset(self.name, self.data_dir)
-        return dataset if self.train_rows is None else dataset.with_train_tail(self.train_rows)
 
 
 def _load_synthetic(root: Path, preset: str, seed: int, use_cache: bool) -> SessionDataset:
