@@ -12,19 +12,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from data import DatasetSource
-from hpo.cluster import Resources, in_ray_job, validate_resources
-from hpo.retrain import TestPlan, TestStageError, run_test_stage
-from hpo.search import (
-    SearchFailedError,
-    SearchPlan,
-    latest_search_dir,
-    new_search_dir,
-    run_search,
-)
-from hpo.selection import SelectionError, select_best
-from hpo.space import METRICS, SpaceError, load_space, validate_budget
-from hpo.tracking import TrackingUnavailableError, check_tracking, resolve_tracking_uri
+from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
+from hpo.retrain import TestStageError, run_test_stage
+from hpo.search import SearchFailedError, SearchPlan, run_search
+from hpo.selection import STRONGEST, SelectionError
+from hpo.space import METRICS, SpaceError
+from hpo.stats import CORRECTIONS, DEFAULT_ALPHA
+from hpo.tracking import TrackingUnavailableError
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -80,7 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seeds the selected configuration of each space is retrained "
                                "with (seed+1 .. seed+N), each scored once on test")
     protocol.add_argument("--baseline", default="trm",
-                          help="space every other space is compared with (paired t-tests)")
+                          help="space every other space is compared with (paired tests), or "
+                               f"'{STRONGEST}': of the ave and trm spaces, the one with the "
+                               "better validation score of its selected trial")
+    protocol.add_argument("--correction", choices=CORRECTIONS, default="holm",
+                          help="multiple-comparison correction within each table's family of "
+                               "comparisons (e.g. variants x metrics)")
+    protocol.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                          help="significance level, on the corrected p-values")
+    protocol.add_argument("--ablate", nargs="+", action="append", metavar="KEY=VALUE",
+                          help="an ablation arm (repeat the option for more arms; several "
+                               "KEY=VALUE in one option change them together): retrain the "
+                               "selected configuration of every compared variant that has KEY, "
+                               "with KEY set to VALUE (YAML), over the same seeds, and report "
+                               "it against the full model (ablation.csv)")
     resources = parser.add_argument_group("resources")
     resources.add_argument("--cpus-per-trial", type=float, default=1.0,
                            help="CPUs per trial (torch threads follow it)")
@@ -117,95 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
-    """Validate everything that can be validated without starting Ray."""
-    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows)
-    dataset.check()
-    output_dir = args.output_dir.resolve()
-    tracking_uri = resolve_tracking_uri(args.mlflow_uri, output_dir)
-    resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
-                          args.address, storage_path=args.storage_path,
-                          max_failures=args.max_failures, require_cuda=args.require_cuda)
-    validate_resources(resources)
-    relative = [f"{flag} {path}" for flag, path in (("--output-dir", args.output_dir),
-                                                     ("--storage-path", args.storage_path))
-                if path and "://" not in str(path) and not Path(path).is_absolute()]
-    if in_ray_job() and relative:
-        logging.getLogger("launch").warning(
-            "%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
-            "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
-    plans = []
-    for name in args.space:
-        space = load_space(name)
-        overrides = {
-            "num_samples": args.num_samples,
-            "max_epochs": args.max_epochs,
-            "grace_period": args.grace_period,
-            "reduction_factor": args.reduction_factor,
-            "metric": args.metric,
-        }
-        budget = space.budget_for(args.dataset).with_overrides(**overrides)
-        if args.grace_period is None and budget.grace_period > budget.max_epochs:
-            budget = budget.with_overrides(grace_period=budget.max_epochs)
-        validate_budget(budget, lambda problem, n=name: SpaceError(f"{n}: {problem}"))
-        search_dir = (
-            latest_search_dir(output_dir, dataset.label, space.name)
-            if args.resume
-            else new_search_dir(output_dir, dataset.label, space.name)
-        )
-        plans.append(
-            SearchPlan(
-                space=space,
-                dataset=dataset,
-                budget=budget,
-                seed=args.seed,
-                resources=resources,
-                output_dir=output_dir,
-                tracking_uri=tracking_uri,
-                command_line=command_line,
-                search_dir=search_dir,
-            )
-        )
-    return plans
-
-
-def check_test_stage_args(args: argparse.Namespace, plans: list[SearchPlan]) -> None:
-    if args.stage == "search":
-        return
-    names = [plan.space.name for plan in plans]
-    if args.baseline not in names:
-        raise SpaceError(f"--baseline {args.baseline!r} is not among the spaces {names}: add its "
-                         "space file to --space (the test stage compares every space with it)")
-    if args.seeds < 2:
-        raise SpaceError(f"--seeds must be >= 2 for paired statistics; got {args.seeds}")
-
-
-def make_test_plan(
-    args: argparse.Namespace, plans: list[SearchPlan], search_runs: dict[str, str],
-    command_line: str,
-) -> TestPlan:
-    """Select each space's configuration from MLflow (the searches just run, or the latest)."""
-    client = check_tracking(plans[0].tracking_uri)
-    selections = []
-    for plan in plans:
-        selection = select_best(client, plan.dataset.label, plan.space.name, plan.budget.metric,
-                                plan.budget.mode, search_run_id=search_runs.get(plan.space.name))
-        print(f"selected for {plan.space.name}: trial {selection.trial_id} "
-              f"({selection.metric} {selection.value:.4f}, run {selection.trial_run_id})")
-        selections.append(selection)
-    first = args.seed + 1
-    return TestPlan(
-        dataset=plans[0].dataset,
-        selections=tuple(selections),
-        seeds=tuple(range(first, first + args.seeds)),
-        baseline=args.baseline,
-        output_dir=plans[0].output_dir,
-        tracking_uri=plans[0].tracking_uri,
-        resources=plans[0].resources,
-        command_line=command_line,
-    )
-
-
 def print_search_summary(plan: SearchPlan, table) -> None:
     print(f"\n{plan.space.name}: {len(table)} trials, results in {plan.search_dir}")
     columns = ["trial_id", "outcome", "epochs", plan.tune_metric]
@@ -224,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for plan in plans:
                 print(plan.describe(), end="\n\n")
+            if args.stage != "search":
+                print(describe_test_stage(args))
             return 0
         search_runs = {}
         if args.stage in ("search", "all"):

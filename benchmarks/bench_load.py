@@ -1,6 +1,6 @@
 """Time loading a benchmark: cold (parse + validate the text) and warm (``.npz`` cache hit).
 
-python benchmarks/bench_load.py [--data-dir /work/shared/datasets] [--name tmall]
+python benchmarks/bench_load.py [--data-dir path/to/datasets] [--name tmall]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _timed(name: str, data_dir: str, use_cache: bool):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("--data-dir", default="/work/shared/datasets")
+    parser.add_argument("--data-dir", default=None, help="default: $CORE_DATA_DIR, else ./datasets")
     parser.add_argument("--name", default="tmall")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

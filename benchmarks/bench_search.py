@@ -2,7 +2,7 @@
 
     python benchmarks/bench_search.py -- --space dahn.yaml --dataset synthetic
     python benchmarks/bench_search.py -- --space ave.yaml --dataset tmall \
-        --data-dir ../shared/datasets --num-samples 6 --max-epochs 3 --train-rows 50000
+        --data-dir path/to/datasets --num-samples 6 --max-epochs 3 --train-rows 50000
 
 Everything after `--` goes to launch.py unchanged. Printed: the wall time of the command, the
 trial-epochs ASHA saved against running every trial to the full budget, and the overhead per

@@ -4,7 +4,7 @@ Each (model, precision) trains in its own spawned process, so that the peak RSS 
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that configuration's alone. The same seed and
 epochs are used for fp32 and bf16, and the validation R@20 / MRR@20 differences are reported.
 
-    python benchmarks/bench_train.py --dataset tmall --data-dir /work/shared/datasets --epochs 1
+    python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --epochs 1
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The test stage: retrain each selected configuration over several seeds, score test once, report.
 
-Runs as one Ray Tune experiment (a grid over variant x seed, no scheduler), so seeds train in
-parallel with the same resource options as a search, and every seed is an MLflow child run of a
-"test" parent run that holds the report.
+Runs as one Ray Tune experiment (a grid over variant x arm x seed, no scheduler), so seeds train
+in parallel with the same resource options as a search, and every seed is an MLflow child run of
+a "test" parent run that holds the report. The arm of a run is ``full`` for the selected
+configuration and ``KEY=VALUE`` for an ablation arm (the selected configuration with that change).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from mlflow.entities import RunTag
 from ray import tune
 
 from data import DatasetSource, SessionDataset
+from hpo.ablation import Arm, arm_jobs
 from hpo.cluster import Resources, init_ray
 from hpo.report import write_report
 from hpo.selection import Selection
-from hpo.stats import METRICS
+from hpo.stats import DEFAULT_ALPHA, FULL_ARM, METRICS
 from hpo.tracking import (
     TEST_PREFIXES,
     MLflowTrialLogger,
@@ -35,7 +37,7 @@ from hpo.trainable import TEST_ROWS_FILE, retrain_trial
 
 log = logging.getLogger(__name__)
 
-JOB_TAGS = ("variant", "space", "seed", "selected_from")
+JOB_TAGS = ("variant", "space", "arm", "seed", "selected_from")
 
 
 class TestStageError(RuntimeError):
@@ -44,14 +46,22 @@ class TestStageError(RuntimeError):
 
 @dataclass(frozen=True)
 class TestPlan:
+    """Everything the test stage needs, fixed before it starts."""
+
     dataset: DatasetSource
     selections: tuple[Selection, ...]
     seeds: tuple[int, ...]
-    baseline: str
+    baseline: str  # the space every other one is compared with (resolved)
     output_dir: Path
     tracking_uri: str
     resources: Resources = Resources()
     command_line: str = ""
+    baseline_rule: str = ""  # --baseline as given: a space name or "strongest"
+    baseline_note: str = ""  # how the baseline was chosen, for the report
+    arms: tuple[Arm, ...] = ()
+    correction: str = "holm"
+    alpha: float = DEFAULT_ALPHA
+    resample_seed: int = 0  # seed of the session-level randomization and bootstrap tests
 
     @property
     def experiment_name(self) -> str:
@@ -59,14 +69,27 @@ class TestPlan:
 
 
 def describe_job(config: dict) -> tuple[dict, dict]:
-    """MLflow params and tags of a seed run: the retrained config; variant, seed, provenance."""
+    """MLflow params and tags of a seed run: the retrained config; variant, arm, seed, provenance.
+
+    Args:
+        config: the Tune trial's config (``{"job": ...}``).
+    """
     job = config["job"]
     return job["config"], {key: job[key] for key in JOB_TAGS}
 
 
 def run_test_stage(plan: TestPlan) -> dict[str, Path]:
-    """Retrain, score test, write the report; returns the report files."""
+    """Retrain, score test, write the report; returns the report files.
+
+    Args:
+        plan: the selections, seeds, baseline, arms and statistics options.
+
+    Raises:
+        hpo.ablation.AblationError: an arm is invalid with a selected configuration (before Ray).
+        TestStageError: some seed runs failed.
+    """
     client = check_tracking(plan.tracking_uri)
+    ablated, skipped = arm_jobs(plan.arms, plan.selections)  # invalid arms fail before Ray
     dataset = plan.dataset.load()
     label = plan.dataset.label
     out_dir = plan.output_dir.resolve() / label / "test" / time.strftime("%Y%m%d-%H%M%S")
@@ -74,12 +97,15 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
     parent_run_id = _start_parent_run(client, plan, out_dir)
 
     init_ray(plan.resources.address)
+    configs = [(s, FULL_ARM, s.config) for s in plan.selections]
+    configs += [(s, arm.name, config) for s, arm, config in ablated]
     jobs = [
         {
-            "variant": s.space, "space": s.space, "seed": seed, "selected_from": s.trial_run_id,
-            "config": {**s.config, "seed": seed, "epochs": s.max_epochs},
+            "variant": s.space, "space": s.space, "arm": arm, "seed": seed,
+            "selected_from": s.trial_run_id,
+            "config": {**config, "seed": seed, "epochs": s.max_epochs},
         }
-        for s in plan.selections
+        for s, arm, config in configs
         for seed in plan.seeds
     ]
     trainable = tune.with_resources(
@@ -117,7 +143,7 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
             f"{len(failed)} of {len(jobs)} seed runs failed (first: {failed[0].error}); "
             f"see {out_dir}"
         )
-    seed_results, per_row = _collect(grid, label)
+    seed_results, per_row = _collect(grid, label, [(s.space, arm) for s, arm, _ in configs])
     paths = write_report(
         out_dir,
         seed_results,
@@ -126,6 +152,11 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         targets_by_dataset={label: dataset.test.targets},
         popularity_by_dataset={label: train_popularity(dataset)},
         n_items_by_dataset={label: dataset.n_items},
+        alpha=plan.alpha,
+        correction=plan.correction,
+        baseline_note=plan.baseline_note,
+        resample_seed=plan.resample_seed,
+        skipped_arms=skipped,
     )
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path))
@@ -134,19 +165,28 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
 
 
 def train_popularity(dataset: SessionDataset) -> np.ndarray:
-    """How often each item is a training target: the head/tail split of the report."""
+    """How often each item is a training target: the head/tail/cold split of the report.
+
+    Args:
+        dataset: the loaded dataset (its training split).
+    """
     return np.bincount(dataset.train.targets, minlength=dataset.n_items)
 
 
-def _collect(grid, dataset_name: str) -> tuple[pd.DataFrame, dict]:
+def _collect(grid, dataset_name: str, order: list[tuple[str, str]]) -> tuple[pd.DataFrame, dict]:
+    """Per-seed results (in ``order`` of (variant, arm), then seed) and the per-row ranks and
+    top-k lists of the full configurations."""
     rows, per_row = [], {}
     for result in grid:
         job, metrics = result.config["job"], result.metrics
         rows.append({
-            "dataset": dataset_name, "variant": job["variant"], "seed": job["seed"],
-            "best_epoch": metrics["best_epoch"], "selected_from": job["selected_from"],
+            "dataset": dataset_name, "variant": job["variant"], "arm": job["arm"],
+            "seed": job["seed"], "best_epoch": metrics["best_epoch"],
+            "selected_from": job["selected_from"],
             **{name: metrics[f"test_{name}"] for name in METRICS},
         })
+        if job["arm"] != FULL_ARM:
+            continue
         with result.checkpoint.as_directory() as directory:
             with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
                 entry = (arrays["ranks"], arrays["topk"])
@@ -155,7 +195,11 @@ def _collect(grid, dataset_name: str) -> tuple[pd.DataFrame, dict]:
         key: [entry for _, entry in sorted(seeds, key=lambda pair: pair[0])]
         for key, seeds in per_row.items()
     }
-    frame = pd.DataFrame(rows).sort_values(["variant", "seed"], kind="stable")
+    rank = {key: i for i, key in enumerate(order)}
+    frame = pd.DataFrame(rows)
+    frame = frame.assign(_order=[rank[(v, a)] for v, a in zip(frame["variant"], frame["arm"],
+                                                              strict=True)])
+    frame = frame.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True), ordered
 
 
@@ -173,6 +217,10 @@ def _start_parent_run(client, plan: TestPlan, out_dir: Path) -> str:
         "variants": ",".join(s.space for s in plan.selections),
         "seeds": ",".join(map(str, plan.seeds)),
         "baseline": plan.baseline,
+        "baseline_rule": plan.baseline_rule or plan.baseline,
+        "correction": plan.correction,
+        "alpha": plan.alpha,
+        "arms": ";".join(arm.name for arm in plan.arms) or "-",
         "command_line": plan.command_line,
     })
     selections = [asdict(s) for s in plan.selections]

@@ -31,6 +31,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import train_trial
+from models.registry import dataset_needs
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class SearchOutcome:
 def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
     """Run (or resume) the search; returns its MLflow parent run and the table of all trials."""
     client = check_tracking(plan.tracking_uri)
-    dataset = plan.dataset.load().without_test()
+    dataset = plan.dataset.load(**dataset_needs(plan.space.model)).without_test()
     log.info("loaded %s", dataset.summary())
 
     state_path = plan.search_dir / STATE_FILE
@@ -218,6 +219,8 @@ def _plan_record(plan: SearchPlan) -> dict:
         "variant": plan.space.model,
         "dataset": plan.dataset.label,
         "train_rows": plan.dataset.train_rows,
+        **({"text_model": plan.dataset.text_model or "packaged all-MiniLM-L6-v2"}
+           if dataset_needs(plan.space.model)["item_vectors"] else {}),
         "seed": plan.seed,
         "budget": asdict(plan.budget),
         "resources": asdict(plan.resources),

@@ -130,3 +130,39 @@ def _search_run(client: MlflowClient, dataset: str, space: str, run_id: str | No
     if not parents:
         raise SelectionError(f"experiment {name!r} has no finished search run")
     return parents[0]
+
+
+BASELINE_VARIANTS = ("ave", "trm")
+STRONGEST = "strongest"
+
+
+def strongest_baseline(selections, mode: str = "max") -> tuple[str, str]:
+    """The baseline space for ``--baseline strongest``: of the ave and trm spaces, the one whose
+    selected trial scored better on validation (``Selection.value``); a tie goes to trm.
+
+    Args:
+        selections: the ``Selection`` of every compared space.
+        mode: ``max`` or ``min``, the direction of the selection metric.
+
+    Returns:
+        (space name, a sentence saying how it was chosen, with the scores).
+
+    Raises:
+        SelectionError: no ave or trm space is compared, or their selections used different
+            metrics (their values cannot be compared).
+    """
+    candidates = [s for s in selections if s.variant in BASELINE_VARIANTS]
+    if not candidates:
+        raise SelectionError(
+            f"--baseline {STRONGEST} needs an ave or trm space among "
+            f"{[s.space for s in selections]}"
+        )
+    metrics = sorted({s.metric for s in candidates})
+    if len(metrics) > 1:
+        raise SelectionError(f"--baseline {STRONGEST}: the baselines were selected on different "
+                             f"metrics {metrics}; their scores cannot be compared")
+    sign = 1 if mode == "max" else -1
+    best = max(candidates, key=lambda s: (sign * s.value, s.variant == "trm"))
+    scores = ", ".join(f"{s.space} {s.value:.4f}" for s in candidates)
+    return best.space, (f"strongest baseline on validation: {scores} "
+                        f"({mode} {metrics[0]} of the selected trial)")

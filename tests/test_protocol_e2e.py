@@ -1,6 +1,8 @@
 """Selection-then-test end to end: search two spaces, select from MLflow, retrain, report.
 
-Real local Ray, real SQLite MLflow store, tiny generated data.
+Real local Ray, real SQLite MLflow store, tiny generated data. The test stage runs with
+``--baseline strongest`` and two ablation arms: one that changes trm's selection (retrained) and
+one that every selection already has (not retrained).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ TRAIN_ROWS = 1200  # of 1,449: the protocol also runs on a cut training split
 LABEL = f"{TINY}-last{TRAIN_ROWS}"  # what a cut dataset's runs are filed under
 SEEDS = 2
 SMALL = {"embedding_size": 16, "batch_size": 256}
+ARM = "n_layers=1"  # a trm key only (ave has no transformer): retrained for trm
+SAME = "embedding_size=16"  # what every selection already has: not retrained
 
 
 def small_space(tmp_path: Path, name: str) -> Path:
@@ -108,50 +112,102 @@ def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch
 @pytest.fixture(scope="module")
 def test_stage(protocol):
     client, out, spaces, common, _ = protocol
-    assert launch.main(["--space", *spaces, "--stage", "test", *common]) == 0
+    assert launch.main(["--space", *spaces, "--stage", "test", "--baseline", "strongest",
+                        "--ablate", ARM, "--ablate", SAME, *common]) == 0
     [parent] = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if PARENT_TAG not in r.data.tags]
-    return client, parent
+    children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
+                if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    return client, parent, children
+
+
+def strongest(client) -> str:
+    """The baseline --baseline strongest must pick, from MLflow's records alone."""
+    values = {space: select_best(client, LABEL, space, "valid_mrr_20").value
+              for space in ("ave", "trm")}
+    return "ave" if values["ave"] > values["trm"] else "trm"
 
 
 def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol, test_stage):
-    client, parent = test_stage
-    children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
-                if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
-    assert len(children) == 2 * SEEDS
+    client, parent, children = test_stage
+    assert len(children) == 2 * SEEDS + SEEDS  # ave, trm, and trm's one retrained arm
     assert parent.data.tags["dataset"] == LABEL
-    assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
-        (v, str(s)) for v in ("ave", "trm") for s in range(1, SEEDS + 1)
+    assert {(r.data.tags["variant"], r.data.tags["arm"], r.data.tags["seed"])
+            for r in children} == {
+        (v, arm, str(s)) for v, arm in (("ave", "full"), ("trm", "full"), ("trm", ARM))
+        for s in range(1, SEEDS + 1)
     }
     for run in children:
         selected = select_best(client, LABEL, run.data.tags["variant"], "valid_mrr_20")
         assert run.data.tags["selected_from"] == selected.trial_run_id
         assert run.data.params["seed"] == run.data.tags["seed"]
         assert 0.0 <= run.data.metrics["test_mrr_20"] <= run.data.metrics["test_recall_20"]
+        if run.data.tags["arm"] == ARM:
+            assert run.data.params["n_layers"] == "1"
+            assert run.data.params["temperature"] == str(selected.config["temperature"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.md", "results.csv", "seed_results.csv", "seed_distributions.png",
-            "beyond_mean.csv", "session_tests.csv", "selections.json"} <= artifacts
+            "beyond_mean.csv", "session_tests.csv", "selections.json", "anova.csv",
+            "posthoc.csv", "ablation.csv"} <= artifacts
+
+
+def test_baseline_strongest_is_the_better_validated_baseline_and_recorded(test_stage):
+    client, parent, _ = test_stage
+    chosen = strongest(client)
+    assert parent.data.params["baseline"] == chosen
+    assert parent.data.params["baseline_rule"] == "strongest"
+    assert parent.data.params["correction"] == "holm"
+    out_dir = Path(parent.data.tags["output_dir"])
+    results = pd.read_csv(out_dir / "results.csv")
+    other = "ave" if chosen == "trm" else "trm"
+    assert results.loc[results.variant == chosen, "p_value"].isna().all()
+    assert results.loc[results.variant == other, "p_value"].notna().any()
+    markdown = (out_dir / "results.md").read_text()
+    assert "strongest baseline on validation" in markdown
+
+
+def test_ablation_table_compares_the_arm_with_the_full_model(test_stage):
+    client, parent, children = test_stage
+    out_dir = Path(parent.data.tags["output_dir"])
+    ablation = pd.read_csv(out_dir / "ablation.csv")
+    recorded = {(r.data.tags["arm"], int(r.data.tags["seed"])): r.data.metrics["test_recall_20"]
+                for r in children if r.data.tags["variant"] == "trm"}
+    row = ablation[(ablation.variant == "trm") & (ablation.arm == ARM)
+                   & (ablation.metric == "recall_20")].iloc[0]
+    arm = [recorded[(ARM, s)] for s in range(1, SEEDS + 1)]
+    full = [recorded[("full", s)] for s in range(1, SEEDS + 1)]
+    assert row["mean"] == pytest.approx(np.mean(arm))
+    assert row["mean_diff"] == pytest.approx(np.mean(arm) - np.mean(full))
+    diff = np.subtract(arm, full)
+    if np.ptp(diff) > 1e-12:
+        assert row["p_value"] == pytest.approx(scipy_stats.ttest_rel(arm, full).pvalue)
+    not_retrained = ablation[ablation.arm == SAME]
+    assert set(not_retrained["variant"]) == {"ave", "trm"}
+    assert not_retrained["note"].str.contains("already has").all()
+    markdown = (out_dir / "results.md").read_text()
+    assert "## Ablation" in markdown and f"| {ARM} | R@20 |" in markdown
 
 
 def test_report_statistics_equal_scipy_on_recorded_values(test_stage):
-    client, parent = test_stage
+    client, parent, children = test_stage
     out_dir = Path(parent.data.tags["output_dir"])
     seeds = pd.read_csv(out_dir / "seed_results.csv")
-    children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
-                if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
-    recorded = {(r.data.tags["variant"], int(r.data.tags["seed"])): r.data.metrics["test_mrr_20"]
-                for r in children}
+    recorded = {(r.data.tags["variant"], r.data.tags["arm"], int(r.data.tags["seed"])):
+                r.data.metrics["test_mrr_20"] for r in children}
     for row in seeds.itertuples():
-        assert row.mrr_20 == pytest.approx(recorded[(row.variant, row.seed)])
+        assert row.mrr_20 == pytest.approx(recorded[(row.variant, row.arm, row.seed)])
     results = pd.read_csv(out_dir / "results.csv")
-    trm = [recorded[("trm", s)] for s in range(1, SEEDS + 1)]
-    ave = [recorded[("ave", s)] for s in range(1, SEEDS + 1)]
-    row = results[(results.variant == "ave") & (results.metric == "mrr_20")].iloc[0]
-    assert row["mean"] == pytest.approx(np.mean(ave))
-    assert row["std"] == pytest.approx(np.std(ave, ddof=1))
-    expected = scipy_stats.ttest_rel(ave, trm)
-    if np.isfinite(expected.pvalue) and np.std(np.subtract(ave, trm)) > 0:
+    baseline = strongest(client)
+    other = "ave" if baseline == "trm" else "trm"
+    base = [recorded[(baseline, "full", s)] for s in range(1, SEEDS + 1)]
+    values = [recorded[(other, "full", s)] for s in range(1, SEEDS + 1)]
+    row = results[(results.variant == other) & (results.metric == "mrr_20")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(values))
+    assert row["std"] == pytest.approx(np.std(values, ddof=1))
+    expected = scipy_stats.ttest_rel(values, base)
+    if np.isfinite(expected.pvalue) and np.std(np.subtract(values, base)) > 0:
         assert row["p_value"] == pytest.approx(expected.pvalue)
+        assert row["diff_ci_low"] == pytest.approx(expected.confidence_interval().low)
     markdown = (out_dir / "results.md").read_text()
     assert "CORE-trm" in markdown and "CORE-ave" in markdown
 

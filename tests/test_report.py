@@ -1,23 +1,24 @@
-"""hpo.report: head/tail split, coverage, the Table-1 markdown and the files written."""
+"""The report: head/tail/cold split and coverage (hpo.beyond), the Table-1 frame and markdown
+(hpo.tables) and the files written (hpo.report)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
-from hpo.report import (
-    BETTER,
-    WORSE,
+from hpo.beyond import (
     beyond_mean_table,
     catalog_coverage,
+    group_metrics,
     head_item_mask,
-    head_tail_metrics,
-    results_table_frame,
-    results_table_markdown,
-    write_report,
+    item_groups,
 )
-from hpo.stats import METRICS, paired_tests
+from hpo.report import write_report
+from hpo.stats import FULL_ARM, METRICS, paired_tests
+from hpo.tables import BETTER, WORSE, results_table_frame, results_table_markdown
 
 # ids 1..10; by popularity: 3(9) 9(7) 1(5) 10(4) 6(3) 7(3) 8(2) 2(1) 4(1) 5(0)
 POPULARITY = np.array([0, 5, 1, 9, 1, 0, 3, 3, 2, 7, 4], dtype=np.int64)
@@ -60,6 +61,15 @@ def markdown_cells(markdown: str, dataset: str) -> dict[str, str]:
     return dict(zip(header, [c.strip() for c in row.strip("|").split("|")], strict=True))
 
 
+def section(markdown: str, title: str) -> str:
+    start = markdown.index(title)
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:] if end < 0 else markdown[start:end]
+
+
+# ---------------------------------------------------------------- beyond the mean
+
+
 def test_head_items_are_most_popular_with_ties_to_lower_id():
     assert np.flatnonzero(head_item_mask(POPULARITY, 0.2)).tolist() == [3, 9]
     # 5 head items: 3, 9, 1, 10, then 6 and 7 tie at 3 -> 6 (lower id) wins; padding never head.
@@ -68,17 +78,38 @@ def test_head_items_are_most_popular_with_ties_to_lower_id():
         head_item_mask(POPULARITY, 1.0)
 
 
-def test_head_tail_metrics_on_hand_made_rows():
-    targets = np.array([3, 9, 2, 5, 3])  # head = {3, 9}: rows 0, 1, 4
+def test_item_groups_partition_the_catalog_and_cold_is_never_a_training_target():
+    groups = item_groups(POPULARITY, 0.2)
+    assert np.flatnonzero(groups["head"]).tolist() == [3, 9]
+    assert np.flatnonzero(groups["cold"]).tolist() == [5]
+    assert np.flatnonzero(groups["tail"]).tolist() == [1, 2, 4, 6, 7, 8, 10]
+    # Mostly unseen items: the 20% "most popular" would include never-seen ids; they are cold.
+    sparse = np.array([0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0])
+    groups = item_groups(sparse, 0.2)
+    assert np.flatnonzero(groups["head"]).tolist() == [2]
+    assert np.flatnonzero(groups["cold"]).tolist() == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert not groups["tail"].any()
+    stacked = np.stack(list(groups.values()))
+    assert (stacked.sum(axis=0)[1:] == 1).all() and not stacked[:, 0].any()
+
+
+def test_group_metrics_on_hand_made_rows():
+    targets = np.array([3, 9, 2, 5, 3])  # head = {3, 9}: rows 0, 1, 4; tail: row 2; cold: row 3
     ranks = np.array([1, 25, 4, 2, 10])
-    out = head_tail_metrics(ranks, targets, POPULARITY, head_fraction=0.2, k=20)
+    out = group_metrics(ranks, targets, POPULARITY, head_fraction=0.2, k=20)
     assert out["head_recall_20"] == pytest.approx(2 / 3)
     assert out["head_mrr_20"] == pytest.approx((1 + 0 + 0.1) / 3)
     assert out["tail_recall_20"] == pytest.approx(1.0)
-    assert out["tail_mrr_20"] == pytest.approx((0.25 + 0.5) / 2)
+    assert out["tail_mrr_20"] == pytest.approx(0.25)
+    assert out["cold_recall_20"] == pytest.approx(1.0)
+    assert out["cold_mrr_20"] == pytest.approx(0.5)
+    assert (out["n_head_rows"], out["n_tail_rows"], out["n_cold_rows"]) == (3, 1, 1)
     assert out["head_row_fraction"] == pytest.approx(0.6)
-    assert out["tail_row_fraction"] == pytest.approx(0.4)
-    assert out["n_head_items"] == 2
+    assert out["cold_row_fraction"] == pytest.approx(0.2)
+    assert (out["n_head_targets"], out["n_tail_targets"], out["n_cold_targets"]) == (2, 1, 1)
+    assert (out["n_head_items"], out["n_tail_items"], out["n_cold_items"]) == (2, 7, 1)
+    no_cold = group_metrics(ranks[:3], targets[:3], POPULARITY)
+    assert np.isnan(no_cold["cold_recall_20"]) and no_cold["n_cold_rows"] == 0
 
 
 def test_catalog_coverage_counts_distinct_real_items():
@@ -88,25 +119,34 @@ def test_catalog_coverage_counts_distinct_real_items():
         catalog_coverage(np.array([[1, 11]]), n_items=11)
 
 
-def test_beyond_mean_table_averages_seeds():
+def test_beyond_mean_table_averages_seeds_with_intervals_and_counts():
     targets = np.array([3, 9, 2, 5, 3])
     seeds = [
         (np.array([1, 25, 4, 2, 10]), np.tile(np.arange(20) % 10 + 1, (5, 1))),
         (np.array([2, 2, 30, 1, 1]), np.tile(np.arange(20) % 5 + 1, (5, 1))),
+        (np.array([3, 30, 1, 40, 2]), np.tile(np.arange(20) % 8 + 1, (5, 1))),
     ]
     table = beyond_mean_table(
         {("d", "trm"): seeds}, {"d": targets}, {"d": POPULARITY}, {"d": 11}, head_fraction=0.2
     )
     row = table.iloc[0]
-    per_seed = [head_tail_metrics(r, targets, POPULARITY, 0.2) for r, _ in seeds]
-    head_recall = [p["head_recall_20"] for p in per_seed]
+    head_recall = [2 / 3, 1.0, 2 / 3]  # rows 0, 1, 4 hit @20 in each seed: by hand
+    cold_mrr = [1 / 2, 1 / 1, 0.0]  # row 3: ranks 2, 1, 40
     assert row["head_recall_20"] == pytest.approx(np.mean(head_recall))
     assert row["head_recall_20_std"] == pytest.approx(np.std(head_recall, ddof=1))
-    assert row["coverage_20"] == pytest.approx((10 / 10 + 5 / 10) / 2)
-    assert row["n_seeds"] == 2 and row["head_row_fraction"] == pytest.approx(0.6)
+    half = sps.t.ppf(0.975, 2) * np.std(cold_mrr, ddof=1) / np.sqrt(3)
+    assert row["cold_mrr_20"] == pytest.approx(0.5)
+    assert row["cold_mrr_20_ci_low"] == pytest.approx(0.5 - half)
+    assert row["cold_mrr_20_ci_high"] == pytest.approx(0.5 + half)
+    assert row["coverage_20"] == pytest.approx((10 / 10 + 5 / 10 + 8 / 10) / 3)
+    assert row["n_seeds"] == 3 and row["n_cold_rows"] == 1 and row["n_cold_items"] == 1
+    assert row["n_head_rows"] == 3 and row["n_tail_rows"] == 1
 
 
-def test_results_frame_marks_best_and_carries_seed_level_p_values():
+# ---------------------------------------------------------------- Table 1
+
+
+def test_results_frame_marks_best_and_carries_raw_and_adjusted_p_and_intervals():
     results = table_results()
     tests = paired_tests(results, baseline="trm")
     frame = results_table_frame(results, tests, baseline="trm")
@@ -117,22 +157,50 @@ def test_results_frame_marks_best_and_carries_seed_level_p_values():
     da = frame[(frame["variant"] == "da") & (frame["metric"] == "mrr_20")].iloc[0]
     expected = tests[(tests["variant"] == "da") & (tests["metric"] == "mrr_20")].iloc[0]
     assert da["p_value"] == expected["p_value"] and da["significant"]
+    assert da["p_adjusted"] == pytest.approx(
+        multipletests(tests["p_value"], method="holm")[1][expected.name])
+    values = results.loc[results["variant"] == "da", "mrr_20"]
+    low, high = sps.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=sps.sem(values))
+    assert (da["ci_low"], da["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert da["diff_ci_low"] == expected["ci_low"] and np.isnan(da["mde"])
+    assert da["correction"] == "holm"
 
 
-def test_markdown_bolds_best_and_marks_only_significant_variants():
+def test_markdown_bolds_best_shows_intervals_and_marks_only_adjusted_significance():
     markdown = results_table_markdown(table_results(), baseline="trm")
     cells = markdown_cells(markdown, "diginetica")
     assert cells["Metric"] == "R@20 / M@20"
     recall_da, mrr_da = cells["CORE-DA"].split(" / ")
-    assert recall_da.startswith("**53.") and recall_da.endswith(f"**{BETTER}")
-    assert mrr_da.startswith("**26.") and mrr_da.endswith(f"**{BETTER}")
-    assert " ± " in recall_da
+    assert recall_da.startswith("**53.") and recall_da.endswith(f"]{BETTER}")
+    assert mrr_da.startswith("**26.") and mrr_da.endswith(f"]{BETTER}")
+    assert " ± " in recall_da and "** [" in recall_da
     assert "**" not in cells["CORE-HN"] and BETTER not in cells["CORE-HN"]
     assert WORSE not in cells["CORE-HN"]
     assert cells["CORE-ave"].count(WORSE) == 2 and "**" not in cells["CORE-ave"]
     assert BETTER not in cells["CORE-trm"] and WORSE not in cells["CORE-trm"]
     footnote = markdown.split("\n\n")[-1]
     assert "5 seeds" in footnote and "CORE-trm" in footnote and "p < 0.01" in footnote
+    assert "Holm-adjusted" in footnote and "3 variants × 6 metrics = 18" in footnote
+
+
+def test_a_raw_significant_difference_loses_its_mark_after_the_correction():
+    # da - trm: diffs with raw p ~ 0.004 in every metric; 3 compared variants x 6 metrics.
+    rows = []
+    for variant, values in (("trm", [0.50, 0.52, 0.47, 0.55, 0.49]),
+                            ("da", [0.51, 0.535, 0.475, 0.562, 0.498]),
+                            ("ave", [0.45, 0.49, 0.44, 0.46, 0.47]),
+                            ("hn", [0.50, 0.51, 0.48, 0.56, 0.49])):
+        rows += [{"dataset": "d", "variant": variant, "seed": s, **dict.fromkeys(METRICS, v)}
+                 for s, v in enumerate(values)]
+    results = pd.DataFrame(rows)
+    tests = paired_tests(results, baseline="trm")
+    da = tests[tests["variant"] == "da"]
+    assert (da["p_value"] < 0.01).all() and not da["significant"].any()
+    cells = markdown_cells(results_table_markdown(results, tests, "trm"), "d")
+    assert BETTER not in cells["CORE-DA"]
+    raw = paired_tests(results, baseline="trm", correction="none")
+    cells = markdown_cells(results_table_markdown(results, raw, "trm"), "d")
+    assert cells["CORE-DA"].count(BETTER) == 2
 
 
 def test_markdown_rejects_tests_against_another_baseline():
@@ -141,16 +209,24 @@ def test_markdown_rejects_tests_against_another_baseline():
         results_table_markdown(results, paired_tests(results, baseline="ave"), baseline="trm")
 
 
+# ---------------------------------------------------------------- files
+
+
+def per_row_for(variants, n_rows=40, n_seeds=2, seed=2):
+    rng = np.random.default_rng(seed)
+    return {
+        ("diginetica", v): [
+            (rng.integers(1, 30, size=n_rows), rng.integers(1, 11, size=(n_rows, 20)))
+            for _ in range(n_seeds)
+        ]
+        for v in variants
+    }
+
+
 def test_write_report_writes_every_file(tmp_path):
     results = table_results()
-    rng = np.random.default_rng(2)
-    targets = rng.integers(1, 11, size=40)
-    per_row = {
-        ("diginetica", v): [
-            (rng.integers(1, 30, size=40), rng.integers(1, 11, size=(40, 20))) for _ in range(2)
-        ]
-        for v in ("ave", "trm", "da", "hn")
-    }
+    targets = np.random.default_rng(3).integers(1, 11, size=40)
+    per_row = per_row_for(("ave", "trm", "da", "hn"))
     paths = write_report(
         tmp_path / "report",
         results,
@@ -159,12 +235,15 @@ def test_write_report_writes_every_file(tmp_path):
         targets_by_dataset={"diginetica": targets},
         popularity_by_dataset={"diginetica": POPULARITY},
         n_items_by_dataset={"diginetica": 11},
+        correction="bonferroni",
+        baseline_note="strongest baseline on validation: ave 0.1, trm 0.2",
     )
     expected = {
         "results_md",
         "results_csv",
         "seed_results_csv",
         "anova_csv",
+        "posthoc_csv",
         "seed_distributions_png",
         "beyond_mean_csv",
         "session_tests_csv",
@@ -173,17 +252,64 @@ def test_write_report_writes_every_file(tmp_path):
     png = paths["seed_distributions_png"].read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     markdown = paths["results_md"].read_text()
-    for heading in ("ANOVA", "Session-level", "not independent", "Beyond the mean", "t-tests"):
-        assert heading in markdown
+    for heading in ("Repeated-measures ANOVA", "Friedman", "Post-hoc", "Session-level",
+                    "not independent", "Beyond the mean", "t-tests", "randomization",
+                    "bootstrap", "Wilcoxon, supplementary", "MDE", "Bonferroni-adjusted",
+                    "strongest baseline on validation: ave 0.1, trm 0.2"):
+        assert heading in markdown, heading
     assert len(pd.read_csv(paths["seed_results_csv"])) == len(results)
-    assert len(pd.read_csv(paths["beyond_mean_csv"])) == 4
-    assert len(pd.read_csv(paths["anova_csv"])) == len(METRICS)
+    results_csv = pd.read_csv(paths["results_csv"])
+    assert {"p_value", "p_adjusted", "correction", "ci_low", "ci_high", "diff_ci_low",
+            "diff_ci_high", "d_z", "mde"} <= set(results_csv.columns)
+    assert (results_csv["correction"].dropna() == "bonferroni").all()
+    not_significant = results_csv[results_csv["p_value"].notna() & ~results_csv["significant"]]
+    assert len(not_significant) and not_significant["mde"].notna().all()
+    anova_csv = pd.read_csv(paths["anova_csv"])
+    assert len(anova_csv) == len(METRICS) and {"F_rm", "p_rm", "p_friedman"} <= set(anova_csv)
+    assert len(pd.read_csv(paths["posthoc_csv"])) == 6 * len(METRICS)  # C(4, 2) pairs
+    session = pd.read_csv(paths["session_tests_csv"])
+    assert {"p_randomization", "p_randomization_adjusted", "ci_low", "ci_high",
+            "p_wilcoxon_supplementary"} <= set(session.columns)
+    beyond = pd.read_csv(paths["beyond_mean_csv"])
+    assert len(beyond) == 4
+    # the one cold item (id 5) is the target of exactly the rows the report counts
+    assert (beyond["n_cold_rows"] == int((targets == 5).sum())).all()
+    assert (beyond["n_cold_rows"] + beyond["n_head_rows"] + beyond["n_tail_rows"] == 40).all()
+    beyond_md = section(markdown, "## Beyond the mean")
+    cold_rows = [line for line in beyond_md.splitlines() if "| cold |" in line]
+    assert len(cold_rows) == 4 and f"| {int((targets == 5).sum())} (" in cold_rows[0]
+
+
+def test_write_report_with_ablation_arms_writes_the_ablation_table(tmp_path):
+    results = table_results().query("variant in ['trm', 'da']").assign(arm=FULL_ARM)
+    arm = results[results["variant"] == "da"].assign(arm="da_gating=false")
+    arm[list(METRICS)] -= 0.02
+    frame = pd.concat([results, arm], ignore_index=True)
+    skipped = {("diginetica", "da", "da_recent=false"): "the selected configuration already "
+               "has da_recent=false, so this arm is the full model"}
+    paths = write_report(tmp_path, frame, skipped_arms=skipped)
+    ablation = pd.read_csv(paths["ablation_csv"])
+    assert set(ablation["variant"]) == {"da"}
+    assert list(dict.fromkeys(ablation["arm"])) == [FULL_ARM, "da_gating=false",
+                                                    "da_recent=false"]
+    gating = ablation[ablation["arm"] == "da_gating=false"]
+    assert gating["mean_diff"].to_numpy() == pytest.approx(-0.02)
+    # the report's main tables use the full configurations only
+    assert len(pd.read_csv(paths["results_csv"])) == 2 * len(METRICS)
+    assert len(pd.read_csv(paths["seed_results_csv"])) == len(frame)
+    markdown = section(paths["results_md"].read_text(), "## Ablation")
+    assert "### CORE-DA" in markdown and "| full (selected) | R@20 |" in markdown
+    assert "| da_gating=false | M@20 |" in markdown
+    assert "Not retrained: da_recent=false" in markdown
 
 
 def test_write_report_without_per_row_skips_row_level_outputs(tmp_path):
     two = table_results().query("variant in ['trm', 'da']")
     paths = write_report(tmp_path, two)
     assert "beyond_mean_csv" not in paths and not (tmp_path / "beyond_mean.csv").exists()
+    assert "ablation_csv" not in paths
     markdown = paths["results_md"].read_text()
     assert "Not computed: no dataset has more than two variants" in markdown
-    assert "Session-level" not in markdown
+    assert "Session-level" not in markdown and "## Ablation" not in markdown
+    with pytest.raises(ValueError, match="unknown correction"):
+        write_report(tmp_path, two, correction="sidak")
