@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset name resolved in --data-dir; 'synthetic' is generated")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where datasets live (default: $CORE_DATA_DIR or ./datasets)")
+    parser.add_argument("--text-model", type=Path, default=None, metavar="PATH",
+                        help="local sentence-transformers model folder that embeds the item text "
+                             "for the semantic variants (semsr_*); default: the packaged "
+                             "all-MiniLM-L6-v2 (nothing is downloaded)")
     parser.add_argument("--train-rows", type=_positive_int, default=None, metavar="N",
                         help="train on the last N training rows only (quick searches on a large "
                              "benchmark; validation, test and catalog unchanged); runs are filed "

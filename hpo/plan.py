@@ -25,6 +25,7 @@ from hpo.selection import (
 from hpo.space import SpaceError, load_space, validate_budget
 from hpo.stats import check_correction
 from hpo.tracking import check_tracking, resolve_tracking_uri
+from models.registry import dataset_needs
 
 log = logging.getLogger("launch")
 
@@ -40,8 +41,11 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
         SpaceError: a space file or budget is invalid.
         ValueError, FileNotFoundError: the dataset or resources are.
     """
-    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows)
-    dataset.check()
+    text_model = str(args.text_model) if getattr(args, "text_model", None) else None
+    dataset = DatasetSource(args.dataset, args.data_dir, args.train_rows, text_model)
+    spaces = [load_space(name) for name in args.space]
+    # Item text (and the text model) or graph files a variant needs: refused now, not in a trial.
+    dataset.check(**dataset_needs([space.model for space in spaces]))
     output_dir = args.output_dir.resolve()
     tracking_uri = resolve_tracking_uri(args.mlflow_uri, output_dir)
     resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
@@ -55,8 +59,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
         log.warning("%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
                     "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
     plans = []
-    for name in args.space:
-        space = load_space(name)
+    for name, space in zip(args.space, spaces, strict=True):
         overrides = {
             "num_samples": args.num_samples,
             "max_epochs": args.max_epochs,

@@ -34,6 +34,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import TEST_ROWS_FILE, retrain_trial
+from models.registry import dataset_needs
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
     """
     client = check_tracking(plan.tracking_uri)
     ablated, skipped = arm_jobs(plan.arms, plan.selections)  # invalid arms fail before Ray
-    dataset = plan.dataset.load()
+    dataset = plan.dataset.load(**dataset_needs([s.variant for s in plan.selections]))
     label = plan.dataset.label
     out_dir = plan.output_dir.resolve() / label / "test" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)

@@ -134,3 +134,32 @@ def test_correction_and_alpha_options(common, capsys):
     args = launch.build_parser().parse_args(["--space", "trm.yaml"])
     assert (args.correction, args.alpha, args.baseline, args.ablate) == ("holm", 0.01, "trm",
                                                                          None)
+
+
+# ---------------------------------------------------------------- what a variant needs of data
+
+
+def test_semantic_variant_on_a_dataset_without_item_text_fails_before_anything_runs(
+        tmp_path, capsys):
+    from dataclasses import replace
+
+    from data.atomic import write_dataset
+    from data.synthetic import make_dataset
+
+    plain = replace(make_dataset("tiny", seed=0, name="plain"), items=None)
+    write_dataset(plain, tmp_path / "data" / "plain")
+    common = ["--dataset", "plain", "--data-dir", str(tmp_path / "data"),
+              "--output-dir", str(tmp_path / "out")]
+    rc, out = run(["--space", "trm.yaml", "--dry-run", *common], capsys)
+    assert rc == 0  # a non-semantic variant is fine on it
+    rc, out = run(["--space", "trm.yaml", "semsr_f.yaml", "--dry-run", *common], capsys)
+    assert rc == 2 and "no item text" in out.err and "plain.item" in out.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_text_model_fails_before_anything_runs(tiny_data_dir, tmp_path, capsys):
+    rc, out = run(["--space", "semsr_i.yaml", "--text-model", str(tmp_path / "nowhere"),
+                   "--dry-run", "--dataset", "tiny", "--data-dir", str(tiny_data_dir),
+                   "--output-dir", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "text model" in out.err and "nowhere" in out.err
+    assert not (tmp_path / "out").exists()
