@@ -20,17 +20,9 @@ from hpo.stats import (
     summarize,
 )
 from models.metrics import METRIC_LABELS
+from models.registry import LABELS as VARIANT_LABELS
 
 TABLE_METRICS = ("recall_20", "mrr_20")
-VARIANT_LABELS = {
-    "ave": "CORE-ave",
-    "trm": "CORE-trm",
-    "da": "CORE-DA",
-    "hn": "CORE-HN",
-    "dahn": "CORE-DAHN",
-    "enhanced": "CORE-trm-enhanced",
-    "contrastive": "CORE-trm-contrastive",
-}
 BETTER, WORSE = "†", "‡"
 MISSING = "–"
 CORRECTION_LABELS = {
