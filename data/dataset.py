@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from data.graph_files import GraphFiles
     from data.items import ItemTable
 
 MAX_SEQ_LENGTH = 50
@@ -89,6 +90,9 @@ class SessionDataset:
     # text model that made them (``data.text``); None until attached with ``with_item_vectors``.
     item_vectors: np.ndarray | None = None
     text_model: str | None = None
+    # Graph side files (``<name>.link`` / ``.kg`` / ``.user``, ``data.graph_files``) in dataset
+    # ids; None until attached with ``with_graph_files`` (or when the dataset has none).
+    graph_files: GraphFiles | None = None
 
     def with_item_vectors(self, vectors: np.ndarray, text_model: str) -> SessionDataset:
         """This dataset carrying ``vectors`` (one row per catalog id) made by ``text_model``."""
@@ -97,6 +101,14 @@ class SessionDataset:
                 f"item vectors must be [n_items={self.n_items}, dim], got {vectors.shape}"
             )
         return replace(self, item_vectors=vectors, text_model=text_model)
+
+    def with_graph_files(self, files: GraphFiles) -> SessionDataset:
+        """This dataset carrying its graph side files (see ``data.graph_files``)."""
+        if len(files.item_entity) != self.n_items:
+            raise ValueError(
+                f"graph files cover {len(files.item_entity)} item ids, not n_items={self.n_items}"
+            )
+        return replace(self, graph_files=files)
 
     def without_test(self) -> SessionDataset:
         return replace(self, test=None)

@@ -1,11 +1,13 @@
 """Variant registry: the config keys each CORE variant accepts, their spec defaults, validation,
 and ``build_model`` (resolved config -> model). The HPO layer validates search spaces against
 ``config_keys``; a training run resolves its config once (``resolve_config``, in the trainer)
-and builds its model from that."""
+and builds its model from that (``build_model_for`` with the dataset, which the ``persona``
+variant needs: its users, item table and graph side files)."""
 
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,10 +21,15 @@ from models.encoders import (
     Transformer,
     TrmEncoder,
 )
+from models.persona import METAPATH_KEYS, settings_from_config, train_personas
+from models.persona.model import PERSONA_FUSIONS, PersonaCORE
 from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
 
+if TYPE_CHECKING:
+    from data.dataset import SessionDataset
+
 VARIANTS = (
-    "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f",
+    "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f", "persona",
 )
 # How reports name each variant.
 LABELS = {
@@ -35,9 +42,12 @@ LABELS = {
     "contrastive": "CORE-trm-contrastive",
     "semsr_i": "SemSR-I (CORE-trm)",
     "semsr_f": "SemSR-F (CORE-trm)",
+    "persona": "Persona (HDGI + CORE-trm re-rank)",
 }
 # Variants whose items need semantic vectors made from item text (``data.text``).
-SEMANTIC_VARIANTS = ("semsr_i", "semsr_f")
+SEMANTIC_VARIANTS = ("semsr_i", "semsr_f", "persona")
+# Variants built from the whole dataset (``build_model_for``): users, item table, graph files.
+DATASET_VARIANTS = ("persona",)
 PRECISIONS = ("fp32", "bf16")
 DA_SCORERS = ("mlp", "linear")
 
@@ -72,6 +82,25 @@ _CONTRASTIVE = {"cl_weight": 0.1, "cl_dropout": 0.2, "cl_temperature": 0.2}
 # SemSR-F: size of the projected semantic view, its dropout, and how the behavioural and the
 # semantic session vectors are fused (see models.semantic).
 _SEMSR_F = {"sem_size": 128, "sem_dropout": 0.2, "fusion": "gate"}
+# Persona (models.persona): HDGI persona size and training, metapath families on/off and the
+# co-occurrence threshold (the graph), persona fusion, candidates and the re-ranker's weight,
+# nearest users averaged for sessions without a known user, and the text view of the items.
+_PERSONA = {
+    "persona_size": 64,
+    "hdgi_epochs": 200,
+    "hdgi_lr": 1e-3,
+    "mp_ui": True,
+    "mp_cooc": True,
+    "mp_feature": True,
+    "mp_kg": True,
+    "cooc_min": 2,
+    "persona_fusion": "gate",
+    "n_candidates": 100,
+    "rerank_mix": 0.5,
+    "fallback_k": 10,
+    "sem_size": 128,
+    "sem_dropout": 0.2,
+}
 
 _GROUPS = {
     "ave": (),
@@ -83,6 +112,7 @@ _GROUPS = {
     "contrastive": (_TRANSFORMER, _CONTRASTIVE),
     "semsr_i": (_TRANSFORMER,),
     "semsr_f": (_TRANSFORMER, _SEMSR_F),
+    "persona": (_TRANSFORMER, _PERSONA),
 }
 
 # Value constraints beyond the type of the default: (check, description).
@@ -98,6 +128,8 @@ _RANGES = {
     "cl_dropout": _FRACTION,
     "sem_dropout": _FRACTION,
     "hn_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "rerank_mix": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "hdgi_lr": _POSITIVE,
     "temperature": _POSITIVE,
     "cl_temperature": _POSITIVE,
     "lr": _POSITIVE,
@@ -117,12 +149,18 @@ _RANGES = {
             "inner_size",
             "hn_k",
             "sem_size",
+            "persona_size",
+            "hdgi_epochs",
+            "cooc_min",
+            "n_candidates",
+            "fallback_k",
         ),
         _COUNT,
     ),
     "precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
     "da_scorer": (lambda v: v in DA_SCORERS, f"one of {DA_SCORERS}"),
     "fusion": (lambda v: v in FUSIONS, f"one of {FUSIONS}"),
+    "persona_fusion": (lambda v: v in PERSONA_FUSIONS, f"one of {PERSONA_FUSIONS}"),
 }
 
 
@@ -149,6 +187,25 @@ def needs_item_text(variant: str) -> bool:
     """Whether ``variant`` needs semantic item vectors (a dataset with item text)."""
     _check_variant(variant)
     return variant in SEMANTIC_VARIANTS
+
+
+def needs_dataset(variant: str) -> bool:
+    """Whether ``variant`` is built from the dataset (``build_model_for``) rather than from the
+    catalog size and item vectors alone; such a dataset also needs users in its splits and its
+    graph side files attached (``data.graph_files.attach_graph_files``) when it has them."""
+    _check_variant(variant)
+    return variant in DATASET_VARIANTS
+
+
+def dataset_needs(variants) -> dict[str, bool]:
+    """What loading a dataset must attach for ``variants`` (one or several variant names), as
+    keyword arguments of ``data.DatasetSource.load`` / ``check``: ``item_vectors`` (semantic
+    vectors of the item text) and ``graph_files`` (users, links, knowledge graph)."""
+    variants = [variants] if isinstance(variants, str) else list(variants)
+    return {
+        "item_vectors": any(needs_item_text(v) for v in variants),
+        "graph_files": any(needs_dataset(v) for v in variants),
+    }
 
 
 def _coerce(key: str, value: object, default: object) -> object:
@@ -194,6 +251,9 @@ def resolve_config(overrides: dict) -> dict:
             raise ValueError(f"config key {key!r} must be {description}, got {config[key]!r}")
     if "n_heads" in config and config["embedding_size"] % config["n_heads"]:
         raise ValueError("embedding_size must be a multiple of n_heads")
+    if "mp_ui" in config and not any(config[key] for key in METAPATH_KEYS.values()):
+        switches = sorted(METAPATH_KEYS.values())
+        raise ValueError(f"at least one metapath switch {switches} must be on")
     return config
 
 
@@ -255,6 +315,8 @@ def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = No
     missing = sorted(config_keys(variant) - set(config)) if variant in VARIANTS else ["model"]
     if missing:
         raise ValueError(f"build_model needs a resolved config (resolve_config); missing {missing}")
+    if needs_dataset(variant):
+        raise ValueError(f"model {variant!r} is built from its dataset: use build_model_for")
     if needs_item_text(variant) and item_vectors is None:
         raise ValueError(
             f"model {variant!r} needs semantic item vectors made from item text; "
@@ -277,3 +339,51 @@ def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = No
         with torch.no_grad():
             model.item_embedding.copy_(semantic_init(item_vectors, model.item_embedding))
     return model
+
+
+def build_model_for(config: dict, dataset: SessionDataset) -> CORE:
+    """The model a resolved config describes, for ``dataset``: ``build_model`` with its catalog
+    size and item vectors, or, for the ``persona`` variant, its personas (trained by HDGI on the
+    training split's graph, or read from their cache) and the two-stage model.
+
+    Args:
+        config: a complete config (``resolve_config``).
+        dataset: the dataset the model is trained on (``item_vectors`` attached for the
+            variants that need item text; ``graph_files`` attached when it has them).
+
+    Raises:
+        ValueError: as ``build_model``; for ``persona``, a dataset without users or vectors.
+    """
+    variant = config.get("model")
+    if variant not in DATASET_VARIANTS:
+        return build_model(config, dataset.n_items, dataset.item_vectors)
+    missing = sorted(config_keys(variant) - set(config))
+    if missing:
+        raise ValueError(f"build_model_for needs a resolved config; missing {missing}")
+    if dataset.item_vectors is None:
+        raise ValueError(
+            f"model {variant!r} needs semantic item vectors made from item text; "
+            "attach them with data.text.attach_item_vectors"
+        )
+    graph_settings, hdgi_settings = settings_from_config(config)
+    personas = train_personas(dataset, graph_settings, hdgi_settings, config["seed"])
+    n_users = max(
+        int(split.users.max(initial=0)) + 1
+        for split in (dataset.train, dataset.valid, dataset.test)
+        if split is not None and split.users is not None
+    )
+    table, known = personas.table(max(n_users, int(personas.user_ids.max()) + 1))
+    d = config["embedding_size"]
+    options = {
+        "sess_dropout": config["sess_dropout"],
+        "item_dropout": config["item_dropout"],
+        "temperature": config["temperature"],
+    }
+    base = CORE(dataset.n_items, d, _encoder({**config, "model": "trm"}), **options)
+    return PersonaCORE(
+        dataset.n_items, d, _encoder(config), base, dataset.item_vectors, table, known,
+        personas.profiles, personas.vectors, persona_fusion=config["persona_fusion"],
+        n_candidates=config["n_candidates"], rerank_mix=config["rerank_mix"],
+        fallback_k=config["fallback_k"], sem_size=config["sem_size"],
+        sem_dropout=config["sem_dropout"], **options,
+    )

@@ -1,17 +1,20 @@
 """Train one CORE variant from the command line, printing one line per epoch.
 
-    python -m models.train --model trm --dataset tmall --data-dir /work/shared/datasets \\
+    python -m models.train --model trm --dataset tmall --data-dir path/to/datasets \\
         --epochs 1 [--precision bf16] [--set key=value ...] [--test] [--save ckpt.pt]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
 
 import yaml
 
 from data import load_dataset
-from models.registry import VARIANTS
+from models.registry import VARIANTS, needs_dataset, needs_item_text
 from models.trainer import Trainer
 
 
@@ -28,6 +31,29 @@ def _percent(metrics: dict, prefix: str = "") -> str:
         f"{label} {100 * metrics[prefix + name]:.2f}"
         for label, name in (("R@20", "recall_20"), ("MRR@20", "mrr_20"), ("NDCG@20", "ndcg_20"))
     )
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (it may be replaced, e.g. in tests)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_progress_to_stdout() -> None:
+    """Progress lines of the data and persona stages (item vectors, graph, HDGI) to stdout."""
+    for name in ("data", "models"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(handler, _StdoutHandler) for handler in logger.handlers):
+            handler = _StdoutHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,12 +74,23 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("epochs", "precision", "seed"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    _log_progress_to_stdout()
     dataset = load_dataset(args.dataset, args.data_dir)
+    if needs_item_text(args.model):
+        from data.text import attach_item_vectors
+
+        dataset = attach_item_vectors(dataset, args.data_dir)
+    if needs_dataset(args.model):
+        from data.graph_files import attach_graph_files
+
+        dataset = attach_graph_files(dataset, args.data_dir)
     if not args.test:
         dataset = dataset.without_test()
     print(dataset.summary(), flush=True)
+    start = time.perf_counter()
     trainer = Trainer(config, dataset, num_threads=args.threads)
-    print(f"config: {trainer.config} | device {trainer.device}", flush=True)
+    print(f"config: {trainer.config} | device {trainer.device} | model built in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
     n_train = len(dataset.train)
     while not trainer.should_stop:
         m = trainer.run_epoch()

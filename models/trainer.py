@@ -20,7 +20,7 @@ from torch import Tensor
 from data.dataset import SessionDataset, Split
 from models.encoders import PAD
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
-from models.registry import build_model, resolve_config
+from models.registry import build_model_for, resolve_config
 
 SELECTION_METRIC = "mrr_20"
 # The selection metric is compared at 4 decimal places and a tie keeps the later epoch, as the
@@ -70,20 +70,30 @@ def _at_least_as_good(value: float, best: float) -> bool:
 
 class _Rows:
     """One split as tensors on the device, served in batches trimmed to the batch's longest
-    prefix (right padding makes the trimmed batch exact and the transformer cheaper)."""
+    prefix (right padding makes the trimmed batch exact and the transformer cheaper).
 
-    def __init__(self, split: Split, max_seq_length: int, device: torch.device) -> None:
+    Batches are (items, targets), plus the rows' user ids (0 = unknown, also for a split
+    without users) when ``with_users``: for models that declare ``wants_users``."""
+
+    def __init__(
+        self, split: Split, max_seq_length: int, device: torch.device, with_users: bool = False
+    ) -> None:
         prefixes, lengths = _keep_last(split.prefixes, split.lengths, max_seq_length)
         self.prefixes = _shared_tensor(prefixes, device)
         self.lengths = _shared_tensor(lengths, device)
         self.targets = _shared_tensor(split.targets, device)
+        self.users = None
+        if with_users:
+            users = split.users if split.users is not None else np.zeros(len(split), np.int64)
+            self.users = _shared_tensor(users, device)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batch(self, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+    def batch(self, rows: Tensor | slice) -> tuple[Tensor, ...]:
         width = int(self.lengths[rows].max())
-        return self.prefixes[rows, :width].long(), self.targets[rows]
+        batch = (self.prefixes[rows, :width].long(), self.targets[rows])
+        return batch if self.users is None else (*batch, self.users[rows])
 
 
 def _shared_tensor(array: np.ndarray, device: torch.device) -> Tensor:
@@ -132,9 +142,8 @@ class Trainer:
         pin_mmap_threshold()
         torch.manual_seed(self.config["seed"])
         self.rng = np.random.default_rng(self.config["seed"])
-        self.model = build_model(self.config, dataset.n_items, dataset.item_vectors).to(
-            self.device
-        )
+        self.model = build_model_for(self.config, dataset).to(self.device)
+        self.with_users = bool(getattr(self.model, "wants_users", False))
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=self.config["lr"],
@@ -206,9 +215,9 @@ class Trainer:
         self.model.train()
         total = 0.0
         for batch in range(n_batches):
-            items, targets = rows.batch(order[batch * size : (batch + 1) * size])
+            items, targets, *users = rows.batch(order[batch * size : (batch + 1) * size])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = self.model(items, targets)
+                loss = self.model(items, targets, *users)
             value = loss.item()
             if not np.isfinite(value):
                 raise NonFiniteLossError(
@@ -242,6 +251,8 @@ class Trainer:
         rows at a time into one reused buffer: small enough to stay in cache for the rank
         count, and never re-allocated (a fresh block would be page-faulted in every time)."""
         rows = self._split_rows(split)
+        if self.with_users:
+            return self._rank_with_users(rows, use_best, top_k)
         size = self.config["eval_batch_size"]
         ranks, tops = [], []
         with self._weights(self.best_state if use_best else None), torch.inference_mode():
@@ -264,6 +275,30 @@ class Trainer:
         ranks = torch.cat(ranks).cpu().numpy()
         return ranks, (torch.cat(tops).cpu().numpy() if tops else None)
 
+    def _rank_with_users(
+        self, rows: _Rows, use_best: bool, top_k: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_rank`` for models that score with the rows' users (``wants_users``): their
+        ``predict(items, users, context)`` returns full-catalog scores, a block of rows at a
+        time."""
+        size = self.config["eval_batch_size"]
+        ranks, tops = [], []
+        with self._weights(self.best_state if use_best else None), torch.inference_mode():
+            self.model.eval()
+            context = self.model.inference_context()
+            block = max(1, SCORE_BLOCK_FLOATS // self.dataset.n_items)
+            for start in range(0, len(rows), size):
+                items, targets, users = rows.batch(slice(start, start + size))
+                for part in range(0, len(targets), block):
+                    cut = slice(part, part + block)
+                    scores = self.model.predict(items[cut], users[cut], context)
+                    rank, top = rank_and_top_(scores, targets[cut], top_k)
+                    ranks.append(rank)
+                    if top is not None:
+                        tops.append(top.int())
+        ranks = torch.cat(ranks).cpu().numpy()
+        return ranks, (torch.cat(tops).cpu().numpy() if tops else None)
+
     @contextmanager
     def _weights(self, state: dict | None) -> Iterator[None]:
         """Temporarily swaps ``state`` into the model (None: keep the current weights)."""
@@ -280,7 +315,9 @@ class Trainer:
     def _split_rows(self, split: str) -> _Rows:
         if split not in self._rows:
             data = self.dataset.split(split)
-            self._rows[split] = _Rows(data, self.config["max_seq_length"], self.device)
+            self._rows[split] = _Rows(
+                data, self.config["max_seq_length"], self.device, self.with_users
+            )
         return self._rows[split]
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from models.registry import (
     build_model,
     config_keys,
     default_config,
+    needs_dataset,
+    needs_item_text,
     resolve_config,
 )
 
@@ -41,16 +43,23 @@ EXTRA = {
     "contrastive": TRANSFORMER | {"cl_weight", "cl_dropout", "cl_temperature"},
     "semsr_i": TRANSFORMER,
     "semsr_f": TRANSFORMER | {"sem_size", "sem_dropout", "fusion"},
+    "persona": TRANSFORMER
+    | {"persona_size", "hdgi_epochs", "hdgi_lr", "mp_ui", "mp_cooc", "mp_feature", "mp_kg",
+       "cooc_min", "persona_fusion", "n_candidates", "rerank_mix", "fallback_k", "sem_size",
+       "sem_dropout"},
 }
 
 
 def test_variants_and_keys_follow_the_contract():
     assert VARIANTS == (
-        "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f"
+        "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f",
+        "persona",
     )
     for variant in VARIANTS:
         assert config_keys(variant) == frozenset(COMMON | EXTRA[variant])
         assert default_config(variant)["model"] == variant
+    assert [v for v in VARIANTS if needs_dataset(v)] == ["persona"]  # built by build_model_for
+    assert needs_item_text("persona") and not needs_item_text("trm")
 
 
 def test_spec_defaults():
@@ -105,7 +114,8 @@ def test_resolve_config_merges_coerces_and_validates():
             resolve_config({"model": "hn", **bad})
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# The persona variant is built from a dataset (tests/test_models_persona.py).
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not needs_dataset(v)])
 def test_every_variant_trains_and_predicts(variant):
     torch.manual_seed(0)
     config = {"model": variant, "embedding_size": 16}
