@@ -13,8 +13,8 @@ import time
 
 import yaml
 
-from data import load_dataset
-from models.registry import VARIANTS, needs_dataset, needs_item_text
+from data import DatasetSource
+from models.registry import VARIANTS, dataset_needs
 from models.trainer import Trainer
 
 
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", required=True, choices=VARIANTS)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--train-rows", type=int, default=None, metavar="N",
+                        help="train on the last N training rows only")
+    parser.add_argument("--text-model", default=None, metavar="PATH",
+                        help="local sentence-transformers model for the item text of the "
+                             "semantic variants (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: config)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     parser.add_argument("--seed", type=int, default=None)
@@ -75,15 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     _log_progress_to_stdout()
-    dataset = load_dataset(args.dataset, args.data_dir)
-    if needs_item_text(args.model):
-        from data.text import attach_item_vectors
-
-        dataset = attach_item_vectors(dataset, args.data_dir)
-    if needs_dataset(args.model):
-        from data.graph_files import attach_graph_files
-
-        dataset = attach_graph_files(dataset, args.data_dir)
+    source = DatasetSource(args.dataset, args.data_dir, args.train_rows, args.text_model)
+    needs = dataset_needs(args.model)
+    source.check(**needs)
+    dataset = source.load(**needs)
     if not args.test:
         dataset = dataset.without_test()
     print(dataset.summary(), flush=True)
