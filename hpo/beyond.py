@@ -173,3 +173,46 @@ def beyond_mean_table(
         row.update({name: per_seed[name].iloc[0] for name in counts})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def row_group_table(
+    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    groups_by_dataset: Mapping[str, np.ndarray],
+    k: int = 20,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """Recall and MRR per group of test rows (e.g. the session's user: known, with few
+    training rows, unknown), per (dataset, variant): mean, std and interval over seeds.
+
+    Args:
+        per_row: (dataset, variant) -> one (ranks [n_rows], topk) pair per seed.
+        groups_by_dataset: one group label per test row of each dataset; datasets without an
+            entry are left out.
+        k: the metrics' cut-off.
+        confidence: confidence level of the intervals.
+
+    Returns:
+        One row per (dataset, variant, group): ``n_rows``, ``row_fraction``, ``n_seeds`` and,
+        for ``recall_k`` and ``mrr_k``, the value, ``_std``, ``_ci_low`` and ``_ci_high``.
+    """
+    rows = []
+    for (dataset, variant), seeds in per_row.items():
+        if dataset not in groups_by_dataset:
+            continue
+        labels = np.asarray(groups_by_dataset[dataset])
+        per_seed = [row_metrics(np.asarray(ranks), k) for ranks, _ in seeds]
+        for group in dict.fromkeys(labels.tolist()):
+            mask = labels == group
+            row = {"dataset": dataset, "variant": variant, "group": group,
+                   "n_rows": int(mask.sum()), "row_fraction": float(mask.mean()),
+                   "n_seeds": len(per_seed)}
+            for name in (f"recall_{k}", f"mrr_{k}"):
+                if len(per_seed[0][name]) != len(labels):
+                    raise ValueError(f"{dataset}: {len(labels)} group labels for "
+                                     f"{len(per_seed[0][name])} test rows")
+                values = np.array([metrics[name][mask].mean() for metrics in per_seed])
+                row[name] = float(values.mean())
+                row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mean_interval(values, confidence)
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpo.beyond import beyond_mean_table
+from hpo.beyond import beyond_mean_table, row_group_table
 from hpo.plots import plot_seed_distributions
 from hpo.stats import (
     DEFAULT_ALPHA,
@@ -36,6 +36,7 @@ from hpo.tables import (
     protocol_markdown,
     results_table_frame,
     results_table_markdown,
+    row_groups_markdown,
     session_markdown,
 )
 
@@ -74,6 +75,7 @@ def write_report(
     resample_seed: int = 0,
     n_resamples: int = N_RESAMPLES,
     skipped_arms: Mapping[tuple[str, str, str], str] | None = None,
+    row_groups_by_dataset: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Write the report's files; return their paths by name.
 
@@ -94,6 +96,8 @@ def write_report(
         resample_seed: seed of the randomization and bootstrap tests.
         n_resamples: resamples of the randomization and bootstrap tests.
         skipped_arms: (dataset, variant, arm) -> why the arm was not retrained.
+        row_groups_by_dataset: a group label per test row (the session's user: known / few /
+            unknown), for datasets with users; with per_row, adds user_groups.csv and its table.
 
     Returns:
         results_md, results_csv, seed_results_csv, anova_csv, posthoc_csv,
@@ -143,6 +147,11 @@ def write_report(
         session.to_csv(paths["session_tests_csv"], index=False)
         beyond.to_csv(paths["beyond_mean_csv"], index=False)
         sections += [session_markdown(session), beyond_markdown(beyond, head_fraction)]
+        if row_groups_by_dataset:
+            groups = row_group_table(per_row, row_groups_by_dataset)
+            paths["user_groups_csv"] = out_dir / "user_groups.csv"
+            groups.to_csv(paths["user_groups_csv"], index=False)
+            sections.append(row_groups_markdown(groups))
     if arms is not None or skipped_arms:
         source = arms if arms is not None else full.assign(arm=FULL_ARM)
         ablation = ablation_tests(source, skipped=skipped_arms, **options)

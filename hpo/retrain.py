@@ -34,6 +34,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import TEST_ROWS_FILE, retrain_trial
+from models.persona import persona_groups
 from models.registry import dataset_needs
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,9 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         baseline_note=plan.baseline_note,
         resample_seed=plan.resample_seed,
         skipped_arms=skipped,
+        row_groups_by_dataset=(
+            {label: persona_groups(dataset, "test")} if dataset.test.users is not None else None
+        ),
     )
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path))

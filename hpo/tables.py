@@ -379,6 +379,29 @@ def beyond_markdown(beyond: pd.DataFrame, head_fraction: float, k: int = 20) -> 
             + markdown_table(["Dataset", "Variant", f"Coverage@{k}"], coverage))
 
 
+def row_groups_markdown(groups: pd.DataFrame, k: int = 20) -> str:
+    """Recall and MRR per group of test rows by the session's user (``hpo.beyond.row_group_table``).
+
+    Args:
+        groups: ``hpo.beyond.row_group_table``.
+        k: the metrics' cut-off.
+    """
+    title = "## By the session's user: known, few training rows, unknown"
+    note = (
+        "known: the session's user has more than a few training rows; few: 1 to a few (a "
+        "persona learnt from little data); unknown: no user, or a user without training rows "
+        "(a persona model falls back to the personas nearest to the session's items). "
+        f"R@{k} / M@{k} over the test rows of the group, mean ± std over seeds [95% interval], "
+        "percent; all rows in user_groups.csv."
+    )
+    rows = [[r["dataset"], variant_label(r["variant"]), r["group"],
+             f"{int(r['n_rows'])} ({pct(r['row_fraction'])}%)",
+             *[_spread_cell(r, f"{name}_{k}") for name in ("recall", "mrr")]]
+            for _, r in groups.iterrows()]
+    header = ["Dataset", "Variant", "Users", "Rows", f"R@{k}", f"M@{k}"]
+    return f"{title}\n\n{note}\n\n{markdown_table(header, rows)}"
+
+
 def ablation_markdown(ablation: pd.DataFrame) -> str:
     """Per variant: the full (selected) configuration and each ablation arm, mean ± std with
     95% interval, the difference arm − full with its interval, d_z, raw and adjusted p and MDE,

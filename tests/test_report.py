@@ -313,3 +313,21 @@ def test_write_report_without_per_row_skips_row_level_outputs(tmp_path):
     assert "Session-level" not in markdown and "## Ablation" not in markdown
     with pytest.raises(ValueError, match="unknown correction"):
         write_report(tmp_path, two, correction="sidak")
+
+
+def test_row_group_table_averages_each_user_group_over_seeds():
+    from hpo.beyond import row_group_table
+
+    groups = np.array(["known", "unknown", "known", "few"], dtype=object)
+    seeds = [(np.array([1, 30, 2, 5]), np.zeros((4, 20), dtype=int)),
+             (np.array([3, 1, 40, 5]), np.zeros((4, 20), dtype=int))]
+    table = row_group_table({("d", "trm"): seeds}, {"d": groups}).set_index("group")
+    assert list(table.index) == ["known", "unknown", "few"]
+    assert table.loc["known", "n_rows"] == 2 and table.loc["known", "row_fraction"] == 0.5
+    # known rows: seed 1 ranks (1, 2) -> recall 1, MRR 0.75; seed 2 ranks (3, 40) -> 0.5, 1/6
+    assert table.loc["known", "recall_20"] == pytest.approx(0.75)
+    assert table.loc["known", "mrr_20"] == pytest.approx((0.75 + 1 / 6) / 2)
+    assert table.loc["unknown", "recall_20"] == pytest.approx(0.5)  # rank 30, then rank 1
+    assert table.loc["few", "recall_20_std"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="group labels"):
+        row_group_table({("d", "trm"): seeds}, {"d": groups[:3]})
