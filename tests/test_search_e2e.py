@@ -163,7 +163,9 @@ def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
     driver = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    deadline = time.monotonic() + 240
+    # An upper bound for a loaded machine (Ray start-up, a first trial of 4 epochs): the loop
+    # returns as soon as one trial has finished and the next is training.
+    deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and driver.poll() is None:
             if _one_finished_one_training(client):
