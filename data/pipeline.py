@@ -56,30 +56,16 @@ class Built:
         return self.user_ids.get_indexer(raw) + 1
 
 
-def build_dataset(
-    events: pd.DataFrame,
-    name: str,
-    *,
-    max_len: int = MAX_SEQ_LENGTH,
-    log: Log | None = None,
-    items: pd.DataFrame | None = None,
-    item_types: Mapping[str, str] | None = None,
-) -> SessionDataset:
+def build_dataset(events: pd.DataFrame, name: str, **options) -> SessionDataset:
     """Apply the whole protocol to an event frame and return the three expanded splits.
 
     Args:
         events: the event frame (see the module docstring); a ``user`` column gives the splits
             ``users``.
         name: the dataset's name.
-        max_len: prefix window; longer prefixes keep their last ``max_len`` items.
-        log: receives one line per stage with the counts left.
-        items: optional item metadata, indexed by raw item id (same dtype as ``events.item``),
-            one column per field; missing values become empty text. Becomes ``dataset.items``.
-        item_types: field -> ``token`` / ``token_seq`` / ``float``; default ``token_seq``.
+        **options: ``max_len``, ``log``, ``items`` and ``item_types``, as ``build`` takes them.
     """
-    return build(
-        events, name, max_len=max_len, log=log, items=items, item_types=item_types
-    ).dataset
+    return build(events, name, **options).dataset
 
 
 def build(
@@ -96,10 +82,11 @@ def build(
     Args:
         events: the event frame (see the module docstring).
         name: the dataset's name.
-        max_len: prefix window.
-        log: receives one line per stage.
-        items: optional item metadata indexed by raw item id (see ``build_dataset``).
-        item_types: field -> type for ``items`` (default ``token_seq``).
+        max_len: prefix window; longer prefixes keep their last ``max_len`` items.
+        log: receives one line per stage with the counts left.
+        items: optional item metadata, indexed by raw item id (same dtype as ``events.item``),
+            one column per field; missing values become empty text. Becomes ``dataset.items``.
+        item_types: field -> ``token`` / ``token_seq`` / ``float``; default ``token_seq``.
     """
     types = _check_item_metadata(items, item_types) if items is not None else None
     report = _Reporter(log)

@@ -389,12 +389,10 @@ def paired_tests(
         for variant in variants:
             if variant == baseline:
                 continue
-            pairs = _pairs(per_dataset, variant, baseline, dataset)
-            for metric in METRICS:
-                rows.append({"dataset": dataset, "variant": variant, "baseline": baseline,
-                             "metric": metric,
-                             **paired_comparison(pairs[metric], pairs[f"{metric}_ref"],
-                                                 confidence)})
+            rows += _metric_comparisons(
+                per_dataset, variant, baseline, confidence,
+                {"dataset": dataset, "variant": variant, "baseline": baseline},
+            )
     columns = ["dataset", "variant", "baseline", "metric", *COMPARISON_COLUMNS]
     return _finish_comparisons(rows, columns, correction, alpha, power, by=("dataset",))
 
@@ -429,12 +427,10 @@ def posthoc_tests(
         if len(variants) <= 2:
             continue
         for a, b in itertools.combinations(variants, 2):
-            pairs = _pairs(per_dataset, a, b, dataset)
-            for metric in METRICS:
-                rows.append({"dataset": dataset, "variant_a": a, "variant_b": b,
-                             "metric": metric,
-                             **paired_comparison(pairs[metric], pairs[f"{metric}_ref"],
-                                                 confidence)})
+            rows += _metric_comparisons(
+                per_dataset, a, b, confidence,
+                {"dataset": dataset, "variant_a": a, "variant_b": b},
+            )
     columns = ["dataset", "variant_a", "variant_b", "metric", *COMPARISON_COLUMNS]
     return _finish_comparisons(rows, columns, correction, alpha, power, by=("dataset",))
 
@@ -608,6 +604,19 @@ def _pairs(per_dataset: pd.DataFrame, variant: str, reference: str, dataset) -> 
             f"{reference!r} seeds {sorted(ref['seed'].tolist())}"
         )
     return pairs
+
+
+def _metric_comparisons(
+    per_dataset: pd.DataFrame, variant: str, reference: str, confidence: float, keys: dict
+) -> list[dict]:
+    """``paired_comparison`` of ``variant`` against ``reference`` for every metric, each row
+    starting with ``keys`` (its dataset and the two variants' names)."""
+    pairs = _pairs(per_dataset, variant, reference, keys["dataset"])
+    return [
+        {**keys, "metric": metric,
+         **paired_comparison(pairs[metric], pairs[f"{metric}_ref"], confidence)}
+        for metric in METRICS
+    ]
 
 
 def _finish_comparisons(rows, columns, correction, alpha, power, by) -> pd.DataFrame:
