@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
-from hpo.retrain import TestStageError, run_test_stage
-from hpo.search import SearchFailedError, SearchPlan, run_search
-from hpo.selection import STRONGEST, SelectionError
-from hpo.space import METRICS, SpaceError
-from hpo.stats import CORRECTIONS, DEFAULT_ALPHA
-from hpo.tracking import TrackingUnavailableError
+# Only import-light modules here: `--help` must not wait for torch, Ray or MLflow; the rest is
+# imported when a command runs (see `main`).
+from data.locations import list_datasets, resolve_data_dir
+from hpo.options import (
+    CORRECTIONS,
+    DEFAULT_ALPHA,
+    DEFAULT_RETRAIN_MAX_EPOCHS,
+    METRICS,
+    STRONGEST,
+    list_spaces,
+)
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except where there is none to show (None) or the help already says it."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except where there is none to show (None) or the help already says it;
+    keeps the description's and epilog's line breaks."""
 
     def _get_help_string(self, action):
         if action.default is None or "default" in (action.help or ""):
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch.py",
         description=__doc__,
         formatter_class=_HelpFormatter,
+        epilog=_available(),
     )
     parser.add_argument("--space", nargs="+", required=True, metavar="SPACE",
                         help="search-space file(s): a name in search_spaces/ (dahn.yaml) or a path")
@@ -73,10 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--metric", choices=METRICS, help="validation metric to optimise")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the TPE sampler and of every trial's training")
+    parser.add_argument("--optuna-storage", default=None, metavar="URL",
+                        help="where each search keeps its Optuna study (a SQLAlchemy URL, e.g. "
+                             "postgresql://user@host/db); default: sqlite:///<output-dir>/"
+                             "optuna.db. Open it with `optuna-dashboard URL`")
     protocol = parser.add_argument_group("test stage (selection-then-test)")
     protocol.add_argument("--seeds", type=int, default=5,
                           help="seeds the selected configuration of each space is retrained "
                                "with (seed+1 .. seed+N), each scored once on test")
+    protocol.add_argument("--retrain-max-epochs", type=_positive_int,
+                          default=DEFAULT_RETRAIN_MAX_EPOCHS, metavar="N",
+                          help="epoch budget of each retraining; the config's patience (5 by "
+                               "default, as in the CORE protocol) stops it earlier")
     protocol.add_argument("--baseline", default="trm",
                           help="space every other space is compared with (paired tests), or "
                                f"'{STRONGEST}': of the ave and trm spaces, the one with the "
@@ -124,21 +139,81 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the latest interrupted search of each space")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the spaces and print the plan without running anything")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="the whole plan, Ray Tune's progress tables and the trials' own "
+                             "logs, debug logging (default: one line per trial event)")
     return parser
 
 
-def print_search_summary(plan: SearchPlan, table) -> None:
-    print(f"\n{plan.space.name}: {len(table)} trials, results in {plan.search_dir}")
-    columns = ["trial_id", "outcome", "epochs", plan.tune_metric]
-    print(table[columns].head(10).to_string(index=False))
+def _available() -> str:
+    """--help's epilog: the bundled search spaces and the datasets in the data directory."""
+    lines = ["search spaces (--space NAME, in search_spaces/):"]
+    lines += [f"  {name:<18}{model:<12}{text[:60]}" for name, model, text in list_spaces()]
+    root = resolve_data_dir()
+    found = list_datasets(root)
+    lines += ["", f"datasets (--dataset NAME) in {root}/ (--data-dir or $CORE_DATA_DIR change "
+                  "it): " + ", ".join(found),
+              "  synthetic is generated on first use; others: see README, 'Datasets'"]
+    return "\n".join(lines)
+
+
+SHOWN_TRIALS = 5
+
+
+def print_search_summary(plan, outcome) -> None:
+    """The end of a search on the console: best trials, importances, where results are.
+
+    Args:
+        plan: the search's plan.
+        outcome: what ``run_search`` returned.
+    """
+    table = outcome.table
+    counts = table["outcome"].value_counts().to_dict() if len(table) else {}
+    print(f"\n{plan.space.name}: {len(table)} trials ("
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"); best "
+          f"{min(SHOWN_TRIALS, len(table))} by {plan.tune_metric}:")
+    columns = ["optuna_trial", "config_source", "outcome", "epochs", plan.tune_metric]
+    print(table[[c for c in columns if c in table]].head(SHOWN_TRIALS).to_string(index=False))
+    if len(outcome.importance):
+        top = outcome.importance.head(3)
+        print("most important: " + ", ".join(
+            f"{row.parameter} {row.importance:.2f}" for row in top.itertuples())
+              + f" ({outcome.importance_note})")
+    else:
+        print(f"importance {outcome.importance_note}")
+    print(f"results: {plan.search_dir} (trials.csv, param_importance.csv); MLflow run "
+          f"{outcome.parent_run_id}; study {plan.study_name!r}")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our modules' info lines by default, libraries' warnings only; -v: debug for ours."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("launch", "hpo", "data", "models"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # Ray Tune's newer console output prints its banner and paths at any verbosity; the
+        # classic one is silent at verbose=0, leaving the console to hpo.console.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.verbose)
+    from hpo.ablation import AblationError
+    from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
+    from hpo.retrain import TestStageError, run_test_stage
+    from hpo.search import SearchFailedError, run_search
+    from hpo.selection import SelectionError
+    from hpo.space import SpaceError
+    from hpo.study import StudyStorageError
+    from hpo.tracking import TrackingUnavailableError
+
     try:
         command_line = shlex.join(["python", "launch.py", *argv])
         plans = make_plans(args, command_line)
@@ -152,16 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         search_runs = {}
         if args.stage in ("search", "all"):
             for plan in plans:
-                print(plan.describe(), flush=True)
-                outcome = run_search(plan, resume=args.resume)
+                print(plan.describe() if args.verbose else plan.headline(), flush=True)
+                outcome = run_search(plan, resume=args.resume, verbose=args.verbose)
                 search_runs[plan.space.name] = outcome.parent_run_id
-                print_search_summary(plan, outcome.table)
+                print_search_summary(plan, outcome)
         if args.stage in ("test", "all"):
             paths = run_test_stage(make_test_plan(args, plans, search_runs, command_line))
             print(paths["results_md"].read_text())
             print(f"report: {paths['results_md'].parent}")
-    except (SpaceError, TrackingUnavailableError, SelectionError, TestStageError,
-            FileNotFoundError, ValueError) as exc:
+    except (SpaceError, TrackingUnavailableError, StudyStorageError, SelectionError,
+            TestStageError, AblationError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SearchFailedError as exc:

@@ -1,53 +1,225 @@
-"""Training/evaluation speed and memory of CORE-ave and CORE-trm, fp32 vs bf16, in one run.
+"""Training speed, memory and accuracy of the full-catalog loss: dense fp32 vs chunked fp32 vs
+chunked bf16, for CORE-ave, CORE-trm and CORE-HN, in one run.
 
-Each (model, precision) trains in its own spawned process, so that the peak RSS printed
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that configuration's alone. The same seed and
-epochs are used for fp32 and bf16, and the validation R@20 / MRR@20 differences are reported.
+    python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --seeds 3
+    python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --limit-rows 20000
 
-    python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --epochs 1
+Every (seed, model, configuration) trains in its own spawned process, so that the peak RSS printed
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``; on CUDA also the peak of allocated device memory)
+is that run's alone. Runs are interleaved (seed, then model, then configuration), so that a
+machine shared with other work slows every configuration alike; the 1-minute load average is
+printed with each run. Per configuration the summary gives the mean training time of an epoch,
+the validation time, the peak RSS, and the valid R@20 / MRR@20 after the last epoch (mean over
+seeds, and the largest difference from dense fp32 over the seeds), then the speed-up of chunked
+bf16 over dense fp32.
+
+Where an epoch's time goes is measured separately (``--profile-batches`` batches per model, for
+dense fp32 and for chunked bf16) with wall-clock timers around each phase of the trainer's step:
+data (slicing the batch), forward without the loss (encoder, table dropout and normalisation),
+the loss's forward (``catalog_loss``; the chunked one computes its gradients here), the loss's
+backward (from ``backward()`` until the gradients of its inputs exist), the rest of the backward
+(encoder, table) and the optimizer (``zero_grad`` + Adam's step). On CUDA each phase ends with a
+synchronisation.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
 from models.trainer import Trainer  # noqa: E402
 
-TOLERANCE = 0.003  # bf16 must match fp32 validation R@20 / MRR@20 within 0.3 points
+# (label, loss_impl, precision); the first is the reference of every comparison.
+CONFIGS = {
+    "dense fp32": ("dense", "fp32"),
+    "chunked fp32": ("chunked", "fp32"),
+    "chunked bf16": ("chunked", "bf16"),
+}
+REFERENCE, FAST = "dense fp32", "chunked bf16"
+PHASES = ("data", "forward", "loss fwd", "loss bwd", "backward", "optimizer")
 
 
-def _run(args: argparse.Namespace, model: str, precision: str) -> dict:
-    dataset = load_dataset(args.dataset, args.data_dir)
+def _dataset(args: argparse.Namespace):
+    dataset = load_dataset(args.dataset, args.data_dir).without_test()
     if args.limit_rows:
-        train = dataset.train.subset(slice(0, args.limit_rows))
-        dataset = type(dataset)(dataset.name, dataset.n_items, train, dataset.valid, None)
-    config = {"model": model, "precision": precision, "epochs": args.epochs, "seed": args.seed}
-    trainer = Trainer(config, dataset, device="cpu", num_threads=args.threads)
+        dataset = dataclasses.replace(
+            dataset, train=dataset.train.subset(slice(0, args.limit_rows))
+        )
+    return dataset
+
+
+def _trainer(args: argparse.Namespace, dataset, model: str, label: str, seed: int) -> Trainer:
+    impl, precision = CONFIGS[label]
+    config = {
+        "model": model, "loss_impl": impl, "precision": precision, "epochs": args.epochs,
+        "seed": seed,
+    }
+    return Trainer(config, dataset, device=args.device, num_threads=args.threads)
+
+
+def _peak_memory(device: str) -> dict:
+    peak = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device.startswith("cuda"):
+        peak["peak_device_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return peak
+
+
+def _run(args: argparse.Namespace, model: str, label: str, seed: int) -> dict:
+    dataset = _dataset(args)
+    trainer = _trainer(args, dataset, model, label, seed)
     epochs = [trainer.run_epoch() for _ in range(args.epochs)]
     last = epochs[-1]
-    train_time = sum(e["train_time"] for e in epochs) / len(epochs)
     return {
         "model": model,
-        "precision": precision,
+        "label": label,
+        "seed": seed,
         "train_rows": len(dataset.train),
-        "epoch_s": train_time,
-        "rows_per_s": len(dataset.train) / train_time,
-        "eval_s": sum(e["epoch_time"] - e["train_time"] for e in epochs) / len(epochs),
         "valid_rows": len(dataset.valid),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "epoch_s": sum(e["train_time"] for e in epochs) / len(epochs),
+        "eval_s": sum(e["epoch_time"] - e["train_time"] for e in epochs) / len(epochs),
         "recall_20": last["valid_recall_20"],
         "mrr_20": last["valid_mrr_20"],
         "loss": last["train_loss"],
         "load": os.getloadavg()[0],
+        **_peak_memory(args.device),
     }
+
+
+class _Mark(torch.autograd.Function):
+    """Identity whose backward records when the gradient of its input arrives."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, log: list, clock) -> torch.Tensor:
+        ctx.log, ctx.clock = log, clock
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.log.append(ctx.clock())
+        return grad, None, None
+
+
+def _profile(args: argparse.Namespace, model: str, label: str) -> dict:
+    """Seconds per batch in each of ``PHASES`` (see the module docstring), the trainer's step
+    replayed with timers for ``args.profile_batches`` batches after one warm-up batch."""
+    dataset = _dataset(args)
+    trainer = _trainer(args, dataset, model, label, args.seed)
+    device = trainer.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.perf_counter if args.profile_clock == "wall" else time.process_time
+    loss_time, marks = [0.0], []
+    catalog_loss = models.core.catalog_loss
+
+    def timed_loss(query, table, *rest, **options):
+        query, table = _Mark.apply(query, marks, clock), _Mark.apply(table, marks, clock)
+        sync()
+        start = clock()
+        loss = catalog_loss(query, table, *rest, **options)
+        sync()
+        loss_time[0] += clock() - start
+        return loss
+
+    models.core.catalog_loss = timed_loss
+    rows = trainer._split_rows("train")
+    size = trainer.config["batch_size"]
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(rows))).to(device)
+    bf16 = trainer.config["precision"] == "bf16"
+    trainer.model.train()
+    totals = dict.fromkeys(PHASES, 0.0)
+    n_batches = min(args.profile_batches + 1, -(-len(rows) // size))
+    for batch in range(n_batches):
+        loss_time[0], marks[:] = 0.0, []
+        sync()
+        t0 = clock()
+        items, targets = rows.batch(order[batch * size : (batch + 1) * size])[:2]
+        sync()
+        t1 = clock()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = trainer.model(items, targets)
+        loss.item()
+        t2 = clock()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        t3 = clock()
+        loss.backward()
+        sync()
+        t4 = clock()
+        trainer.optimizer.step()
+        sync()
+        t5 = clock()
+        if batch == 0:
+            continue  # warm-up
+        loss_bwd = max(marks) - t3 if marks else 0.0
+        for phase, seconds in zip(
+            PHASES,
+            (t1 - t0, t2 - t1 - loss_time[0], loss_time[0], loss_bwd, t4 - t3 - loss_bwd,
+             t5 - t4 + t3 - t2),
+            strict=True,
+        ):
+            totals[phase] += seconds
+    models.core.catalog_loss = catalog_loss
+    n = max(1, n_batches - 1)
+    return {"model": model, "label": label, "batches": n, "load": os.getloadavg()[0],
+            **{phase: seconds / n for phase, seconds in totals.items()}}
+
+
+def _in_process(context, function, *arguments):
+    with context.Pool(1) as pool:
+        return pool.apply(function, arguments)
+
+
+def _summary(results: list[dict], models_: list[str], labels: list[str]) -> list[str]:
+    lines = []
+    seeds = sorted({r["seed"] for r in results})
+    header = (f"{'model':>5} {'configuration':<13} {'epoch s':>8} {'valid s':>8} "
+              f"{'peak RSS GiB':>12} {'R@20':>6} {'MRR@20':>6}")
+    if len(seeds) > 1:
+        header += f" {'max |diff| vs ' + REFERENCE + ' (R@20 / MRR@20)':>40}"
+    lines.append(header)
+    speedups = {}
+    for model in models_:
+        by_label = {
+            label: [r for r in results if r["model"] == model and r["label"] == label]
+            for label in labels
+        }
+        reference = {r["seed"]: r for r in by_label.get(REFERENCE, [])}
+        for label, runs in by_label.items():
+            if not runs:
+                continue
+            mean = {key: float(np.mean([r[key] for r in runs]))
+                    for key in ("epoch_s", "eval_s", "peak_rss_gib", "recall_20", "mrr_20")}
+            line = (f"{model:>5} {label:<13} {mean['epoch_s']:8.1f} {mean['eval_s']:8.1f} "
+                    f"{mean['peak_rss_gib']:12.2f} {100 * mean['recall_20']:6.2f} "
+                    f"{100 * mean['mrr_20']:6.2f}")
+            if len(seeds) > 1 and reference:
+                diffs = [
+                    max(abs(r[m] - reference[r["seed"]][m]) for r in runs if r["seed"] in reference)
+                    for m in ("recall_20", "mrr_20")
+                ]
+                line += f" {100 * diffs[0]:>29.2f} / {100 * diffs[1]:.2f}"
+            lines.append(line)
+        fast, ref = by_label.get(FAST), by_label.get(REFERENCE)
+        if fast and ref:
+            speedups[model] = np.mean([r["epoch_s"] for r in ref]) / np.mean(
+                [r["epoch_s"] for r in fast]
+            )
+    if speedups:
+        lines.append(f"speedup vs {REFERENCE}: "
+                     + ", ".join(f"{m} {s:.2f}x" for m, s in speedups.items())
+                     + f" ({FAST})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,40 +228,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit-rows", type=int, default=0, help="train on the first N rows")
-    parser.add_argument("--models", nargs="+", default=["ave", "trm"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--models", nargs="+", default=["ave", "trm", "hn"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                        metavar="CONFIG", help=f"of {list(CONFIGS)}")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
+    parser.add_argument("--seed", type=int, default=2020, help="the first seed")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--profile-batches", type=int, default=10,
+                        help="batches timed per phase for each model (0: skip)")
+    parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
+                        help="phases in process CPU time (all threads; robust to other work "
+                             "on a shared machine) or wall-clock time")
     args = parser.parse_args(argv)
 
     context = multiprocessing.get_context("spawn")
+    print(f"device {args.device} | threads {args.threads or len(os.sched_getaffinity(0))} | "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     results = []
-    for model in args.models:
-        for precision in args.precisions:
-            with context.Pool(1) as pool:
-                result = pool.apply(_run, (args, model, precision))
-            results.append(result)
-            print(
-                f"{model:>4} {precision}: epoch {result['epoch_s']:6.1f} s "
-                f"({result['rows_per_s']:,.0f} rows/s on {result['train_rows']:,} rows) | "
-                f"eval {result['eval_s']:5.1f} s ({result['valid_rows']:,} rows) | "
-                f"peak RSS {result['peak_rss_gib']:.2f} GiB | loss {result['loss']:.4f} | "
-                f"valid R@20 {100 * result['recall_20']:.2f} MRR@20 {100 * result['mrr_20']:.2f} | "
-                f"load {result['load']:.1f}",
-                flush=True,
-            )
-    by_key = {(r["model"], r["precision"]): r for r in results}
-    for model in args.models:
-        fp32, bf16 = by_key.get((model, "fp32")), by_key.get((model, "bf16"))
-        if fp32 and bf16:
-            delta = max(abs(bf16[m] - fp32[m]) for m in ("recall_20", "mrr_20"))
-            print(
-                f"{model:>4} bf16 vs fp32: speed-up x{fp32['epoch_s'] / bf16['epoch_s']:.2f}, "
-                f"valid R@20 {100 * (bf16['recall_20'] - fp32['recall_20']):+.2f} points, "
-                f"MRR@20 {100 * (bf16['mrr_20'] - fp32['mrr_20']):+.2f} points "
-                f"after {args.epochs} epoch(s): "
-                f"{'within' if delta <= TOLERANCE else 'NOT within'} {100 * TOLERANCE:.1f} points"
-            )
+    for seed in range(args.seed, args.seed + args.seeds):
+        for model in args.models:
+            for label in args.configs:
+                r = _in_process(context, _run, args, model, label, seed)
+                results.append(r)
+                device_peak = (f" (device {r['peak_device_gib']:.2f} GiB)"
+                               if "peak_device_gib" in r else "")
+                print(
+                    f"{model:>5} {label:<13} seed {seed}: epoch {r['epoch_s']:6.1f} s "
+                    f"({r['train_rows'] / r['epoch_s']:,.0f} rows/s on {r['train_rows']:,}) | "
+                    f"valid {r['eval_s']:5.1f} s ({r['valid_rows']:,} rows) | "
+                    f"peak RSS {r['peak_rss_gib']:.2f} GiB{device_peak} | loss {r['loss']:.4f} | "
+                    f"R@20 {100 * r['recall_20']:.2f} MRR@20 {100 * r['mrr_20']:.2f} | "
+                    f"load {r['load']:.1f}",
+                    flush=True,
+                )
+    if args.profile_batches:
+        print(f"\nwhere a training batch's time goes (ms per batch, {args.profile_clock} time; "
+              "timers around the trainer's phases):", flush=True)
+        print(f"{'model':>5} {'configuration':<13} " + " ".join(f"{p:>9}" for p in PHASES)
+              + f" {'total':>9}", flush=True)
+        for model in args.models:
+            for label in (REFERENCE, FAST):
+                if label not in args.configs:
+                    continue
+                p = _in_process(context, _profile, args, model, label)
+                print(f"{model:>5} {label:<13} "
+                      + " ".join(f"{1000 * p[phase]:9.1f}" for phase in PHASES)
+                      + f" {1000 * sum(p[phase] for phase in PHASES):9.1f}"
+                      + f"  ({p['batches']} batches, load {p['load']:.1f})", flush=True)
+    print(flush=True)
+    for line in _summary(results, args.models, args.configs):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,12 @@ from data.atomic import load_atomic, split_paths
 from data.dataset import SessionDataset
 from data.errors import DataError, DatasetNotFoundError
 from data.fileio import writable_dir
+from data.locations import SYNTHETIC, resolve_data_dir
 from data.raw import RAW_FOLDERS, RAW_READERS
-from data.synthetic import SYNTHETIC
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SYNTHETIC_NAME = re.compile(rf"{SYNTHETIC}(?:-(?P<preset>[a-z]+))?(?:-seed(?P<seed>\d+))?")
 _MARKER = "synthetic.json"
-
-
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The argument, else ``$CORE_DATA_DIR``, else ``./datasets``."""
-    return Path(data_dir or os.environ.get("CORE_DATA_DIR") or "datasets")
 
 
 def load_dataset(

@@ -31,9 +31,9 @@ import pandas as pd
 from data.atomic import write_dataset
 from data.dataset import SessionDataset
 from data.errors import DataError
+from data.locations import SYNTHETIC
 from data.pipeline import Log, build_dataset
 
-SYNTHETIC = "synthetic"  # dataset name (prefix) that means "generate, do not look for files"
 # Bump when the generator's output changes, so datasets generated on disk are rebuilt.
 GENERATOR_VERSION = 2  # 2: item text (.item) and users (user_id column)
 ITEM_TYPES = {"title": "token_seq", "category": "token"}

@@ -91,18 +91,24 @@ def in_ray_job() -> bool:
     return "job_submission_id" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
 
 
-def init_ray(address: str | None) -> None:
-    """Connect once: to `address`, to the job's cluster under `ray job submit`, or start locally."""
+def init_ray(address: str | None, log_to_driver: bool = True) -> None:
+    """Connect once: to `address`, to the job's cluster under `ray job submit`, or start locally.
+
+    Args:
+        address: an existing cluster ('auto' or HOST:PORT), or None.
+        log_to_driver: show the trials' own output (logs, warnings) on the driver's console;
+            off for the quiet default console (a failed trial's error is reported either way).
+    """
     # Trials checkpoint every epoch by design; Tune's "excessive snapshot" warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         # An existing cluster: given explicitly, or the one a Ray job's entrypoint runs in.
-        ray.init(address=address or None)
+        ray.init(address=address or None, log_to_driver=log_to_driver)
         resources = ray.cluster_resources()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         log.info("connected to a Ray cluster of %d node(s): %s", len(nodes),
                  {k: v for k, v in sorted(resources.items()) if k in ("CPU", "GPU")})
     else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver)

@@ -87,6 +87,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
                 tracking_uri=tracking_uri,
                 command_line=command_line,
                 search_dir=search_dir,
+                optuna_storage=getattr(args, "optuna_storage", None),
             )
         )
     return plans
@@ -189,4 +190,5 @@ def make_test_plan(
         correction=args.correction,
         alpha=args.alpha,
         resample_seed=args.seed,
+        max_epochs=args.retrain_max_epochs,
     )

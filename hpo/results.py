@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hpo.searcher import trial_outcome  # noqa: E402
+from hpo.outcome import split_meta, trial_outcome  # noqa: E402
 
 OUTCOME_ORDER = {"completed": 0, "stopped": 1, "failed": 2}
 
@@ -25,11 +25,13 @@ def results_table(grid, metric: str, mode: str) -> pd.DataFrame:
     rows = []
     for order, result in enumerate(grid):
         last = result.metrics or {}
-        config = result.config or {}
+        config, meta = split_meta(result.config)
         rows.append(
             {
                 "trial_id": last.get("trial_id", Path(result.path).name if result.path else order),
                 "order": order,
+                "optuna_trial": meta.get("number"),
+                "config_source": meta.get("source", ""),
                 "outcome": trial_outcome(last, result.error is not None).value,
                 "epochs": int(last.get("epoch", 0)),
                 metric: last.get(metric, float("nan")),

@@ -22,6 +22,7 @@ from ray import tune
 from data import DatasetSource, SessionDataset
 from hpo.ablation import Arm, arm_jobs
 from hpo.cluster import Resources, init_ray
+from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.report import write_report
 from hpo.selection import Selection
 from hpo.stats import DEFAULT_ALPHA, FULL_ARM, METRICS
@@ -35,6 +36,7 @@ from hpo.tracking import (
 )
 from hpo.trainable import TEST_ROWS_FILE, retrain_trial
 from models.persona import persona_groups
+from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
 from models.registry import dataset_needs
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class TestPlan:
     correction: str = "holm"
     alpha: float = DEFAULT_ALPHA
     resample_seed: int = 0  # seed of the session-level randomization and bootstrap tests
+    # Epoch budget of a retraining (the config's patience stops it earlier): the CORE protocol's
+    # 300 by default, not the search's per-trial budget.
+    max_epochs: int = DEFAULT_RETRAIN_MAX_EPOCHS
 
     @property
     def experiment_name(self) -> str:
@@ -105,7 +110,7 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         {
             "variant": s.space, "space": s.space, "arm": arm, "seed": seed,
             "selected_from": s.trial_run_id,
-            "config": {**config, "seed": seed, "epochs": s.max_epochs},
+            "config": {**config, "seed": seed, "epochs": plan.max_epochs},
         }
         for s, arm, config in configs
         for seed in plan.seeds
@@ -123,6 +128,7 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         tags={"stage": "test", "dataset": label},
         describe=describe_job,
         metric_prefixes=TEST_PREFIXES,
+        checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
     )
     grid = tune.Tuner(
         trainable,
@@ -226,6 +232,7 @@ def _start_parent_run(client, plan: TestPlan, out_dir: Path) -> str:
         "correction": plan.correction,
         "alpha": plan.alpha,
         "arms": ";".join(arm.name for arm in plan.arms) or "-",
+        "retrain_max_epochs": plan.max_epochs,
         "command_line": plan.command_line,
     })
     selections = [asdict(s) for s in plan.selections]

@@ -1,7 +1,8 @@
-"""One hyperparameter search: Tuner + OptunaSearch + ASHA over a space, recorded in MLflow.
+"""One hyperparameter search: a Ray Tune Tuner with an Optuna study (``hpo.study``) proposing
+configurations and ASHA stopping trials early, recorded in MLflow and in a persisted study.
 
-Order matters for failing early: the tracking store and the dataset are checked before Ray starts,
-and nothing is written to MLflow until both are known good.
+Order matters for failing early: the tracking store, the study storage and the dataset are
+checked before Ray starts, and nothing is written to MLflow until they are known good.
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ from ray.tune.schedulers import ASHAScheduler
 
 from data import DatasetSource
 from hpo.cluster import Resources, init_ray
+from hpo.console import ConsoleReporter
 from hpo.results import plot_history, results_table
-from hpo.searcher import PruningAwareOptunaSearch
-from hpo.space import Budget, ConfigSampler, SearchSpace
+from hpo.space import Budget, SearchSpace
+from hpo.study import (
+    StudySearcher,
+    check_study_storage,
+    close_orphans,
+    default_storage,
+    param_importance,
+    sampler_settings,
+    storage_label,
+)
 from hpo.tracking import (
+    NOTE_TAG,
     MLflowTrialLogger,
     check_tracking,
     default_artifact_location,
@@ -52,6 +63,17 @@ class SearchPlan:
     tracking_uri: str
     command_line: str = ""
     search_dir: Path = field(default=None)  # type: ignore[assignment]
+    optuna_storage: str | None = None  # None: <output_dir>/optuna.db
+
+    @property
+    def study_storage(self) -> str:
+        """Where the search's Optuna study lives (any SQLAlchemy URL)."""
+        return self.optuna_storage or default_storage(self.output_dir)
+
+    @property
+    def study_name(self) -> str:
+        """The study's name: the MLflow experiment and the search's start time."""
+        return f"{self.experiment_name}@{self.search_dir.name}"
 
     @property
     def experiment_name(self) -> str:
@@ -67,7 +89,20 @@ class SearchPlan:
         """The metric at each trial's selected (best-so-far) checkpoint: what selection uses."""
         return f"best_{self.budget.metric}"
 
+    def headline(self) -> str:
+        """Three lines saying what runs and where results go (the default console header)."""
+        b = self.budget
+        return "\n".join([
+            f"search {self.space.name} (variant {self.space.model}) on {self.dataset.label}: "
+            f"{b.num_samples} trials x <= {b.max_epochs} epochs, ASHA grace {b.grace_period}, "
+            f"reduction factor {b.reduction_factor}; {b.mode} {b.metric}",
+            f"tracking {self.tracking_uri} (experiment {self.experiment_name!r}); "
+            f"study {self.study_name!r} in {storage_label(self.study_storage)}",
+            f"output {self.search_dir}",
+        ])
+
     def describe(self) -> str:
+        """The whole plan, a line per aspect and one per parameter (--dry-run, -v)."""
         b, r = self.budget, self.resources
         lines = [
             f"search      {self.space.name} (variant {self.space.model}) from {self.space.path}",
@@ -84,6 +119,7 @@ class SearchPlan:
             f"ray         {r.address or 'local instance (or the Ray job cluster)'}",
             f"trials      {self.trials_storage}",
             f"mlflow      {self.tracking_uri} (experiment {self.experiment_name!r})",
+            f"optuna      study {self.study_name!r} in {storage_label(self.study_storage)}",
             f"output      {self.search_dir}",
             "fixed       " + (json.dumps(self.space.fixed) if self.space.fixed else "-"),
             "parameters",
@@ -119,24 +155,41 @@ class SearchFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class SearchOutcome:
+    """What a finished search leaves for the command line and the test stage."""
+
     parent_run_id: str
     table: pd.DataFrame  # all trials, best first
+    importance: pd.DataFrame  # parameter, importance, rank (empty when not computed)
+    importance_note: str  # how the importances were computed, or why not
 
 
-def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
-    """Run (or resume) the search; returns its MLflow parent run and the table of all trials."""
+def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) -> SearchOutcome:
+    """Run (or resume) the search.
+
+    Args:
+        plan: the search's plan (validated by ``hpo.plan.make_plans``).
+        resume: continue the interrupted search in ``plan.search_dir`` and its study.
+        verbose: Ray Tune's own progress tables and the trials' logs on the console, besides
+            the one-line trial events.
+
+    Returns:
+        The MLflow parent run, the table of all trials and the hyperparameter importances.
+
+    Raises:
+        TrackingUnavailableError, StudyStorageError: the MLflow store or the study storage
+            cannot be used (raised before Ray starts).
+        SearchFailedError: every trial failed.
+    """
     client = check_tracking(plan.tracking_uri)
+    state_path = plan.search_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if resume else {}
+    if resume:
+        _check_resumable(plan, state)
+    check_study_storage(plan.study_storage, plan.study_name, exists=resume)
     dataset = plan.dataset.load(**dataset_needs(plan.space.model)).without_test()
     log.info("loaded %s", dataset.summary())
 
-    state_path = plan.search_dir / STATE_FILE
     if resume:
-        state = json.loads(state_path.read_text())
-        recorded = state.get("resources", {}).get("storage_path")
-        if recorded != plan.resources.storage_path:
-            raise ValueError(f"--resume: {plan.search_dir} keeps its trials in "
-                             f"{recorded or 'its output directory'}; pass the same "
-                             f"--storage-path ({recorded or 'none'})")
         parent_run_id = state["parent_run_id"]
         client.update_run(parent_run_id, status="RUNNING")
     else:
@@ -144,7 +197,7 @@ def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
         parent_run_id = _start_parent_run(client, plan)
         state_path.write_text(json.dumps({"parent_run_id": parent_run_id, **_plan_record(plan)}))
 
-    init_ray(plan.resources.address)
+    init_ray(plan.resources.address, log_to_driver=verbose)
     trainable = tune.with_resources(
         tune.with_parameters(
             train_trial, dataset=dataset, num_threads=plan.resources.torch_threads,
@@ -156,28 +209,76 @@ def run_search(plan: SearchPlan, resume: bool = False) -> SearchOutcome:
     if resume and tune.Tuner.can_restore(trials_path):
         tuner = tune.Tuner.restore(trials_path, trainable=trainable, resume_errored=False)
     else:
-        tuner = _new_tuner(plan, trainable, client, parent_run_id)
+        tuner = _new_tuner(plan, trainable, client, parent_run_id, resume, verbose)
     grid = tuner.fit()
 
+    study = optuna.load_study(study_name=plan.study_name, storage=plan.study_storage)
+    orphans = close_orphans(study)
+    if orphans:
+        log.warning("%d study trial(s) were asked by an interrupted driver and never ran: "
+                    "told FAIL (user attribute 'orphaned')", orphans)
     table = results_table(grid, plan.tune_metric, plan.budget.mode)
+    importance, note = _importance(client, plan, parent_run_id, study)
     _finish_parent_run(client, plan, parent_run_id, table)
     if len(table) and (table["outcome"] == "failed").all():
         raise SearchFailedError(
             f"{plan.space.name}: all {len(table)} trials failed (first error: "
             f"{table['error'].iloc[0]}); see {plan.search_dir} and MLflow run {parent_run_id}"
         )
-    return SearchOutcome(parent_run_id, table)
+    return SearchOutcome(parent_run_id, table, importance, note)
 
 
-def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.Tuner:
+def _check_resumable(plan: SearchPlan, state: dict) -> None:
+    """--resume continues a search only with the storage locations it started with."""
+    recorded = state.get("resources", {}).get("storage_path")
+    if recorded != plan.resources.storage_path:
+        raise ValueError(f"--resume: {plan.search_dir} keeps its trials in "
+                         f"{recorded or 'its output directory'}; pass the same "
+                         f"--storage-path ({recorded or 'none'})")
+    study = state.get("optuna")
+    if study is None:
+        raise ValueError(f"--resume: {plan.search_dir} was started by a version of this tool "
+                         "that kept no Optuna study; it cannot be resumed, start a new search")
+    if study["study_name"] != plan.study_name or study["storage"] != storage_label(
+            plan.study_storage):
+        raise ValueError(f"--resume: {plan.search_dir} keeps its study "
+                         f"{study['study_name']!r} in {study['storage']}; pass the same "
+                         "--optuna-storage")
+
+
+def _importance(client, plan: SearchPlan, run_id: str, study) -> tuple[pd.DataFrame, str]:
+    """Hyperparameter importances written beside the trials and logged to the parent run."""
+    plot_path = plan.search_dir / "param_importance.png"
+    importance, note = param_importance(study, seed=plan.seed, plot_path=plot_path)
+    csv_path = plan.search_dir / "param_importance.csv"
+    importance.assign(method=note).to_csv(csv_path, index=False)
+    client.log_artifact(run_id, str(csv_path))
+    if plot_path.is_file():
+        client.log_artifact(run_id, str(plot_path))
+    client.set_tag(run_id, "param_importance", note)
+    return importance, note
+
+
+def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, resume: bool,
+               verbose: bool) -> tune.Tuner:
     b = plan.budget
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    sampler = ConfigSampler(plan.space, {"epochs": b.max_epochs, "seed": plan.seed})
-    searcher = PruningAwareOptunaSearch(
-        space=sampler,
+    concurrent = plan.resources.concurrent_trials()
+    settings = sampler_settings(b.num_samples, concurrent, plan.seed)
+    log_params(client, parent_run_id, settings.as_params())
+    searcher = StudySearcher(
+        plan.space,
+        {"epochs": b.max_epochs, "seed": plan.seed},
+        storage=plan.study_storage,
+        study_name=plan.study_name,
         metric=plan.tune_metric,
         mode=b.mode,
-        sampler=optuna.samplers.TPESampler(seed=plan.seed),
+        settings=settings,
+        # A resume whose Tuner never saved its state: the study exists, its trials are kept.
+        resume=resume,
+        study_attrs={"mlflow_experiment": plan.experiment_name,
+                     "mlflow_parent_run": parent_run_id, "search_dir": str(plan.search_dir),
+                     "command_line": plan.command_line},
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",
@@ -191,6 +292,8 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.
         parent_run_id,
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name},
     )
+    console = ConsoleReporter(plan.tune_metric, b.mode, b.num_samples, concurrent,
+                              [p.name for p in plan.space.parameters])
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -199,15 +302,15 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str) -> tune.
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=b.num_samples,
-            max_concurrent_trials=plan.resources.concurrent_trials(),
+            max_concurrent_trials=concurrent,
         ),
         run_config=tune.RunConfig(
             name=TRIALS_DIR,
             storage_path=plan.trials_storage,
-            callbacks=[logger],
+            callbacks=[logger, console],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -222,6 +325,7 @@ def _plan_record(plan: SearchPlan) -> dict:
         **({"text_model": plan.dataset.text_model or "packaged all-MiniLM-L6-v2"}
            if dataset_needs(plan.space.model)["item_vectors"] else {}),
         "seed": plan.seed,
+        "optuna": {"study_name": plan.study_name, "storage": storage_label(plan.study_storage)},
         "budget": asdict(plan.budget),
         "resources": asdict(plan.resources),
         "command_line": plan.command_line,
@@ -238,16 +342,34 @@ def _start_parent_run(client, plan: SearchPlan) -> str:
         experiment_id,
         run_name=f"{plan.space.name}-{plan.search_dir.name}",
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name,
-              "dataset": plan.dataset.label, "search_dir": str(plan.search_dir)},
+              "dataset": plan.dataset.label, "search_dir": str(plan.search_dir),
+              NOTE_TAG: _description(plan)},
     )
     run_id = run.info.run_id
     record = _plan_record(plan)
-    params = {k: v for k, v in record.items() if k not in ("budget", "resources")}
+    params = {k: v for k, v in record.items() if k not in ("budget", "resources", "optuna")}
+    params.update({f"optuna.{k}": v for k, v in record["optuna"].items()})
     params.update({f"budget.{k}": v for k, v in record["budget"].items()})
     params.update({f"resources.{k}": v for k, v in record["resources"].items()})
     log_params(client, run_id, params)
     client.log_artifact(run_id, str(plan.space.path), artifact_path="search_space")
     return run_id
+
+
+def _description(plan: SearchPlan) -> str:
+    """The parent run's description in the MLflow UI (markdown)."""
+    b = plan.budget
+    return "\n".join([
+        f"**Search** of `{plan.space.name}` (variant `{plan.space.model}`, space file "
+        f"`{plan.space.path.name}`) on **{plan.dataset.label}**.",
+        "",
+        f"- budget: {b.num_samples} trials x <= {b.max_epochs} epochs; ASHA grace period "
+        f"{b.grace_period}, reduction factor {b.reduction_factor}; {b.mode} `{b.metric}`",
+        f"- Optuna study `{plan.study_name}` in `{storage_label(plan.study_storage)}`; the "
+        "first trial is the variant's published configuration",
+        f"- seed {plan.seed}",
+        f"- command: `{plan.command_line}`" if plan.command_line else "",
+    ]).strip()
 
 
 def _finish_parent_run(client, plan: SearchPlan, run_id: str, table: pd.DataFrame) -> None:

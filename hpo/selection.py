@@ -13,6 +13,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from hpo.options import BASELINE_VARIANTS, STRONGEST
 from hpo.tracking import PARENT_TAG, TRIAL_TAG
 from models.registry import default_config
 
@@ -132,8 +133,6 @@ def _search_run(client: MlflowClient, dataset: str, space: str, run_id: str | No
     return parents[0]
 
 
-BASELINE_VARIANTS = ("ave", "trm")
-STRONGEST = "strongest"
 
 
 def strongest_baseline(selections, mode: str = "max") -> tuple[str, str]:

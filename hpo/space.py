@@ -19,22 +19,28 @@ A space file looks like::
 A parameter with ``condition`` is sampled only when every named earlier parameter took one of the
 given values (a scalar or a list); otherwise it is left out of the trial's config, so the variant's
 default applies and Optuna's TPE sees a conditional parameter.
+
+Values are checked when the file is read, against the variant's config (``resolve_config``:
+each key's type and range, and cross-key rules such as ``n_heads`` dividing ``embedding_size``),
+so a space no trial could run fails before Ray starts (``check_values``).
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
+import random
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from models.metrics import METRIC_NAMES
-from models.registry import VARIANTS, config_keys
-
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+from hpo.options import METRICS, SPACES_DIR
+from models.registry import VARIANTS, config_keys, default_config, resolve_config
 
 DISTRIBUTIONS = {
     "uniform": {"low", "high", "step"},
@@ -46,9 +52,12 @@ COMMON_SPEC_KEYS = {"type", "condition"}
 TOP_LEVEL_KEYS = {
     "name", "model", "description", "fixed", "budget", "dataset_budgets", "parameters"
 }
-METRICS = tuple(f"valid_{name}" for name in METRIC_NAMES)  # what a search may optimise
 # Keys the search owns: a space may not fix or sample them, the CLI sets them.
 RESERVED_KEYS = {"model", "seed", "epochs"}
+# Parse-time value checks (``check_values``): an int range of up to GRID_LIMIT values is checked
+# value by value; up to COMBINATION_LIMIT combinations of parameter values are checked together.
+GRID_LIMIT = 1024
+COMBINATION_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,26 @@ class Parameter:
         return all(
             name in sampled and sampled[name] in values for name, values in self.condition.items()
         )
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take (a choice, or in [low, high] on the
+        step grid; bools are never numbers here).
+
+        Args:
+            value: a candidate value, e.g. the variant's published default.
+        """
+        if self.type == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.type == "int" and value != int(value):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step:
+            steps = (value - self.low) / self.step
+            return math.isclose(steps, round(steps), abs_tol=1e-9)
+        return True
 
     def suggest(self, trial) -> Any:
         """Ask an Optuna trial (or Ray's captor of one) for this parameter's value."""
@@ -194,6 +223,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         if name in fixed:
             raise fail(f"parameter {name!r} is both fixed and searched")
         parameters.append(_parse_parameter(name, spec, parameters, fail))
+    check_values(model, fixed, parameters, fail)
 
     return SearchSpace(
         name=str(raw.get("name") or path.stem),
@@ -295,6 +325,166 @@ def _parse_condition(raw: Any, earlier: list[Parameter], bad) -> dict[str, tuple
                 raise bad(f"condition value(s) {missing} are not among {other!r}'s choices")
         condition[other] = values
     return condition
+
+
+def check_values(model: str, fixed: dict[str, Any], parameters, fail=SpaceError) -> None:
+    """Reject a space whose trials could get an invalid config, before any trial runs.
+
+    Every config a trial can get is ``resolve_config`` of the variant's defaults, the fixed keys
+    and the active parameters' values, so that is what is checked, on the values that decide
+    validity: each categorical choice, each value of an int range (its bounds when it has more
+    than ``GRID_LIMIT`` values), both bounds of a float range (the ranges the registry checks are
+    intervals) and any value a ``condition`` tests. The combinations of these values that the
+    conditions allow are checked together (cross-key rules) when there are at most
+    ``COMBINATION_LIMIT`` of them; otherwise float parameters are held at their low bound, then
+    int parameters at their bounds, then a seeded sample of the combinations is checked. Every
+    value is also checked in at least one combination. A conditional parameter is only checked
+    in combinations where its condition holds, i.e. with the values trials that sample it have.
+
+    Args:
+        model: the variant (``models.registry.VARIANTS``).
+        fixed: the space's fixed config keys.
+        parameters: the parsed parameters, in file order.
+        fail: makes the exception to raise from a message (e.g. prefixing the file's path).
+
+    Raises:
+        SpaceError: (from ``fail``) naming the fixed keys and parameter values that make an
+            invalid config, with the registry's reason.
+    """
+    parameters = tuple(parameters)
+    full = _candidate_values(parameters, detail=2)
+    combinations: list[dict[str, Any]] = []
+    for detail in (2, 1, 0):
+        values = _candidate_values(parameters, detail)
+        found = _combinations(parameters, values)
+        combinations = list(itertools.islice(found, COMBINATION_LIMIT + 1))
+        if len(combinations) <= COMBINATION_LIMIT:
+            break
+    else:
+        rng = random.Random(0)
+        combinations = [_random_combination(parameters, values, rng)
+                        for _ in range(COMBINATION_LIMIT)]
+    seen = {(name, repr(value)) for sampled in combinations for name, value in sampled.items()}
+    for parameter in parameters:  # every value at least once, where its parameter is active
+        base = next((c for c in combinations if parameter.name in c), None)
+        if base is None:
+            continue
+        for value in full[parameter.name]:
+            if (parameter.name, repr(value)) not in seen:
+                seen.add((parameter.name, repr(value)))
+                combinations.append(_with_value(parameters, base, parameter.name, value, full))
+    for sampled in combinations:
+        problem = _config_problem(model, fixed, sampled)
+        if problem is not None:
+            raise fail(_describe_invalid(model, fixed, sampled, full, problem))
+
+
+def _candidate_values(parameters: tuple[Parameter, ...], detail: int) -> dict[str, list]:
+    """The values of each parameter to check: detail 2 = every int value (up to GRID_LIMIT) and
+    both float bounds; 1 = floats at their low bound; 0 = ints at their bounds too. Values a
+    ``condition`` tests are always included, so conditional parameters get activated."""
+    tested: dict[str, list] = {}
+    for parameter in parameters:
+        for name, values in parameter.condition.items():
+            tested.setdefault(name, []).extend(values)
+    out = {}
+    for p in parameters:
+        if p.type == "categorical":
+            out[p.name] = list(p.choices)
+            continue
+        if p.type == "int":
+            grid = range(int(p.low), int(p.high) + 1, int(p.step or 1))
+            values = list(grid) if detail >= 1 and len(grid) <= GRID_LIMIT else [grid[0], grid[-1]]
+        else:
+            top = p.high
+            if p.step:  # Optuna never goes past the last point of the step grid
+                top = p.low + math.floor((p.high - p.low) / p.step + 1e-9) * p.step
+            values = [p.low, top] if detail >= 2 else [p.low]
+        values += [v for v in tested.get(p.name, ()) if _is_number(v) and p.low <= v <= p.high]
+        out[p.name] = list({repr(v): v for v in values}.values())
+    return out
+
+
+def _combinations(parameters: tuple[Parameter, ...], values: dict[str, list]) -> Iterator[dict]:
+    """Every assignment the conditions allow (inactive parameters left out), as a trial's."""
+
+    def walk(index: int, sampled: dict) -> Iterator[dict]:
+        if index == len(parameters):
+            yield dict(sampled)
+            return
+        parameter = parameters[index]
+        if not parameter.active(sampled):
+            yield from walk(index + 1, sampled)
+            return
+        for value in values[parameter.name]:
+            sampled[parameter.name] = value
+            yield from walk(index + 1, sampled)
+        del sampled[parameter.name]
+
+    return walk(0, {})
+
+
+def _random_combination(parameters, values: dict[str, list], rng: random.Random) -> dict:
+    sampled: dict[str, Any] = {}
+    for parameter in parameters:
+        if parameter.active(sampled):
+            sampled[parameter.name] = rng.choice(values[parameter.name])
+    return sampled
+
+
+def _with_value(parameters, base: dict, name: str, value: Any, values: dict[str, list]) -> dict:
+    """``base`` with parameter ``name`` set to ``value`` (conditions re-applied)."""
+    sampled: dict[str, Any] = {}
+    for parameter in parameters:
+        if parameter.active(sampled):
+            other = base.get(parameter.name, values[parameter.name][0])
+            sampled[parameter.name] = value if parameter.name == name else other
+    return sampled
+
+
+def _config_problem(model: str, fixed: dict, sampled: dict) -> str | None:
+    try:
+        resolve_config({**fixed, **sampled, "model": model})
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _describe_invalid(model: str, fixed: dict, sampled: dict, values: dict, problem: str) -> str:
+    """Names the fixed keys and parameter values responsible for ``problem``: those for which
+    another value (another candidate, or the default) makes the config valid."""
+
+    def fixes(key: str, source: dict, alternatives: list) -> bool:
+        for alternative in alternatives:
+            changed = {k: v for k, v in source.items() if k != key}
+            if alternative is not _DEFAULT:
+                changed[key] = alternative
+            rest = (fixed, changed) if source is sampled else (changed, sampled)
+            if _config_problem(model, *rest) is None:
+                return True
+        return False
+
+    blamed = [
+        f"parameter {key!r} = {value!r}" for key, value in sampled.items()
+        if fixes(key, sampled, [v for v in values[key] if repr(v) != repr(value)][:8] + [_DEFAULT])
+    ]
+    blamed += [f"fixed key {key!r} = {value!r}" for key, value in fixed.items()
+               if fixes(key, fixed, [_DEFAULT])]
+    if not blamed:
+        blamed = [f"parameter {key!r} = {value!r}" for key, value in sampled.items()]
+    defaults = default_config(model)
+    named = [key for key in dict.fromkeys(re.findall(r"\w+", problem))
+             if key in defaults and key != "model" and f"{key!r} =" not in " ".join(blamed)]
+    note = "".join(
+        f"; {key} = {fixed[key]!r} (fixed)" if key in fixed
+        else f"; {key} = {sampled[key]!r} (parameter)" if key in sampled
+        else f"; {key} = {defaults[key]!r} (the default)"
+        for key in named
+    )
+    return f"a trial can get {', '.join(blamed)}, which is invalid: {problem}{note}"
+
+
+_DEFAULT = object()  # "leave the key at its default", in _describe_invalid
 
 
 def _check_config_key(key: str, allowed: frozenset, model: str, what: str, fail) -> None:

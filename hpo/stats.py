@@ -34,14 +34,13 @@ from statsmodels.stats.anova import AnovaRM
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from hpo.options import CORRECTIONS, DEFAULT_ALPHA
 from models.metrics import METRIC_NAMES as METRICS
 from models.metrics import row_metrics
 
 KEYS = ("dataset", "variant", "seed")
 FULL_ARM = "full"  # the `arm` of a selected configuration retrained as it is
 SESSION_LEVEL = "session (rows; not independent of the seed-level test, use when seeds are few)"
-CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")
-DEFAULT_ALPHA = 0.01
 CONFIDENCE = 0.95
 POWER = 0.8
 N_RESAMPLES = 10_000

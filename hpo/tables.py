@@ -402,6 +402,68 @@ def row_groups_markdown(groups: pd.DataFrame, k: int = 20) -> str:
     return f"{title}\n\n{note}\n\n{markdown_table(header, rows)}"
 
 
+def popularity_markdown(
+    popularity: pd.DataFrame, tail_tests: pd.DataFrame, head_fraction: float, k: int = 20
+) -> str:
+    """The popularity view: ARP, tail share and exposure Gini of the top-k lists per variant,
+    and the session-level tests on the tail-target rows.
+
+    Args:
+        popularity: ``hpo.popularity.popularity_table``.
+        tail_tests: ``hpo.popularity.tail_session_tests``.
+        head_fraction: the head's share of the catalog.
+        k: the lists' cut-off.
+    """
+    title = "## Popularity view: what the top-k lists expose, and the tail targets"
+    note = (
+        f"ARP@{k}: average recommendation popularity, the mean over test rows of the mean "
+        f"training-target count of the top-{k} items (the catalog's mean in brackets). Tail "
+        f"share: the share of top-{k} slots that hold a tail item (seen as a training target, "
+        f"not among the {head_fraction:.0%} most popular; the tail's share of the catalog in "
+        f"brackets), percent. Gini: the Gini index of how often each catalog item is in a "
+        f"top-{k} list (0: equal exposure, 1: one item takes every slot). Mean ± std over "
+        "seeds [95% interval]; lower ARP and Gini, higher tail share: less popularity bias. All "
+        "values in popularity.csv."
+    )
+    rows = []
+    for _, r in popularity.iterrows():
+        arp = f"arp_{k}"
+        arp_cell = "n/a" if _missing(r[arp]) else (
+            f"{r[arp]:.1f} ± {num(r[arp + '_std'])} (catalog {r['catalog_arp']:.1f})")
+        gini = f"gini_{k}"
+        gini_cell = "n/a" if _missing(r[gini]) else f"{r[gini]:.3f} ± {num(r[gini + '_std'])}"
+        rows.append([
+            r["dataset"], variant_label(r["variant"]), str(int(r["n_seeds"])), arp_cell,
+            f"{_spread_cell(r, f'tail_share_{k}')} (catalog {pct(r['catalog_tail_share'])})",
+            gini_cell,
+        ])
+    header = ["Dataset", "Variant", "Seeds", f"ARP@{k}", f"Tail share@{k} (%)",
+              f"Gini@{k} (exposure)"]
+    out = f"{title}\n\n{note}\n\n{markdown_table(header, rows)}"
+    subtitle = "### Session-level tests on the tail-target rows"
+    if tail_tests.empty or "variant" not in tail_tests.columns:
+        return f"{out}\n\n{subtitle}\n\nNo tail-target rows, or no variant besides the baseline."
+    correction = tail_tests["correction"].iloc[0]
+    tests_note = (
+        "The session-level tests above (paired randomization test deciding significance after "
+        f"the {_adjusted_label(correction)} p, bootstrap interval, t-test) on the test rows "
+        "whose target is a tail item only, each row averaged over a variant's seeds; all rows "
+        f"in tail_session_tests.csv. {family_text(tail_tests)}."
+    )
+    test_rows = [
+        [r.dataset, variant_label(r.variant), METRIC_LABELS.get(r.metric, r.metric),
+         str(r.n_rows), f"{signed_pct(r.mean_diff)} {interval(r.ci_low, r.ci_high, signed=True)}",
+         num(r.p_randomization), num(r.p_randomization_adjusted),
+         "yes" if r.significant else "no", _mde_cell(r)]
+        for r in tail_tests.itertuples(index=False)
+    ]
+    test_header = ["Dataset", "Variant", "Metric", "Tail rows",
+                   "Δ vs baseline (points) [bootstrap 95% CI]", "p (randomization)",
+                   f"p adj. ({correction})", "significant", "MDE (points)"]
+    return (f"{out}\n\n{subtitle}\n\n{tests_note}{_notes_line(tail_tests)}\n\n"
+            + markdown_table(test_header, test_rows))
+
+
 def ablation_markdown(ablation: pd.DataFrame) -> str:
     """Per variant: the full (selected) configuration and each ablation arm, mean ± std with
     95% interval, the difference arm − full with its interval, d_z, raw and adjusted p and MDE,

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from hpo.searcher import TrialOutcome, trial_outcome
+from hpo.outcome import TrialOutcome, split_meta, trial_error_text, trial_outcome
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,33 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
     return client
 
 
+# MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The run's description in the MLflow UI (markdown).
+NOTE_TAG = "mlflow.note.content"
+
+
 def get_or_create_experiment(
     client: MlflowClient, name: str, artifact_location: str | None
 ) -> str:
+    """The id of experiment ``name``, created (or restored, if deleted) as needed, tagged as a
+    model-development experiment so the MLflow UI opens on its runs table.
+
+    Args:
+        client: the tracking client.
+        name: the experiment's name.
+        artifact_location: where a new experiment keeps artifacts (None: the store decides).
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -104,9 +122,22 @@ def metric_batch(
     ]
 
 
+# Tags of a search trial's run from the searcher's bookkeeping (``hpo.outcome.META_KEY``).
+META_TAGS = {"number": "optuna_trial", "source": "config_source"}
+
+
 def config_as_params(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Default trial description: the whole config as params, no extra tags."""
-    return config, {}
+    """Default trial description: the config as params; the searcher's bookkeeping (Optuna
+    trial number, where the configuration came from) as tags.
+
+    Args:
+        config: the trial's config as Ray Tune holds it.
+
+    Returns:
+        ``(params, tags)`` for the trial's MLflow run.
+    """
+    params, meta = split_meta(config)
+    return params, {tag: str(meta[key]) for key, tag in META_TAGS.items() if key in meta}
 
 
 class MLflowTrialLogger(Callback):
@@ -115,7 +146,8 @@ class MLflowTrialLogger(Callback):
     On a resumed search the trial's existing run is found by its trial-id tag and continued;
     results it already holds are not logged again, so a restore never duplicates runs or points.
     ``describe`` (a module-level function, so the callback pickles) turns a trial's config into
-    the run's params and extra tags.
+    the run's params and extra tags. ``checkpoint_artifacts`` maps files of a completed trial's
+    last checkpoint to the artifact directories they are logged to (the test stage's model).
     """
 
     def __init__(
@@ -126,6 +158,7 @@ class MLflowTrialLogger(Callback):
         tags: dict,
         describe: Callable[[dict], tuple[dict, dict]] = config_as_params,
         metric_prefixes: tuple[str, ...] = LOGGED_PREFIXES,
+        checkpoint_artifacts: dict[str, str] | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -133,6 +166,8 @@ class MLflowTrialLogger(Callback):
         self.tags = dict(tags)
         self.describe = describe
         self.metric_prefixes = metric_prefixes
+        # File in a completed trial's last checkpoint -> the artifact directory it is logged to.
+        self.checkpoint_artifacts = dict(checkpoint_artifacts or {})
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._placement: dict[str, dict[str, str]] = {}
@@ -193,7 +228,28 @@ class MLflowTrialLogger(Callback):
         self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._log_checkpoint_artifacts(trial)
         self._finish(trial, error=False)
+
+    def _log_checkpoint_artifacts(self, trial) -> None:
+        """Log the ``checkpoint_artifacts`` files of the trial's last checkpoint (e.g. the
+        test stage's model bundle); a missing file is a warning, not a failed search."""
+        wanted = getattr(self, "checkpoint_artifacts", None)  # absent in a restored callback
+        if not wanted:
+            return
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            log.warning("trial %s completed without a checkpoint: no %s logged",
+                        trial, sorted(wanted))
+            return
+        run_id = self.run_id(trial)
+        with checkpoint.as_directory() as directory:
+            for name, artifact_dir in wanted.items():
+                path = Path(directory) / name
+                if path.is_file():
+                    self.client.log_artifact(run_id, str(path), artifact_dir)
+                else:
+                    log.warning("trial %s: %s is not in its last checkpoint", trial, name)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, error=True)
@@ -201,7 +257,7 @@ class MLflowTrialLogger(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial failed and is retried from its last checkpoint: same run, nothing lost."""
         tags = [RunTag("retries", str(trial.num_failures)),
-                RunTag("last_failure", _error_text(trial)[-MAX_TAG_CHARS:])]
+                RunTag("last_failure", trial_error_text(trial)[-MAX_TAG_CHARS:])]
         self.client.log_batch(self.run_id(trial), tags=tags)
         log.warning("trial %s failed (failure %d) and is retried from its last checkpoint",
                     trial, trial.num_failures)
@@ -230,18 +286,11 @@ class MLflowTrialLogger(Callback):
             RunTag("epochs_trained", str(epochs)),
         ]
         if outcome is TrialOutcome.FAILED:
-            tags.append(RunTag("error", _error_text(trial)[-MAX_TAG_CHARS:]))
+            tags.append(RunTag("error", trial_error_text(trial)[-MAX_TAG_CHARS:]))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(
             run_id, status="FAILED" if outcome is TrialOutcome.FAILED else "FINISHED"
         )
-
-
-def _error_text(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        return Path(path).read_text(errors="replace").strip()
-    return "trial failed (no error file recorded by Ray Tune)"
 
 
 def _param_text(value: Any) -> str:

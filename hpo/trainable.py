@@ -23,7 +23,8 @@ import ray
 import torch
 from ray import tune
 
-from hpo.searcher import FINISHED_KEY
+from hpo.outcome import FINISHED_KEY, split_meta
+from models.recommend import MODEL_FILE, save_bundle
 from models.trainer import Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -39,7 +40,7 @@ class CudaUnavailableError(RuntimeError):
 
 def train_trial(config: dict, dataset, num_threads: int = 1, require_cuda: bool = False) -> None:
     """A search trial: train until early stopping, the epoch budget, or ASHA stops it."""
-    _train_reporting(config, dataset, num_threads, require_cuda)
+    _train_reporting(split_meta(config)[0], dataset, num_threads, require_cuda)
 
 
 def retrain_trial(
@@ -117,8 +118,11 @@ def _train_reporting(
 
 
 def _score_test(trainer: Trainer, directory: Path) -> dict:
-    """Score the selected (best-validation) checkpoint on test, once; keep per-row results."""
+    """Score the selected (best-validation) checkpoint on test, once; keep per-row results and
+    the model bundle of that checkpoint (``models.recommend``, logged to MLflow as
+    ``model/model.pt``)."""
     metrics, ranks, topk = trainer.evaluate_detailed("test", use_best=True)
     np.savez_compressed(directory / TEST_ROWS_FILE, ranks=ranks, topk=topk)
     (directory / TEST_METRICS_FILE).write_text(json.dumps(metrics))
+    save_bundle(trainer, directory / MODEL_FILE)
     return {f"test_{name}": value for name, value in metrics.items()}

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.augment import augment
 from models.encoders import PAD, Packed, dropout
-from models.losses import catalog_loss, in_batch_session_loss, info_nce, mask_items
+from models.losses import catalog_loss, in_batch_session_loss, nt_xent
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,14 @@ class Objective:
 
     hn_k: int = 0
     hn_lambda: float = 0.0  # hard-negative BPR share of the hybrid loss
+    label_smoothing: float = 0.0  # of the full-catalog cross-entropy (never onto padding)
+    loss_impl: str = "chunked"  # full-catalog loss: chunked | dense (models.catalog_loss)
     inbatch_weight: float = 0.0  # beta of the in-batch session term
-    cl_weight: float = 0.0  # weight of InfoNCE between two masked views
-    cl_dropout: float = 0.0
+    cl_weight: float = 0.0  # weight of NT-Xent between two augmented views (CL4SRec)
+    cl_augmentations: tuple[str, ...] = ("crop", "mask", "reorder")  # see models.augment
+    cl_crop_ratio: float = 0.6
+    cl_mask_ratio: float = 0.2
+    cl_reorder_ratio: float = 0.2
     cl_temperature: float = 1.0
 
 
@@ -47,6 +53,11 @@ class CORE(nn.Module):
         self.item_embedding = nn.Parameter(
             torch.empty(n_items, embedding_size).uniform_(-bound, bound)
         )
+        # CL4SRec's mask token: one learned vector, drawn as the item table, that stands at the
+        # masked positions of the contrastive views (id n_items, past the catalog).
+        self.mask_embedding = None
+        if objective.cl_weight and "mask" in objective.cl_augmentations:
+            self.mask_embedding = nn.Parameter(torch.empty(embedding_size).uniform_(-bound, bound))
         self.encoder = encoder
         self.sess_dropout = sess_dropout
         self.item_dropout = item_dropout
@@ -83,14 +94,40 @@ class CORE(nn.Module):
         dropped = dropout(table, self.item_dropout, self.training)
         obj = self.objective
         loss = catalog_loss(
-            h / self.temperature, F.normalize(dropped, dim=-1), targets, obj.hn_k, obj.hn_lambda
+            h / self.temperature, F.normalize(dropped, dim=-1), targets, obj.hn_k, obj.hn_lambda,
+            obj.label_smoothing, obj.loss_impl,
         )
         if obj.inbatch_weight:
             loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)
         if obj.cl_weight:
-            views = [self.encode(mask_items(items, obj.cl_dropout), table)[0] for _ in range(2)]
-            loss = loss + obj.cl_weight * info_nce(*views, obj.cl_temperature)
+            loss = loss + obj.cl_weight * nt_xent(*self.views(items, table), obj.cl_temperature)
         return loss
+
+    def views(self, items: Tensor, table: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """CL4SRec's two augmented views of a batch, encoded: each session of each view goes
+        through one of the objective's augmentations (``models.augment.augment``), masked
+        positions holding ``mask_embedding``.
+
+        Args:
+            items: right-padded item ids [B, L].
+            table: the batch's ``item_table()`` when the caller already computed it.
+
+        Returns:
+            The two views' normalised session vectors, [B, d] each.
+        """
+        obj = self.objective
+        table = self.item_table() if table is None else table
+        mask_id = len(table)
+        if self.mask_embedding is not None:
+            table = torch.cat([table, self.mask_embedding[None].to(table.dtype)])
+        options = {
+            "crop_ratio": obj.cl_crop_ratio,
+            "mask_ratio": obj.cl_mask_ratio,
+            "reorder_ratio": obj.cl_reorder_ratio,
+            "mask_id": mask_id,
+        }
+        a, b = (augment(items, obj.cl_augmentations, **options) for _ in range(2))
+        return self.encode(a, table)[0], self.encode(b, table)[0]
 
     def catalog(self) -> Tensor:
         """The row-normalised item table used for inference (compute once per evaluation)."""

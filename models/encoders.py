@@ -26,6 +26,13 @@ INIT_STD = 0.02
 # Additive attention mask for hidden keys (as CORE's code): finite, so that a query with no
 # visible key (a masked-out first item in a contrastive view) yields no NaN; exp(-1e4) == 0.
 MASKED = -10_000.0
+# How the transformer sees positions (``Transformer``): absolute embeddings added to the input,
+# a learned attention bias per (clipped) query-key distance, or nothing (the causal mask only).
+POS_ENCODINGS = ("absolute", "relative", "none")
+# Relative positions: distances from this one on share one bias.
+RELATIVE_MAX_DISTANCE = 32
+# How CORE-trm-enhanced combines its transformer layers (``EnhancedEncoder``).
+LAYER_AGGREGATIONS = ("weighted", "uniform", "last")
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -167,11 +174,23 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.dropout = Dropout(hidden_dropout)
 
-    def forward(self, tokens: Tensor, packed: Packed) -> Tensor:
-        tokens = self.norm1(tokens + self.dropout(self.proj(self._attention(tokens, packed))))
+    def forward(self, tokens: Tensor, packed: Packed, masks: list[Tensor] | None = None) -> Tensor:
+        """One block over the packed tokens [T, d].
+
+        Args:
+            tokens: the previous layer's outputs [T, d].
+            packed: the batch's layout (``Packed``).
+            masks: additive attention masks, one per attention block, broadcastable to
+                [rows, n_heads, width, width]; None: each block's visibility mask.
+
+        Returns:
+            The layer's outputs [T, d].
+        """
+        attention = self._attention(tokens, packed, masks)
+        tokens = self.norm1(tokens + self.dropout(self.proj(attention)))
         return self.norm2(tokens + self.dropout(self.ff_out(F.gelu(self.ff_in(tokens)))))
 
-    def _attention(self, tokens: Tensor, packed: Packed) -> Tensor:
+    def _attention(self, tokens: Tensor, packed: Packed, masks: list[Tensor] | None) -> Tensor:
         # One scatter into all blocks' grids and one gather back: per-block slicing of the
         # token tensor would cost a [T, 3d] zero-fill per block in the backward pass.
         layout = packed.attention
@@ -180,22 +199,56 @@ class TransformerLayer(nn.Module):
         stacked = qkv.new_zeros(layout.cells, 3 * d).index_copy_(0, layout.cell, qkv)
         grids = torch.split(stacked, [block.rows * block.width for block in layout.blocks])
         contexts = []
-        for block, grid in zip(layout.blocks, grids, strict=True):
+        if masks is None:
+            masks = [block.bias for block in layout.blocks]
+        for block, grid, mask in zip(layout.blocks, grids, masks, strict=True):
             q, k, v = grid.view(block.rows, block.width, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
-                attn_mask=block.bias.to(q.dtype),
+                attn_mask=mask.to(q.dtype),
                 dropout_p=self.attn_dropout if self.training else 0.0,
             )
             contexts.append(context.transpose(1, 2).reshape(block.rows * block.width, d))
         return torch.cat(contexts).index_select(0, layout.cell)
 
 
+class RelativePositionBias(nn.Module):
+    """A learned attention bias per head and query-key distance j - k (causal attention: k <= j,
+    so distances are >= 0), distances from ``max_distance`` on sharing one bias (Shaw et al.'s
+    clipping; T5's per-head scalar bias). An ``nn.Embedding``, so ``init_weights`` draws it."""
+
+    def __init__(self, n_heads: int, max_distance: int) -> None:
+        super().__init__()
+        self.max_distance = max_distance
+        self.bias = nn.Embedding(max_distance + 1, n_heads)
+
+    def forward(self, width: int) -> Tensor:
+        """The bias of a block of ``width`` positions.
+
+        Args:
+            width: positions per row of the attention block.
+
+        Returns:
+            [1, n_heads, width, width]: entry [0, h, j, k] is head h's bias of query j on key k,
+            a function of min(max(j - k, 0), max_distance) only.
+        """
+        positions = torch.arange(width, device=self.bias.weight.device)
+        distance = (positions[:, None] - positions[None, :]).clamp(0, self.max_distance)
+        return self.bias(distance).permute(2, 0, 1).unsqueeze(0)
+
+
 class Transformer(nn.Module):
     """u_i = Dropout(LayerNorm(x_i + P_i)) through post-LN layers; key k is visible to query j
-    only when k <= j and item k is not padding. Returns every layer's outputs [T, d]."""
+    only when k <= j and item k is not padding. Returns every layer's outputs [T, d].
+
+    ``pos_encoding``: "absolute" adds the learned position embedding P_i (CORE-trm); "relative"
+    drops P_i and adds a learned bias per head and clipped distance j - k to every attention
+    logit (``RelativePositionBias``), one table shared by all layers (as T5: the distances mean
+    the same at every depth, and a per-layer table would multiply parameters that short sessions
+    barely train); "none" drops P_i (order then only reaches the model through the causal mask).
+    """
 
     def __init__(
         self,
@@ -206,22 +259,46 @@ class Transformer(nn.Module):
         hidden_dropout: float,
         attn_dropout: float,
         max_seq_length: int,
+        pos_encoding: str = "absolute",
     ) -> None:
         super().__init__()
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(
+                f"unknown pos_encoding {pos_encoding!r}; expected one of {POS_ENCODINGS}"
+            )
         self.d = d
-        self.position = nn.Embedding(max_seq_length, d)
+        self.pos_encoding = pos_encoding
+        self.position = nn.Embedding(max_seq_length, d) if pos_encoding == "absolute" else None
         self.norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.dropout = Dropout(hidden_dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(d, n_heads, inner_size, hidden_dropout, attn_dropout)
             for _ in range(n_layers)
         )
+        self.relative = None
+        if pos_encoding == "relative":
+            max_distance = min(max_seq_length - 1, RELATIVE_MAX_DISTANCE)
+            self.relative = RelativePositionBias(n_heads, max_distance)
 
     def forward(self, packed: Packed, x: Tensor) -> list[Tensor]:
-        tokens = self.dropout(self.norm(x + self.position(packed.position)))
+        """Every layer's outputs.
+
+        Args:
+            packed: the batch's layout (``Packed``).
+            x: the real tokens' item embeddings [T, d].
+
+        Returns:
+            One [T, d] tensor per layer, first to last.
+        """
+        if self.position is not None:
+            x = x + self.position(packed.position)
+        tokens = self.dropout(self.norm(x))
+        masks = None
+        if self.relative is not None:
+            masks = [block.bias + self.relative(block.width) for block in packed.attention.blocks]
         outputs = []
         for layer in self.layers:
-            tokens = layer(tokens, packed)
+            tokens = layer(tokens, packed, masks)
             outputs.append(tokens)
         return outputs
 
@@ -306,25 +383,35 @@ class EnhancedEncoder(nn.Module):
     """CORE-trm-enhanced: attention over F = sum_l softmax(omega)_l F^(l) (omega init ones), and
     h = gamma h_trm + (1 - gamma) h_ave with gamma = sigmoid(MLP([h_trm; h_ave])).
 
-    Ablations: ``multilayer=False`` uses the last layer only; ``gate=False`` fixes gamma = 1/2.
+    ``aggregation``: "weighted" learns omega (above); "uniform" is the guide's ablation, all
+    layers with equal, fixed weights (F = mean_l F^(l)); "last" uses the last layer only (as
+    CORE-trm). ``gate=False`` fixes gamma = 1/2.
     """
 
     def __init__(
-        self, transformer: Transformer, *, multilayer: bool = True, gate: bool = True
+        self, transformer: Transformer, *, aggregation: str = "weighted", gate: bool = True
     ) -> None:
         super().__init__()
+        if aggregation not in LAYER_AGGREGATIONS:
+            raise ValueError(
+                f"unknown layer aggregation {aggregation!r}; expected one of {LAYER_AGGREGATIONS}"
+            )
+        self.aggregation = aggregation
         self.transformer = transformer
         d = transformer.d
         self.scorer = nn.Linear(d, 1)
         self.gate = mlp(2 * d, d, 1) if gate else None
         self.apply(init_weights)
         n_layers = len(transformer.layers)
-        self.layer_logits = nn.Parameter(torch.ones(n_layers)) if multilayer else None
+        weighted = aggregation == "weighted"
+        self.layer_logits = nn.Parameter(torch.ones(n_layers)) if weighted else None
 
     def forward(self, packed: Packed, x: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self.transformer(packed, x)
-        if self.layer_logits is None:
+        if self.aggregation == "last":
             f = outputs[-1]
+        elif self.aggregation == "uniform":
+            f = torch.stack(outputs).mean(dim=0)
         else:
             weights = torch.softmax(self.layer_logits, dim=0)
             f = sum(w * layer for w, layer in zip(weights, outputs, strict=True))

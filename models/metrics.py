@@ -10,8 +10,12 @@ in the target's favour and no sort is needed. Items already in the session are n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: the metric names load without torch
+    from torch import Tensor
 
 KS = (10, 20)
 TOP_K = max(KS)

@@ -7,14 +7,20 @@ variant needs: its users, item table and graph side files)."""
 from __future__ import annotations
 
 import numbers
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from models.augment import parse_augmentations
+from models.catalog_loss import LOSS_IMPLS
 from models.core import CORE, Objective
+from models.diffusion import BETA_SCHEDULES, HEAD_FRACTION
 from models.encoders import (
+    LAYER_AGGREGATIONS,
+    POS_ENCODINGS,
     AveEncoder,
     DualAttentionEncoder,
     EnhancedEncoder,
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 
 VARIANTS = (
     "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f", "persona",
+    "diffaug",
 )
 # How reports name each variant.
 LABELS = {
@@ -43,12 +50,20 @@ LABELS = {
     "semsr_i": "SemSR-I (CORE-trm)",
     "semsr_f": "SemSR-F (CORE-trm)",
     "persona": "Persona (HDGI + CORE-trm re-rank)",
+    "diffaug": "DiffAug (guided-diffusion counterfactuals, CORE-trm)",
+    # Not a variant: the bundled search space ips.yaml (CORE-trm with pop_weighting=ips).
+    "ips": "CORE-trm + IPS",
 }
 # Variants whose items need semantic vectors made from item text (``data.text``).
 SEMANTIC_VARIANTS = ("semsr_i", "semsr_f", "persona")
 # Variants built from the whole dataset (``build_model_for``): users, item table, graph files.
 DATASET_VARIANTS = ("persona",)
 PRECISIONS = ("fp32", "bf16")
+# Backbones the diffaug variant trains on the augmented rows (and its first stage on the real
+# ones): the encoders whose config keys diffaug carries.
+DIFFAUG_BASES = ("ave", "trm", "da", "enhanced")
+# How the training loss weighs each row against popularity bias (models.weighting).
+POP_WEIGHTINGS = ("none", "ips")
 DA_SCORERS = ("mlp", "linear")
 
 _COMMON = {
@@ -65,6 +80,20 @@ _COMMON = {
     "patience": 5,
     "seed": 2020,
     "precision": "fp32",
+    # Decay of an exponential moving average of the weights, used for validation, checkpoint
+    # selection and test (models.ema); 0 = off.
+    "ema_decay": 0.0,
+    # The full-catalog loss: label smoothing of its cross-entropy (eps spread over the real
+    # items, never onto padding) and its implementation: chunked (blocks of batch rows, the
+    # default) or dense (one [batch x catalog] buffer, the reference); see models.catalog_loss.
+    "label_smoothing": 0.0,
+    "loss_impl": "chunked",
+    # Popularity debiasing of the training loss, for any variant (models.weighting): none, or
+    # inverse-propensity weights w = (count(target) / max count)^(-ips_power), clipped at ips_clip
+    # (0 = no clip) and normalised to mean 1 over the training rows.
+    "pop_weighting": "none",
+    "ips_power": 0.5,
+    "ips_clip": 0.0,
 }
 _TRANSFORMER = {
     "n_layers": 2,
@@ -72,13 +101,30 @@ _TRANSFORMER = {
     "inner_size": 256,
     "hidden_dropout": 0.5,
     "attn_dropout": 0.5,
+    "pos_encoding": "absolute",  # absolute | relative | none (models.encoders.Transformer)
 }
 _HN = {"hn_k": 64, "hn_lambda": 0.2}
 # da_scorer "mlp" scores [f_i; f_last] with an MLP (the paper's DA); "linear" scores f_i as
 # CORE-trm does, so DA with every switch off and a linear scorer is exactly CORE-trm.
 _DA = {"da_gating": True, "da_recent": True, "da_residual": True, "da_scorer": "mlp"}
-_ENHANCED = {"enh_multilayer": True, "enh_gate": True, "enh_inbatch": True, "beta": 0.5}
-_CONTRASTIVE = {"cl_weight": 0.1, "cl_dropout": 0.2, "cl_temperature": 0.2}
+# layer_aggregation: weighted (learned softmax weights) | uniform (the guide's ablation: all
+# layers, equal weights) | last (last layer only); see models.encoders.EnhancedEncoder.
+_ENHANCED = {
+    "layer_aggregation": "weighted", "enh_gate": True, "enh_inbatch": True, "beta": 0.5,
+}
+# CL4SRec (models.augment): each view of a session goes through one of cl_augmentations (a
+# comma-separated string, or a list, of crop / mask / reorder; resolved to the canonical string)
+# with its ratio: crop keeps eta = cl_crop_ratio of the session, mask masks gamma =
+# cl_mask_ratio of it, reorder shuffles a span of beta = cl_reorder_ratio of it. NT-Xent between
+# the views, weighted by cl_weight, at temperature cl_temperature.
+_CONTRASTIVE = {
+    "cl_weight": 0.1,
+    "cl_augmentations": "crop,mask,reorder",
+    "cl_crop_ratio": 0.6,
+    "cl_mask_ratio": 0.2,
+    "cl_reorder_ratio": 0.2,
+    "cl_temperature": 0.2,
+}
 # SemSR-F: size of the projected semantic view, its dropout, and how the behavioural and the
 # semantic session vectors are fused (see models.semantic).
 _SEMSR_F = {"sem_size": 128, "sem_dropout": 0.2, "fusion": "gate"}
@@ -102,6 +148,25 @@ _PERSONA = {
     "sem_dropout": 0.2,
 }
 
+# diffaug (models.diffusion): base backbone and its first stage's epochs; the conditional DDPM
+# (steps, beta schedule, the tail's share of the catalog, prefix window, epochs, width, condition
+# dropout); sampling (classifier-free guidance scale, rows added as a share of the training rows)
+# and the loss weight of the added rows.
+_DIFFAUG = {
+    "base": "trm",
+    "diff_base_epochs": 3,
+    "diffusion_steps": 50,
+    "beta_schedule": "linear",
+    "tail_quantile": 0.5,
+    "diff_window": 5,
+    "diff_epochs": 10,
+    "diff_hidden": 128,
+    "cond_dropout": 0.1,
+    "guidance_scale": 2.0,
+    "aug_ratio": 0.2,
+    "aug_weight": 0.5,
+}
+
 _GROUPS = {
     "ave": (),
     "trm": (_TRANSFORMER,),
@@ -113,6 +178,7 @@ _GROUPS = {
     "semsr_i": (_TRANSFORMER,),
     "semsr_f": (_TRANSFORMER, _SEMSR_F),
     "persona": (_TRANSFORMER, _PERSONA),
+    "diffaug": (_TRANSFORMER, _DA, _ENHANCED, _DIFFAUG),
 }
 
 # Value constraints beyond the type of the default: (check, description).
@@ -125,7 +191,12 @@ _RANGES = {
     "item_dropout": _FRACTION,
     "hidden_dropout": _FRACTION,
     "attn_dropout": _FRACTION,
-    "cl_dropout": _FRACTION,
+    "cl_mask_ratio": _FRACTION,
+    "cl_crop_ratio": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "cl_reorder_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "ema_decay": _FRACTION,
+    "label_smoothing": _FRACTION,
+    "loss_impl": (lambda v: v in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
     "sem_dropout": _FRACTION,
     "hn_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "rerank_mix": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -136,6 +207,17 @@ _RANGES = {
     "weight_decay": _NON_NEGATIVE,
     "beta": _NON_NEGATIVE,
     "cl_weight": _NON_NEGATIVE,
+    "pop_weighting": (lambda v: v in POP_WEIGHTINGS, f"one of {POP_WEIGHTINGS}"),
+    "ips_power": _NON_NEGATIVE,
+    "ips_clip": (lambda v: v == 0 or v >= 1, "0 (no clip) or >= 1"),
+    "base": (lambda v: v in DIFFAUG_BASES, f"one of {DIFFAUG_BASES}"),
+    "beta_schedule": (lambda v: v in BETA_SCHEDULES, f"one of {BETA_SCHEDULES}"),
+    "tail_quantile": (lambda v: 0.0 < v < 1.0 - HEAD_FRACTION, f"in (0, {1 - HEAD_FRACTION:g})"),
+    "cond_dropout": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "guidance_scale": _NON_NEGATIVE,
+    "aug_ratio": _POSITIVE,
+    "aug_weight": _POSITIVE,
+    "diff_hidden": (lambda v: v >= 4 and v % 4 == 0, "a positive multiple of 4"),
     **dict.fromkeys(
         (
             "embedding_size",
@@ -154,6 +236,10 @@ _RANGES = {
             "cooc_min",
             "n_candidates",
             "fallback_k",
+            "diff_base_epochs",
+            "diffusion_steps",
+            "diff_window",
+            "diff_epochs",
         ),
         _COUNT,
     ),
@@ -161,7 +247,12 @@ _RANGES = {
     "da_scorer": (lambda v: v in DA_SCORERS, f"one of {DA_SCORERS}"),
     "fusion": (lambda v: v in FUSIONS, f"one of {FUSIONS}"),
     "persona_fusion": (lambda v: v in PERSONA_FUSIONS, f"one of {PERSONA_FUSIONS}"),
+    "pos_encoding": (lambda v: v in POS_ENCODINGS, f"one of {POS_ENCODINGS}"),
+    "layer_aggregation": (lambda v: v in LAYER_AGGREGATIONS, f"one of {LAYER_AGGREGATIONS}"),
 }
+# Keys whose value names a set: a list, or a comma-separated string; parsed (ValueError when
+# invalid) and resolved to the canonical comma-separated string.
+_SETS = {"cl_augmentations": parse_augmentations}
 
 
 def _check_variant(variant: str) -> None:
@@ -227,6 +318,17 @@ def _coerce(key: str, value: object, default: object) -> object:
     return kind(value)
 
 
+def _canonical_set(key: str, value: object) -> object:
+    """A set-valued key's value as its canonical comma-separated string (other types are left
+    to ``_coerce``'s type error)."""
+    if not isinstance(value, str | list | tuple):
+        return value
+    try:
+        return ",".join(_SETS[key](value))
+    except ValueError as exc:
+        raise ValueError(f"config key {key!r}: {exc}") from None
+
+
 def resolve_config(overrides: dict) -> dict:
     """The complete config of a run: defaults of ``overrides["model"]`` merged with
     ``overrides``, type-checked and range-checked.
@@ -245,6 +347,8 @@ def resolve_config(overrides: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown config key(s) for model {config['model']!r}: {unknown}")
     for key, value in overrides.items():
+        if key in _SETS:
+            value = _canonical_set(key, value)
         config[key] = _coerce(key, value, config[key])
     for key, (check, description) in _RANGES.items():
         if key in config and not check(config[key]):
@@ -269,6 +373,7 @@ def _encoder(config: dict) -> nn.Module:
         hidden_dropout=config["hidden_dropout"],
         attn_dropout=config["attn_dropout"],
         max_seq_length=config["max_seq_length"],
+        pos_encoding=config["pos_encoding"],
     )
     if variant in ("da", "dahn"):
         return DualAttentionEncoder(
@@ -280,7 +385,7 @@ def _encoder(config: dict) -> nn.Module:
         )
     if variant == "enhanced":
         return EnhancedEncoder(
-            transformer, multilayer=config["enh_multilayer"], gate=config["enh_gate"]
+            transformer, aggregation=config["layer_aggregation"], gate=config["enh_gate"]
         )
     return TrmEncoder(transformer)
 
@@ -294,10 +399,18 @@ def _objective(config: dict) -> Objective:
     if variant == "contrastive":
         return Objective(
             cl_weight=config["cl_weight"],
-            cl_dropout=config["cl_dropout"],
+            cl_augmentations=parse_augmentations(config["cl_augmentations"]),
+            cl_crop_ratio=config["cl_crop_ratio"],
+            cl_mask_ratio=config["cl_mask_ratio"],
+            cl_reorder_ratio=config["cl_reorder_ratio"],
             cl_temperature=config["cl_temperature"],
         )
     return Objective()
+
+
+def _loss_options(config: dict) -> dict:
+    """The full-catalog loss's settings, the same for every variant's objective."""
+    return {"label_smoothing": config["label_smoothing"], "loss_impl": config["loss_impl"]}
 
 
 def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = None) -> CORE:
@@ -317,6 +430,8 @@ def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = No
         raise ValueError(f"build_model needs a resolved config (resolve_config); missing {missing}")
     if needs_dataset(variant):
         raise ValueError(f"model {variant!r} is built from its dataset: use build_model_for")
+    if variant == "diffaug":  # the backbone; the generated rows are the trainer's
+        return build_model({**config, "model": config["base"]}, n_items, item_vectors)
     if needs_item_text(variant) and item_vectors is None:
         raise ValueError(
             f"model {variant!r} needs semantic item vectors made from item text; "
@@ -326,7 +441,7 @@ def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = No
         "sess_dropout": config["sess_dropout"],
         "item_dropout": config["item_dropout"],
         "temperature": config["temperature"],
-        "objective": _objective(config),
+        "objective": replace(_objective(config), **_loss_options(config)),
     }
     d = config["embedding_size"]
     if variant == "semsr_f":
@@ -373,16 +488,45 @@ def build_model_for(config: dict, dataset: SessionDataset) -> CORE:
         if split is not None and split.users is not None
     )
     table, known = personas.table(max(n_users, int(personas.user_ids.max()) + 1))
+    return build_persona_model(config, dataset.n_items, dataset.item_vectors, table, known,
+                               personas.profiles, personas.vectors)
+
+
+def build_persona_model(
+    config: dict,
+    n_items: int,
+    item_vectors: np.ndarray,
+    personas: np.ndarray,
+    known: np.ndarray,
+    profiles: np.ndarray,
+    profile_personas: np.ndarray,
+) -> PersonaCORE:
+    """The ``persona`` model of a resolved config from its data (what ``build_model_for``
+    derives from the dataset; ``models.recommend`` passes the copies a trained model carries).
+
+    Args:
+        config: a complete ``persona`` config (``resolve_config``).
+        n_items: catalog rows (row 0 is padding).
+        item_vectors: semantic item vectors [n_items, D].
+        personas: persona per user id [n_users, P].
+        known: bool [n_users], which user ids have a persona.
+        profiles: profiles [n_known, D] of the training users.
+        profile_personas: their personas [n_known, P], same order.
+
+    Returns:
+        An untrained ``PersonaCORE``.
+    """
     d = config["embedding_size"]
     options = {
         "sess_dropout": config["sess_dropout"],
         "item_dropout": config["item_dropout"],
         "temperature": config["temperature"],
+        "objective": Objective(**_loss_options(config)),
     }
-    base = CORE(dataset.n_items, d, _encoder({**config, "model": "trm"}), **options)
+    base = CORE(n_items, d, _encoder({**config, "model": "trm"}), **options)
     return PersonaCORE(
-        dataset.n_items, d, _encoder(config), base, dataset.item_vectors, table, known,
-        personas.profiles, personas.vectors, persona_fusion=config["persona_fusion"],
+        n_items, d, _encoder(config), base, item_vectors, personas, known,
+        profiles, profile_personas, persona_fusion=config["persona_fusion"],
         n_candidates=config["n_candidates"], rerank_mix=config["rerank_mix"],
         fallback_k=config["fallback_k"], sem_size=config["sem_size"],
         sem_dropout=config["sem_dropout"], **options,

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data.dataset import SessionDataset, Split
+from models.ema import WeightEMA
 from models.encoders import PAD
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
-from models.registry import build_model_for, resolve_config
+from models.registry import build_model_for, default_config, resolve_config
+from models.weighting import training_rows
 
 SELECTION_METRIC = "mrr_20"
 # The selection metric is compared at 4 decimal places and a tie keeps the later epoch, as the
@@ -73,15 +75,19 @@ class _Rows:
     prefix (right padding makes the trimmed batch exact and the transformer cheaper).
 
     Batches are (items, targets), plus the rows' user ids (0 = unknown, also for a split
-    without users) when ``with_users``: for models that declare ``wants_users``."""
+    without users) when ``with_users``: for models that declare ``wants_users``. ``weights``
+    (float32 [rows], the training rows' loss weights, ``models.weighting``) are served by
+    ``row_weights``."""
 
     def __init__(
-        self, split: Split, max_seq_length: int, device: torch.device, with_users: bool = False
+        self, split: Split, max_seq_length: int, device: torch.device, with_users: bool = False,
+        weights: np.ndarray | None = None,
     ) -> None:
         prefixes, lengths = _keep_last(split.prefixes, split.lengths, max_seq_length)
         self.prefixes = _shared_tensor(prefixes, device)
         self.lengths = _shared_tensor(lengths, device)
         self.targets = _shared_tensor(split.targets, device)
+        self.weights = None if weights is None else _shared_tensor(weights, device)
         self.users = None
         if with_users:
             users = split.users if split.users is not None else np.zeros(len(split), np.int64)
@@ -94,6 +100,10 @@ class _Rows:
         width = int(self.lengths[rows].max())
         batch = (self.prefixes[rows, :width].long(), self.targets[rows])
         return batch if self.users is None else (*batch, self.users[rows])
+
+    def row_weights(self, rows: Tensor | slice) -> dict[str, Tensor]:
+        """The model's keyword arguments for the rows' loss weights: none when all weigh 1."""
+        return {} if self.weights is None else {"weights": self.weights[rows]}
 
 
 def _shared_tensor(array: np.ndarray, device: torch.device) -> Tensor:
@@ -150,6 +160,9 @@ class Trainer:
             weight_decay=self.config["weight_decay"],
             fused=True,
         )
+        # With ema_decay > 0, validation, checkpoint selection and test use the averaged weights.
+        decay = self.config["ema_decay"]
+        self.ema = WeightEMA(self.model, decay) if decay > 0 else None
         self.epoch = 0
         self.best_epoch = 0
         self.best_state: dict | None = None
@@ -177,16 +190,19 @@ class Trainer:
 
     def run_epoch(self) -> dict:
         """Trains one epoch, validates, updates the best checkpoint and patience."""
+        self._split_rows("train")  # the training rows (diffaug: its stages) are not epoch time
         start = time.perf_counter()
         train_loss = self._train_epoch()
         train_time = time.perf_counter() - start
-        valid = self.evaluate("valid", use_best=False)
+        averaged = self.ema.model_state(self.model) if self.ema is not None else None
+        with self._weights(averaged):
+            valid = self.evaluate("valid", use_best=False)
         self.epoch += 1
         if not self.best_epoch or _at_least_as_good(
             valid[SELECTION_METRIC], self.best_metrics[f"valid_{SELECTION_METRIC}"]
         ):
             self.best_epoch, self.bad_epochs = self.epoch, 0
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = copy.deepcopy(averaged or self.model.state_dict())
         else:
             self.bad_epochs += 1
         metrics = {
@@ -215,9 +231,10 @@ class Trainer:
         self.model.train()
         total = 0.0
         for batch in range(n_batches):
-            items, targets, *users = rows.batch(order[batch * size : (batch + 1) * size])
+            index = order[batch * size : (batch + 1) * size]
+            items, targets, *users = rows.batch(index)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = self.model(items, targets, *users)
+                loss = self.model(items, targets, *users, **rows.row_weights(index))
             value = loss.item()
             if not np.isfinite(value):
                 raise NonFiniteLossError(
@@ -227,6 +244,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             total += value * len(targets)
         return total / len(rows)
 
@@ -314,9 +333,13 @@ class Trainer:
 
     def _split_rows(self, split: str) -> _Rows:
         if split not in self._rows:
-            data = self.dataset.split(split)
+            data, weights = self.dataset.split(split), None
+            if split == "train":  # pop_weighting's weights, diffaug's generated rows
+                rows = training_rows(self.config, data, self.dataset.n_items,
+                                     name=self.dataset.name, device=self.device)
+                data, weights = rows.split, rows.weights
             self._rows[split] = _Rows(
-                data, self.config["max_seq_length"], self.device, self.with_users
+                data, self.config["max_seq_length"], self.device, self.with_users, weights
             )
         return self._rows[split]
 
@@ -335,6 +358,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "best_epoch": self.best_epoch,
                 "best_state": self.best_state,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "bad_epochs": self.bad_epochs,
                 "history": self.history,
                 "rng": rng,
@@ -342,10 +366,12 @@ class Trainer:
         )
 
     def load_state_dict(self, state: dict) -> None:
+        # Keys added since the checkpoint was written count with their defaults.
+        saved = {**default_config(self.config["model"]), **state["config"]}
         differing = sorted(
             key
-            for key in set(state["config"]) | set(self.config)
-            if key not in RUN_LENGTH_KEYS and state["config"].get(key) != self.config.get(key)
+            for key in set(saved) | set(self.config)
+            if key not in RUN_LENGTH_KEYS and saved.get(key) != self.config.get(key)
         )
         if differing:
             raise ValueError(f"checkpoint was trained with a different config: keys {differing}")
@@ -354,6 +380,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_epoch = state["best_epoch"]
         self.best_state = state["best_state"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.bad_epochs = state["bad_epochs"]
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -1,6 +1,8 @@
 """The deployment files in deploy/ and the README's cluster commands agree with the CLI and each
 other: commands parse with launch.py's and the tracking server's parsers, trials fit the GPU
-nodes, paths trials write are on volumes every pod mounts, ports and names match."""
+nodes, paths trials write are on volumes every pod mounts, ports and names match, and the tracking
+server's PostgreSQL is the one deployed beside it (address, database, user, password, connection
+budget)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 import ray
 import yaml
 from mlflow.server.security_utils import is_allowed_host_header
+from sqlalchemy.engine import make_url
 
 import launch
 from hpo import tracking_server
@@ -21,6 +24,9 @@ from hpo.space import load_space
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 RAY_MINOR = ".".join(ray.__version__.split(".")[:2])
+POSTGRES_IMAGE = re.compile(r"postgres:(\d+)")
+# PostgreSQL keeps superuser_reserved_connections (3) of max_connections (default 100) for itself.
+POSTGRES_RESERVED = 3
 
 
 def parse_launch(command: str):
@@ -40,6 +46,44 @@ def parse_server(command: str):
     words = shlex.split(command)
     start = words.index("hpo.tracking_server") + 1
     return tracking_server.build_parser().parse_args(words[start:])
+
+
+def postgres_store(server):
+    """The server's backend store as a PostgreSQL URL, checked: no password in the command line
+    (it would show in `ps` and logs), several workers."""
+    url = make_url(server.backend_store)
+    assert url.get_backend_name() == "postgresql", server.backend_store
+    assert url.password is None, "the password belongs in PGPASSWORD or ~/.pgpass"
+    assert url.username and url.database
+    assert (server.workers or tracking_server.DEFAULT_WORKERS) > 1
+    return url
+
+
+def postgres_flags(args: list[str]) -> dict[str, str]:
+    """`-c name=value` settings of a postgres command line."""
+    return dict(args[i + 1].split("=", 1) for i, word in enumerate(args) if word == "-c")
+
+
+def connection_budget(servers: int, workers: int, env: dict[str, str]) -> int:
+    """The most database connections `servers` tracking servers of `workers` workers open: per
+    worker, its tracking store's pool in full (pool + overflow, what hpo.tracking_server sets
+    unless the environment does) and the model-registry store's idle pool."""
+    pool = {**tracking_server.POOL_ENV, **env}
+    size = int(pool["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+    overflow = int(pool["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
+    return servers * workers * (size + overflow + size)
+
+
+def container_env(container: dict) -> dict[str, object]:
+    """name -> value, or ("secret", name, key) for a value taken from a Secret."""
+    found = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            found[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            found[item["name"]] = ("secret", ref["name"], ref["key"])
+    return found
 
 
 def trials_per_node(args, node_cpus: float, node_gpus: float) -> int:
@@ -64,8 +108,8 @@ def on_mount(path: str, mounts: dict[str, str]) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
-    """Every image reference in deploy/: file -> image."""
+def images() -> dict[str, set[str]]:
+    """Every image reference in deploy/: file -> images."""
     found = {}
     for path in DEPLOY.glob("*.yaml"):
         for match in re.finditer(r"^\s*(?:- )?image:\s*(\S+)", path.read_text(), re.M):
@@ -92,12 +136,22 @@ def test_dockerfile_is_the_installed_ray_version_and_copies_the_whole_package():
     needed |= {"pyproject.toml", "search_spaces"}
     assert needed <= copied, needed - copied
     assert all((ROOT / path).exists() for path in copied), copied
+    # The tracking server's PostgreSQL driver: pyproject's postgres extra, installed.
+    assert re.search(r"^postgres = \[.*psycopg", pyproject, re.M)
+    [install] = re.findall(r"^RUN pip install .*$", text, re.M)
+    assert re.search(r"""["']?\.\[(?:\w+,)*postgres(?:,\w+)*\]["']?""", install), install
 
 
 def test_every_deploy_file_runs_the_same_image(images):
     assert set(images) == {"ray-cluster.yaml", "rayjob.yaml", "mlflow.yaml"}
-    [image] = set().union(*images.values())
+    everything = set().union(*images.values())
+    databases = {image for image in everything if POSTGRES_IMAGE.fullmatch(image)}
+    [image] = everything - databases  # the project's, everywhere
     assert image.endswith(f":{ray.__version__}-gpu") or f":{RAY_MINOR}" in image, image
+    # The one other image: PostgreSQL, the same major version on the Ray head's host.
+    [database] = databases
+    head = (DEPLOY / "ray-cluster.yaml").read_text()
+    assert re.findall(r"\bpostgres:\d+\b", head) == [database]
 
 
 def test_cluster_launcher_definition():
@@ -123,6 +177,32 @@ def test_cluster_launcher_definition():
     [server_command] = [c for c in config["head_start_ray_commands"] if "tracking_server" in c]
     server = parse_server(server_command.split(">")[0])
     assert server.host == "0.0.0.0"
+
+    # PostgreSQL in a container on the head's host, started before Ray's container: the server
+    # reaches it on the head's loopback, with the password from the file mounted as ~/.pgpass.
+    store = postgres_store(server)
+    assert store.host == "127.0.0.1" and server.wait_for_database > 0
+    init = types[config["head_node_type"]]["initialization_commands"]
+    [run] = [shlex.split(c.split("||")[-1]) for c in init if "docker run" in c]
+    image = next(word for word in run if POSTGRES_IMAGE.fullmatch(word))
+    settings = postgres_flags(run[run.index(image) + 1:])
+    assert settings["listen_addresses"] == "127.0.0.1" and "--network" in run
+    assert int(settings["port"]) == store.port
+    env = dict(run[i + 1].split("=", 1) for i, word in enumerate(run) if word == "-e")
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == (store.username, store.database)
+    assert "--restart" in run and any(v.endswith(":/var/lib/postgresql/data")
+                                      for i, v in enumerate(run) if run[i - 1] == "-v")
+    [pgpass] = [c for c in init if ".pgpass" in c and "echo" in c]
+    line = re.search(r'echo "([^"]+)"', pgpass).group(1)
+    assert line.split(":")[:4] == [store.host, str(store.port), store.database, store.username]
+    written = re.search(r"> ~/([^\s)]+)", pgpass).group(1)  # under the ssh user's home
+    assert "umask 077" in pgpass  # libpq ignores a .pgpass others can read
+    home = f"/home/{config['auth']['ssh_user']}"
+    head_options = " ".join(config["docker"]["head_run_options"])
+    assert f"{home}/{written}:/home/ray/.pgpass:ro" in head_options
+    assert env["POSTGRES_PASSWORD"] == f"$(cut -d: -f5 ~/{written})"
+    budget = connection_budget(1, server.workers or tracking_server.DEFAULT_WORKERS, {})
+    assert budget <= int(settings["max_connections"]) - POSTGRES_RESERVED
 
     # The submit command documented at the top of the file.
     header = " ".join(" ".join(line.lstrip("#").rstrip("\\ ").split())
@@ -190,12 +270,20 @@ def test_kuberay_rayjob_and_tracking_server():
     server = parse_server(shlex.join(container["command"]))
     assert server.port == service_port["targetPort"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": server.port}
+    store_mounts = shared_mounts(deployment["spec"]["template"]["spec"])
     if "://" not in server.backend_store or server.backend_store.startswith("sqlite"):
         # One writer for a SQLite file: a single pod, never two during a rollout.
         assert deployment["spec"]["replicas"] == 1
         assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    store_mounts = shared_mounts(deployment["spec"]["template"]["spec"])
-    assert on_mount(server.backend_store, store_mounts)
+        assert on_mount(server.backend_store, store_mounts)
+    else:
+        check_postgres_deployment(manifests, deployment, container, server)
+    # Artifacts: on a volume every replica mounts (ReadWriteMany once there are several).
+    artifacts_claim = on_mount(server.artifacts_destination, store_mounts)
+    assert artifacts_claim or "://" in server.artifacts_destination
+    if artifacts_claim and deployment["spec"]["replicas"] > 1:
+        claim = manifests[("PersistentVolumeClaim", artifacts_claim)]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     # The Host header the driver sends (the Service name) passes MLflow's host check.
     allowed = server.allowed_hosts.split(",")
     assert is_allowed_host_header(allowed, f"{host}:{port}")
@@ -203,11 +291,54 @@ def test_kuberay_rayjob_and_tracking_server():
     assert not is_allowed_host_header(allowed, f"evil.example:{port}")
 
 
-def test_readme_cluster_commands_parse():
+def check_postgres_deployment(manifests: dict, deployment: dict, container: dict, server) -> None:
+    """The tracking server's PostgreSQL URL names the Service, database and user of the
+    StatefulSet in mlflow.yaml; the password is the same Secret key on both sides; the connection
+    pools of every replica's workers fit in max_connections."""
+    store = postgres_store(server)
+    service = manifests[("Service", store.host)]
+    [port] = service["spec"]["ports"]
+    assert port["port"] == store.port
+    [database] = [d for d in manifests.values() if d["kind"] == "StatefulSet"
+                  and d["spec"]["template"]["metadata"]["labels"] == service["spec"]["selector"]]
+    assert database["spec"]["serviceName"] == store.host and database["spec"]["replicas"] == 1
+    [postgres] = database["spec"]["template"]["spec"]["containers"]
+    assert POSTGRES_IMAGE.fullmatch(postgres["image"])
+    assert {p["containerPort"] for p in postgres["ports"]} == {port["targetPort"]}
+    env = container_env(postgres)
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == (store.username, store.database)
+    password = env["POSTGRES_PASSWORD"]
+    assert password[0] == "secret"
+    server_env = container_env(container)
+    assert server_env["PGPASSWORD"] == password  # libpq reads it; the URL has none
+    assert server.wait_for_database > 0  # the database may start after the server's pod
+    # The data directory on the StatefulSet's own volume, one per replica.
+    [claim] = database["spec"]["volumeClaimTemplates"]
+    [mount] = postgres["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert env["PGDATA"].startswith(mount["mountPath"].rstrip("/") + "/")
+    probe = postgres["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "pg_isready" and store.database in probe and store.username in probe
+    # Connections: every replica's workers' pools.
+    settings = postgres_flags(postgres.get("args", []))
+    max_connections = int(settings.get("max_connections", 100))
+    budget = connection_budget(deployment["spec"]["replicas"],
+                               server.workers or tracking_server.DEFAULT_WORKERS,
+                               {k: v for k, v in server_env.items() if isinstance(v, str)})
+    assert budget <= max_connections - POSTGRES_RESERVED, (budget, max_connections)
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The commands in the bash blocks of README's section `heading` (to the next `## `), with
+    continuation lines joined."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Run on a Ray cluster", 1)[1]
+    section = re.split(r"^## ", readme.split(f"\n{heading}\n", 1)[1], flags=re.M)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
-    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+def test_readme_cluster_commands_parse():
+    commands = readme_commands("## Run on a Ray cluster")
     launches = [c[c.index("python launch.py"):] for c in commands if "python launch.py" in c]
     servers = [c for c in commands if "hpo.tracking_server" in c]
     assert launches and servers
@@ -218,3 +349,19 @@ def test_readme_cluster_commands_parse():
         assert parse_server(command).host == "0.0.0.0"
     assert any("ray job submit" in c and "--working-dir ." in c for c in commands)
     assert any("RAY_AUTH_MODE=token" in c for c in commands)
+
+
+def test_readme_postgres_commands_parse():
+    commands = readme_commands("## Tracking on PostgreSQL")
+    installs = [c for c in commands if c.startswith("pip install")]
+    servers = [c for c in commands if "hpo.tracking_server" in c]
+    assert installs and servers
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for command in installs:
+        extras = re.search(r"\.\[([\w,]+)\]", command).group(1).split(",")
+        assert "postgres" in extras
+        assert all(re.search(rf"^{extra} = \[", pyproject, re.M) for extra in extras), extras
+    for command in servers:
+        server = parse_server(command)
+        postgres_store(server)  # a PostgreSQL URL, no password in it, several workers
+        assert server.host == "0.0.0.0"

@@ -17,7 +17,7 @@ from models.registry import build_model, resolve_config
 D = 16
 
 
-def transformer() -> Transformer:
+def transformer(pos_encoding: str = "absolute") -> Transformer:
     return Transformer(
         D,
         n_layers=2,
@@ -26,6 +26,7 @@ def transformer() -> Transformer:
         hidden_dropout=0.3,
         attn_dropout=0.3,
         max_seq_length=12,
+        pos_encoding=pos_encoding,
     )
 
 
@@ -37,7 +38,10 @@ ENCODERS = {
     "da-no-recent": lambda: DualAttentionEncoder(transformer(), recent=False),
     "da-no-residual": lambda: DualAttentionEncoder(transformer(), residual=False),
     "enhanced": lambda: EnhancedEncoder(transformer()),
-    "enhanced-ablated": lambda: EnhancedEncoder(transformer(), multilayer=False, gate=False),
+    "enhanced-ablated": lambda: EnhancedEncoder(transformer(), aggregation="last", gate=False),
+    "enhanced-uniform": lambda: EnhancedEncoder(transformer(), aggregation="uniform"),
+    "trm-relative": lambda: TrmEncoder(transformer(pos_encoding="relative")),
+    "trm-no-positions": lambda: TrmEncoder(transformer(pos_encoding="none")),
 }
 
 

@@ -30,8 +30,11 @@ COMMON = {
     "patience",
     "seed",
     "precision",
+    "ema_decay",
 }
-TRANSFORMER = {"n_layers", "n_heads", "inner_size", "hidden_dropout", "attn_dropout"}
+TRANSFORMER = {
+    "n_layers", "n_heads", "inner_size", "hidden_dropout", "attn_dropout", "pos_encoding",
+}
 EXTRA = {
     "ave": set(),
     "trm": TRANSFORMER,
@@ -39,8 +42,10 @@ EXTRA = {
     "hn": TRANSFORMER | {"hn_k", "hn_lambda"},
     "dahn": TRANSFORMER
     | {"da_gating", "da_recent", "da_residual", "da_scorer", "hn_k", "hn_lambda"},
-    "enhanced": TRANSFORMER | {"enh_multilayer", "enh_gate", "enh_inbatch", "beta"},
-    "contrastive": TRANSFORMER | {"cl_weight", "cl_dropout", "cl_temperature"},
+    "enhanced": TRANSFORMER | {"layer_aggregation", "enh_gate", "enh_inbatch", "beta"},
+    "contrastive": TRANSFORMER
+    | {"cl_weight", "cl_augmentations", "cl_crop_ratio", "cl_mask_ratio", "cl_reorder_ratio",
+       "cl_temperature"},
     "semsr_i": TRANSFORMER,
     "semsr_f": TRANSFORMER | {"sem_size", "sem_dropout", "fusion"},
     "persona": TRANSFORMER

@@ -27,6 +27,7 @@ TINY = "tiny"
 TRAIN_ROWS = 1200  # of 1,449: the protocol also runs on a cut training split
 LABEL = f"{TINY}-last{TRAIN_ROWS}"  # what a cut dataset's runs are filed under
 SEEDS = 2
+RETRAIN_EPOCHS = 3  # the test stage's --retrain-max-epochs (the protocol's 300 is for real runs)
 SMALL = {"embedding_size": 16, "batch_size": 256}
 ARM = "n_layers=1"  # a trm key only (ave has no transformer): retrained for trm
 SAME = "embedding_size=16"  # what every selection already has: not retrained
@@ -113,7 +114,8 @@ def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch
 def test_stage(protocol):
     client, out, spaces, common, _ = protocol
     assert launch.main(["--space", *spaces, "--stage", "test", "--baseline", "strongest",
-                        "--ablate", ARM, "--ablate", SAME, *common]) == 0
+                        "--ablate", ARM, "--ablate", SAME, "--retrain-max-epochs",
+                        str(RETRAIN_EPOCHS), *common]) == 0
     [parent] = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if PARENT_TAG not in r.data.tags]
     children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
@@ -141,7 +143,10 @@ def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol,
         selected = select_best(client, LABEL, run.data.tags["variant"], "valid_mrr_20")
         assert run.data.tags["selected_from"] == selected.trial_run_id
         assert run.data.params["seed"] == run.data.tags["seed"]
+        assert run.data.params["epochs"] == str(RETRAIN_EPOCHS)  # not the search's budget
         assert 0.0 <= run.data.metrics["test_mrr_20"] <= run.data.metrics["test_recall_20"]
+        model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        assert "model/model.pt" in model_files  # the seed's model (python -m models.recommend)
         if run.data.tags["arm"] == ARM:
             assert run.data.params["n_layers"] == "1"
             assert run.data.params["temperature"] == str(selected.config["temperature"])

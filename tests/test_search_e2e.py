@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -10,26 +12,40 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 import launch
-from hpo.tracking import LOGGED_PREFIXES, PARENT_TAG, TRIAL_TAG
+from hpo.space import load_space
+from hpo.study import PUBLISHED, RAY_TRIAL_ATTR, published_params
+from hpo.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    LOGGED_PREFIXES,
+    PARENT_TAG,
+    TRIAL_TAG,
+)
 
 TINY = "tiny"  # written by the tiny_data_dir fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_SAMPLES = 6
+FAILING_TEMPERATURE = 1e-40
+CONSOLE: dict[str, str] = {}  # what the module's search printed, by fixture
 
 
 def space_file(tmp_path: Path) -> Path:
-    """hn with a temperature choice of 0, which makes training fail: a trial that must fail."""
+    """hn with a temperature choice of 1e-40: valid in the space, but the logits overflow to
+    inf and the loss is NaN in the first batch, so a trial that gets it must fail. With seed 3
+    the sampler's second (random) trial draws it, whatever the trials score."""
     raw = yaml.safe_load((ROOT / "search_spaces" / "hn.yaml").read_text())
     raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
     raw["parameters"]["temperature"] = {
-        "type": "categorical", "choices": [0.05, 0.07, 0.1, 0.2, 0.0]
+        "type": "categorical", "choices": [0.07, 0.1, 0.2, FAILING_TEMPERATURE]
     }
     path = tmp_path / "hn_test.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -52,15 +68,18 @@ def parent_runs(client: MlflowClient, experiment: str):
 def finished_search(tmp_path_factory, tiny_data_dir, ray_local):
     tmp = tmp_path_factory.mktemp("search")
     out = tmp / "outputs"
-    rc = launch.main([
-        "--space", str(space_file(tmp)), "--dataset", TINY, "--data-dir", str(tiny_data_dir),
-        "--num-samples", str(NUM_SAMPLES), "--max-epochs", "4", "--grace-period", "1",
-        "--reduction-factor", "2", "--max-concurrent", "1", "--seed", "3",
-        "--output-dir", str(out),
-    ])
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        rc = launch.main([
+            "--space", str(space_file(tmp)), "--dataset", TINY, "--data-dir",
+            str(tiny_data_dir), "--num-samples", str(NUM_SAMPLES), "--max-epochs", "4",
+            "--grace-period", "1", "--reduction-factor", "2", "--max-concurrent", "1",
+            "--seed", "3", "--output-dir", str(out),
+        ])
     assert rc == 0
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     [parent] = parent_runs(client, f"{TINY}/hn_test")
+    CONSOLE["finished_search"] = console.getvalue()
     return client, parent, out
 
 
@@ -90,7 +109,8 @@ def test_every_trial_has_its_params_statuses_and_epoch_histories(finished_search
         if tags["outcome"] == "failed":
             assert run.info.status == "FAILED"
             assert tags["status"] == "failed" and tags["error"]
-            assert float(params["temperature"]) == 0.0
+            assert float(params["temperature"]) == FAILING_TEMPERATURE
+            assert "NonFiniteLossError" in tags["error"]
             continue
         assert run.info.status == "FINISHED"
         for key in ("train_loss", "valid_mrr_20", "valid_recall_10", "valid_ndcg_20",
@@ -116,7 +136,60 @@ def test_results_table_and_best_config(finished_search):
     best = json.loads((search_dir / "best_config.json").read_text())
     assert best["trial_id"] == scored["trial_id"].iloc[0]
     assert best["config"]["model"] == "hn"
-    assert best["config"]["temperature"] > 0
+    assert best["config"]["temperature"] != FAILING_TEMPERATURE
+
+
+def test_the_study_is_persisted_with_every_trial_published_configuration_first(finished_search):
+    client, parent, out = finished_search
+    name = parent.data.params["optuna.study_name"]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
+    trials = study.get_trials()
+    children = {c.data.tags[TRIAL_TAG]: c for c in child_runs(client, parent)}
+    assert sorted(t.user_attrs[RAY_TRIAL_ATTR] for t in trials) == sorted(children)
+    # Each trial told as it ended: ASHA-stopped as PRUNED, failures as FAIL.
+    expected = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED,
+                "failed": TrialState.FAIL}
+    for t in trials:
+        run = children[t.user_attrs[RAY_TRIAL_ATTR]]
+        assert t.state == expected[run.data.tags["outcome"]]
+        assert run.data.tags["optuna_trial"] == str(t.number)
+    first = min(trials, key=lambda t: t.number)
+    params, _ = published_params(load_space(parent.data.params["space_file"]))
+    assert first.params == params
+    assert children[first.user_attrs[RAY_TRIAL_ATTR]].data.tags["config_source"] == PUBLISHED
+    # TPE's settings are recorded; the demo budget leaves room for TPE after the random start.
+    assert int(parent.data.params["sampler.n_startup_trials"]) < NUM_SAMPLES
+    assert parent.data.params["sampler.multivariate"] == "True"
+
+
+def test_importance_description_and_experiment_kind(finished_search):
+    client, parent, _ = finished_search
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"param_importance.csv", "param_importance.png"} <= artifacts
+    table = pd.read_csv(Path(parent.data.tags["search_dir"]) / "param_importance.csv")
+    assert table["importance"].sum() == pytest.approx(1.0)
+    assert set(table["parameter"]) <= {"temperature", "lr", "hn_k", "hn_lambda", "sess_dropout",
+                                       "item_dropout", "hidden_dropout", "attn_dropout"}
+    assert "fANOVA" in parent.data.tags["param_importance"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert "hn_test" in note and "launch.py" in note
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_console_prints_trial_events_not_ray_tables(finished_search):
+    text = CONSOLE["finished_search"]
+    lines = text.splitlines()
+    started = [line for line in lines if " started (" in line]
+    assert len(started) == NUM_SAMPLES
+    assert f"trial 0 started ({PUBLISHED})" in started[0]
+    assert any("stopped by ASHA at epoch" in line for line in lines)
+    assert any(" failed at epoch " in line for line in lines)
+    assert not any("Trial status" in line or "Configuration for experiment" in line
+                   for line in lines)
+    assert "most important:" in text
+    # Header, one line per start and end, improvements, summary: bounded by the trial count.
+    assert len(lines) <= 4 * NUM_SAMPLES + 15
 
 
 def test_dry_run_prints_plan_without_running(tmp_path, tiny_data_dir, capsys):
@@ -195,6 +268,15 @@ def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
         assert sorted(steps) == list(range(1, 5)), steps
         if run.data.tags[TRIAL_TAG] in finished_before:  # not re-run: nothing logged after
             assert run.info.end_time == before[run.data.tags[TRIAL_TAG]].info.end_time
+    # The same study continued: each Ray trial once, told COMPLETE, none asked twice.
+    study = optuna.load_study(study_name=parent_after.data.params["optuna.study_name"],
+                              storage=f"sqlite:///{out / 'optuna.db'}")
+    ran = [t for t in study.get_trials() if RAY_TRIAL_ATTR in t.user_attrs
+           and t.state != TrialState.FAIL]
+    assert sorted(t.user_attrs[RAY_TRIAL_ATTR] for t in ran) == sorted(
+        r.data.tags[TRIAL_TAG] for r in after)
+    assert all(t.state == TrialState.COMPLETE for t in ran)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
 
 
 def _one_finished_one_training(client: MlflowClient) -> bool:

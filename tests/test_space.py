@@ -6,6 +6,7 @@ import optuna
 import pytest
 import yaml
 
+import hpo.space
 from hpo.space import SPACES_DIR, ConfigSampler, SpaceError, load_space, resolve_space_path
 from models.registry import VARIANTS, config_keys
 
@@ -122,3 +123,91 @@ def test_sampled_configs_reproducible_for_a_seed():
     assert first == again
     assert first != other
     assert all(8 <= c["hn_k"] <= 256 and isinstance(c["hn_k"], int) for c in first)
+
+
+# -- values checked against the registry when the file is read ----------------------------------
+
+
+def test_fixed_value_of_the_wrong_type_is_rejected_naming_file_key_and_value(tmp_path):
+    path = write_space(tmp_path, {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                       fixed={"embedding_size": "big"})
+    message = r"fixed key 'embedding_size' = 'big'.*expects int"
+    with pytest.raises(SpaceError, match=message) as info:
+        load_space(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_dropout_range_reaching_one_is_rejected(tmp_path):
+    path = write_space(tmp_path, {"hidden_dropout": {"type": "uniform", "low": 0.1, "high": 1.0}})
+    with pytest.raises(SpaceError, match=r"parameter 'hidden_dropout' = 1.0.*must be in \[0, 1\)"):
+        load_space(path)
+    load_space(write_space(tmp_path, {"hidden_dropout": {"type": "uniform", "low": 0.1,
+                                                         "high": 0.9}}))
+
+
+@pytest.mark.parametrize(
+    "n_heads",
+    [{"type": "categorical", "choices": [2, 3, 4]}, {"type": "int", "low": 1, "high": 8}],
+)
+def test_n_heads_that_do_not_divide_embedding_size_are_rejected(tmp_path, n_heads):
+    path = write_space(tmp_path, {"n_heads": n_heads}, fixed={"embedding_size": 64})
+    with pytest.raises(SpaceError, match=r"parameter 'n_heads' = 3, which is invalid: "
+                                         r"embedding_size must be a multiple of n_heads; "
+                                         r"embedding_size = 64 \(fixed\)"):
+        load_space(path)
+    load_space(write_space(tmp_path, {"n_heads": {"type": "categorical", "choices": [1, 2, 4, 8]}},
+                           fixed={"embedding_size": 64}))
+
+
+def test_searched_values_are_checked_together(tmp_path):
+    sizes = {"type": "categorical", "choices": [64, 96]}
+    path = write_space(tmp_path, {"embedding_size": sizes,
+                                  "n_heads": {"type": "categorical", "choices": [2, 3]}})
+    with pytest.raises(SpaceError, match=r"'embedding_size' = 64, parameter 'n_heads' = 3"):
+        load_space(path)
+    # A fixed value that only fails with the default of a key every trial sets is fine.
+    load_space(write_space(tmp_path, {"embedding_size": {"type": "categorical",
+                                                         "choices": [96, 192]}},
+                           fixed={"n_heads": 3}))
+
+
+def test_conditional_value_only_checked_where_its_condition_holds(tmp_path):
+    sizes = {"type": "categorical", "choices": [64, 96]}
+    heads = {"type": "categorical", "choices": [2, 3]}
+    # n_heads = 3 only exists in trials with embedding_size 96: valid (with 64 or the default
+    # 100 it would not be).
+    space = load_space(write_space(tmp_path, {
+        "embedding_size": sizes, "n_heads": {**heads, "condition": {"embedding_size": 96}}}))
+    assert space.parameters[1].condition == {"embedding_size": (96,)}
+    with pytest.raises(SpaceError, match=r"'embedding_size' = 64, parameter 'n_heads' = 3"):
+        load_space(write_space(tmp_path, {
+            "embedding_size": sizes, "n_heads": {**heads, "condition": {"embedding_size": 64}}}))
+    # The out-of-range beta of a conditional parameter is caught when its condition can hold.
+    with pytest.raises(SpaceError, match=r"parameter 'beta' = -0.5"):
+        load_space(write_space(tmp_path, {
+            "enh_inbatch": {"type": "categorical", "choices": [True, False]},
+            "beta": {"type": "uniform", "low": -0.5, "high": 1.0,
+                     "condition": {"enh_inbatch": True}}}))
+
+
+def test_every_value_checked_when_combinations_exceed_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(hpo.space, "COMBINATION_LIMIT", 4)
+    parameters = {
+        "n_layers": {"type": "int", "low": 1, "high": 3},
+        "enh_gate": {"type": "categorical", "choices": [True, False]},
+        "sess_dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "inner_size": {"type": "int", "low": 16, "high": 64, "step": 16},
+        "n_heads": {"type": "categorical", "choices": [1, 2, 4, 5, 8]},
+    }
+    blamed = r"parameter 'n_heads' = 5, fixed key 'embedding_size' = 64, which is invalid"
+    with pytest.raises(SpaceError, match=blamed):
+        load_space(write_space(tmp_path, parameters, fixed={"embedding_size": 64}))
+    with pytest.raises(SpaceError, match=r"parameter 'sess_dropout' = 1.0"):
+        load_space(write_space(tmp_path, {**parameters, "n_heads": {
+            "type": "categorical", "choices": [1, 2]}, "sess_dropout": {
+            "type": "uniform", "low": 0.0, "high": 1.0}}, fixed={"embedding_size": 64}))
+
+
+@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_space_loads(path):
+    assert load_space(path.name).path == path

@@ -247,7 +247,11 @@ class PersonaCORE(CORE):
         table = self.item_table()
         h, _ = self.encode(items, table, users)
         dropped = dropout(table, self.item_dropout, self.training)
-        loss = catalog_loss(h / self.temperature, F.normalize(dropped, dim=-1), targets)
+        obj = self.objective
+        loss = catalog_loss(
+            h / self.temperature, F.normalize(dropped, dim=-1), targets,
+            label_smoothing=obj.label_smoothing, impl=obj.loss_impl,
+        )
         return loss + self.base(items, targets)
 
     def inference_context(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,220 @@
+"""The popularity view of the test report: how much each variant recommends what is already
+popular, and whether it does better on tail targets.
+
+From each seed's top-k lists (k = 20) and the training-target counts (``train_popularity``, the
+same counts ``hpo.beyond`` groups items by):
+
+- ARP, average recommendation popularity (Abdollahpouri et al. 2019, "Managing Popularity Bias
+  in Recommender Systems with Personalized Re-ranking"): the mean over test rows of the mean
+  training-target count of the row's top-k items;
+- tail share: the share of all top-k slots that hold a tail item (``hpo.beyond.item_groups``:
+  an item that occurs as a training target and is not head; the same items as the tail rows of
+  the beyond-the-mean table);
+- Gini index of item exposure over the catalog (ids 1..n_items-1, every item counted, the never
+  recommended ones at 0): with x_(1) <= ... <= x_(n) the number of top-k slots each item holds,
+  G = sum_i (2i - n - 1) x_(i) / (n sum_i x_i); 0 when every item is recommended equally often,
+  (n - 1) / n when one item takes every slot. No library we depend on computes it (scipy,
+  statsmodels and pandas do not), so it is this one numpy line, checked by hand in the tests.
+
+Each is averaged over seeds (mean, sample std, t-interval). ``tail_session_tests`` runs the
+session-level tests of ``hpo.stats`` on the test rows whose target is a tail item only, corrected
+within each dataset's table as the all-rows session tests are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hpo.beyond import item_groups
+from hpo.stats import CONFIDENCE, mean_interval, session_tests
+
+POPULARITY_METRICS = ("arp", "tail_share", "gini")
+
+
+def average_recommendation_popularity(topk, train_popularity, k: int = 20) -> float:
+    """ARP: mean over rows of the mean training-target count of the row's top-k items.
+
+    Args:
+        topk: recommended item ids [n_rows, >= k], best first (padding 0 is not an item: a
+            row's mean is over its real items).
+        train_popularity: training-target count per item id [n_items] (padding at 0).
+        k: the cut-off.
+
+    Returns:
+        ARP in training rows (nan without rows).
+    """
+    top = np.asarray(topk)[:, :k]
+    popularity = np.asarray(train_popularity, dtype=np.float64)
+    real = top >= 1
+    per_row = (popularity[top] * real).sum(axis=1) / np.maximum(real.sum(axis=1), 1)
+    return float(per_row.mean()) if len(per_row) else float("nan")
+
+
+def tail_share(topk, tail_mask, k: int = 20) -> float:
+    """The share of top-k slots (padding excluded) that hold a tail item.
+
+    Args:
+        topk: recommended item ids [n_rows, >= k].
+        tail_mask: boolean [n_items], True for tail items.
+        k: the cut-off.
+
+    Returns:
+        A fraction in [0, 1] (nan when there is no slot).
+    """
+    top = np.asarray(topk)[:, :k]
+    real = top >= 1
+    n = int(real.sum())
+    return float((np.asarray(tail_mask)[top] & real).sum() / n) if n else float("nan")
+
+
+def gini(values) -> float:
+    """Gini index of non-negative values: sum_i (2i - n - 1) x_(i) / (n sum x), x sorted
+    ascending, i = 1..n.
+
+    Args:
+        values: non-negative numbers (e.g. exposure counts), at least one.
+
+    Returns:
+        G in [0, (n - 1) / n]; 0 when all values are equal (also all zero).
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0:
+        raise ValueError("gini needs at least one value")
+    if np.any(x < 0):
+        raise ValueError("gini needs non-negative values")
+    if total == 0:
+        return 0.0
+    rank = np.arange(1, n + 1)
+    return float(((2 * rank - n - 1) * x).sum() / (n * total))
+
+
+def exposure_gini(topk, n_items: int, k: int = 20) -> float:
+    """Gini index of how many top-k slots each catalog item (ids 1..n_items-1) holds.
+
+    Args:
+        topk: recommended item ids [n_rows, >= k] (padding 0 ignored).
+        n_items: catalog size including padding.
+        k: the cut-off.
+
+    Returns:
+        The Gini index (``gini``) of the exposure counts.
+    """
+    top = np.asarray(topk)[:, :k].ravel()
+    if top.size and (top.min() < 0 or top.max() >= n_items):
+        raise ValueError(f"top-k ids must lie in [0, {n_items - 1}]")
+    return gini(np.bincount(top, minlength=n_items)[1:])
+
+
+def popularity_metrics(
+    topk, train_popularity, head_fraction: float = 0.2, k: int = 20
+) -> dict[str, float]:
+    """ARP, tail share and exposure Gini of one seed's top-k lists.
+
+    Args:
+        topk: recommended item ids [n_rows, >= k].
+        train_popularity: training-target count per item id [n_items].
+        head_fraction: the head's share of the catalog (``hpo.beyond.head_item_mask``).
+        k: the cut-off.
+
+    Returns:
+        ``{"arp": ..., "tail_share": ..., "gini": ...}``.
+    """
+    popularity = np.asarray(train_popularity)
+    tail = item_groups(popularity, head_fraction)["tail"]
+    return {
+        "arp": average_recommendation_popularity(topk, popularity, k),
+        "tail_share": tail_share(topk, tail, k),
+        "gini": exposure_gini(topk, len(popularity), k),
+    }
+
+
+def popularity_table(
+    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    popularity_by_dataset: Mapping[str, np.ndarray],
+    head_fraction: float = 0.2,
+    k: int = 20,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """Per (dataset, variant): ARP, tail share and exposure Gini of the top-k lists, as mean,
+    sample std and t-interval over seeds.
+
+    Args:
+        per_row: (dataset, variant) -> one (ranks, topk [n_rows, >= k]) pair per seed.
+        popularity_by_dataset: training-target counts of each dataset [n_items].
+        head_fraction: see ``hpo.beyond.head_item_mask``.
+        k: the cut-off.
+        confidence: confidence level of the intervals.
+
+    Returns:
+        One row per (dataset, variant): ``n_seeds`` and, for each of ``POPULARITY_METRICS`` m,
+        ``m_k``, ``m_k_std``, ``m_k_ci_low``, ``m_k_ci_high``; with ``catalog_arp`` (the mean
+        training-target count over catalog items, a reference) and ``catalog_tail_share`` (the
+        tail's share of the catalog).
+    """
+    rows = []
+    for (dataset, variant), seeds in per_row.items():
+        popularity = np.asarray(popularity_by_dataset[dataset])
+        per_seed = pd.DataFrame(
+            popularity_metrics(topk, popularity, head_fraction, k) for _, topk in seeds
+        )
+        tail = item_groups(popularity, head_fraction)["tail"]
+        row = {"dataset": dataset, "variant": variant, "n_seeds": len(per_seed)}
+        for name in POPULARITY_METRICS:
+            values = per_seed[name].to_numpy(dtype=np.float64)
+            column = f"{name}_{k}"
+            row[column] = float(values.mean())
+            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            defined = len(values) > 1 and not np.isnan(values).any()
+            low, high = mean_interval(values, confidence) if defined else (np.nan, np.nan)
+            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = low, high
+        row["catalog_arp"] = float(popularity[1:].mean())
+        row["catalog_tail_share"] = float(tail[1:].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tail_session_tests(
+    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    targets_by_dataset: Mapping[str, np.ndarray],
+    popularity_by_dataset: Mapping[str, np.ndarray],
+    baseline: str,
+    head_fraction: float = 0.2,
+    k: int = 20,
+    **options,
+) -> pd.DataFrame:
+    """``hpo.stats.session_tests`` on the test rows whose target is a tail item: the same paired
+    randomization test, bootstrap interval, t-test and correction within each dataset's family
+    (variants x metrics), on that subset of rows.
+
+    Args:
+        per_row: (dataset, variant) -> one (ranks [n_rows], topk) pair per seed.
+        targets_by_dataset: the test targets of each dataset [n_rows].
+        popularity_by_dataset: training-target counts of each dataset [n_items].
+        baseline: the variant compared with.
+        head_fraction: see ``hpo.beyond.head_item_mask``.
+        k: the metrics' cut-off.
+        **options: alpha, correction, n_resamples, seed, confidence, power of
+            ``hpo.stats.row_level_tests``.
+
+    Returns:
+        ``session_tests``' columns with ``subset`` ("tail targets") after ``dataset``; datasets
+        with fewer than 2 tail rows are left out (empty frame when none is left).
+    """
+    subset: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for (dataset, variant), seeds in per_row.items():
+        targets = np.asarray(targets_by_dataset[dataset])
+        tail = item_groups(popularity_by_dataset[dataset], head_fraction)["tail"][targets]
+        if tail.sum() < 2:
+            continue
+        subset[(dataset, variant)] = [
+            (np.asarray(ranks)[tail], np.asarray(topk)[tail]) for ranks, topk in seeds
+        ]
+    if not subset:
+        return pd.DataFrame(columns=["dataset", "subset"])
+    out = session_tests(subset, baseline, k, **options)
+    out.insert(1, "subset", "tail targets")
+    return out

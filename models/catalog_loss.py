@@ -1,0 +1,417 @@
+"""The full-catalog training loss of CORE: cross-entropy over every item (row 0, the padding
+item, included in the softmax as in CORE's training), optionally label-smoothed, and the hybrid
+(1 - lambda) CE + lambda BPR over the K hardest negatives, in two implementations:
+
+- ``dense``: one [batch x catalog] fp32 logits buffer (the reference, kept as the test oracle);
+- ``chunked`` (the default): the logits are computed a block of batch rows at a time, each block
+  spanning the whole catalog, so a row's log-sum-exp is complete within its block and no
+  [batch x catalog] tensor is ever held. The block is laid out [catalog, rows] (the layout that
+  oneDNN's bf16 matmul computes fastest on CPU), sized to a few MiB so that the passes over it
+  (exp, column sums, the two gradient matmuls) run from cache, and lives in the matmul dtype:
+  in bf16 every pass moves half the bytes. Logits are bounded by ``max|q| * max|t|`` (1 / tau
+  for CORE's cosine logits), so when that bound is small the exp needs no max shift and no extra
+  pass; otherwise each block subtracts its rows' exact maxima.
+
+  The loss is a scalar, so its gradients are the saved gradients times the incoming one: the
+  chunked forward computes them while each block is in cache (the block's softmax times the
+  table and times the queries) and backward only scales them; nothing is recomputed. The
+  target, hard-negative and label-smoothing terms are sparse or rank-1 and are added in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.encoders import PAD
+
+LOSS_IMPLS = ("dense", "chunked")
+# Bytes of one block of logits: the catalog times this many rows. Under 32 MiB on CPU, where the
+# trainer's pinned glibc mmap threshold keeps such buffers in the heap (reused, not faulted in
+# again every batch); larger on a GPU, where bigger matmuls fill the device better.
+BLOCK_BYTES = {"cpu": 24 << 20, "cuda": 512 << 20}
+MIN_BLOCK_ROWS = 16
+# Largest logit bound (max |query| * max |table row|) for which exp(z) needs no shift: exp(60)
+# times 10^7 items stays far below fp32's overflow, exp(-60) far above its underflow.
+SAFE_LOGIT = 60.0
+# Hard-negative mining pre-selects the best of groups of this many items (group maxima), then
+# ranks only the members of the best groups; fewer groups than 4 (K + 2): plain top-k.
+NEGATIVE_GROUP = 16
+
+
+def hard_negatives(scores: Tensor, targets: Tensor, k: int) -> Tensor:
+    """The k highest-scoring items of each row, skipping the target and the padding item.
+
+    Args:
+        scores: logits [B, N].
+        targets: target item ids [B].
+        k: negatives per row (at most N - 2).
+
+    Returns:
+        Item ids [B, k], best first (at most two of the top k + 2 are skipped, so every row
+        keeps exactly k).
+    """
+    top = scores.topk(k + 2, dim=1).indices
+    return _drop_target_and_padding(top, top, targets, k)[0]
+
+
+def _drop_target_and_padding(
+    ids: Tensor, values: Tensor, targets: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """The first k entries of each row of ``ids`` [B, k + 2] (best first) that are neither the
+    row's target nor padding, and their ``values``."""
+    keep = (ids != targets[:, None]) & (ids != PAD)
+    keep &= keep.cumsum(dim=1) <= k
+    return ids[keep].view(-1, k), values[keep].view(-1, k)
+
+
+def _column_top(zt: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Values [n, m] (fp32) and item ids [n, m] of the m largest logits of each column of a block
+    ``zt`` [N, n], best first.
+
+    A plain top-k over a 37k-item column costs several times the block's exp; instead the maxima
+    of ``NEGATIVE_GROUP``-item groups (items j, j + G, j + 2G, ...: a contiguous reduction) are
+    ranked first. The m largest logits lie in the m groups with the largest maxima (a group
+    outside them has m group maxima at least as large above its best member), so only those
+    groups' members, and the items past the last whole group, are ranked."""
+    n_items, n = zt.shape
+    group = NEGATIVE_GROUP
+    n_groups = n_items // group
+    if n_groups < 4 * m:
+        values, ids = zt.t().topk(m, dim=1)
+        return values.float(), ids
+    head = zt[: n_groups * group].view(group, n_groups, n)
+    best_groups = head.amax(dim=0).t().topk(m, dim=1, sorted=False).indices  # [n, m]
+    offsets = torch.arange(group, device=zt.device) * n_groups
+    candidates = (best_groups[:, :, None] + offsets).view(n, m * group)
+    if n_groups * group < n_items:
+        tail = torch.arange(n_groups * group, n_items, device=zt.device)
+        candidates = torch.cat([candidates, tail.expand(n, -1)], dim=1)
+    values, where = zt.t().gather(1, candidates).topk(m, dim=1)
+    return values.float(), candidates.gather(1, where)
+
+
+class _DenseCatalogLoss(torch.autograd.Function):
+    """(1 - lam) CE_eps(z) + lam BPR(z) with z = query @ table^T, over the whole catalog.
+
+    Written as one op because the [B, N] logits dominate an epoch: autograd's cross-entropy
+    keeps three [B, N] buffers and makes several passes over them; here one fp32 buffer holds
+    z, becomes the softmax in place and then the logits' gradient in place. With a lower
+    ``dtype`` (bf16 autocast) only the two matmuls' operands are converted (plain conversions:
+    mixed-dtype elementwise ops are several times slower on CPU).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        query: Tensor,
+        table: Tensor,
+        targets: Tensor,
+        k: int,
+        lam: float,
+        eps: float,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        query_, table_ = query.to(dtype), table.to(dtype)
+        # z as the transpose of a contiguous [N, B] product makes a CPU step ~5-10% faster;
+        # every op below is layout-agnostic except top-k mining, which wants contiguous rows.
+        z = torch.mm(query_, table_.t()) if lam > 0 else torch.mm(table_, query_.t()).t()
+        z = z.float()
+        rows = torch.arange(len(targets), device=z.device)
+        positive = z[rows, targets]
+        loss = z.new_zeros(())
+        negatives = margin = None
+        if lam > 0:
+            negatives = hard_negatives(z, targets, k)
+            margin = z.gather(1, negatives) - positive[:, None]
+            loss = lam * F.softplus(margin).mean()
+        # Label smoothing: the share eps of the target mass is spread over the real items.
+        smoothed = eps * z[:, 1:].mean(dim=1) if eps else 0.0
+        top = z.amax(dim=1, keepdim=True)
+        probs = z.sub_(top).exp_()
+        total = probs.sum(dim=1, keepdim=True)
+        lse = (total.log() + top).squeeze(1)
+        ce = (lse - (1 - eps) * positive - smoothed).mean()
+        ctx.save_for_backward(query, table, targets, probs, total, negatives, margin)
+        ctx.lam, ctx.eps, ctx.dtype = lam, eps, dtype
+        return loss + (1 - lam) * ce
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        query, table, targets, probs, total, negatives, margin = ctx.saved_tensors
+        lam, eps, dtype = ctx.lam, ctx.eps, ctx.dtype
+        rows = torch.arange(len(targets), device=probs.device)
+        scale = grad / len(targets)
+        dz = probs.mul_((1 - lam) * scale / total)
+        dz[rows, targets] -= (1 - lam) * (1 - eps) * scale
+        if eps:
+            dz[:, 1:] -= (1 - lam) * eps * scale / (dz.shape[1] - 1)
+        if negatives is not None:
+            pull = torch.sigmoid(margin) * (lam * scale / negatives.shape[1])
+            dz.scatter_add_(1, negatives, pull)
+            dz[rows, targets] -= pull.sum(dim=1)
+        dz = dz.to(dtype)
+        grad_query = torch.mm(dz, table.to(dtype)).to(query.dtype)
+        grad_table = torch.mm(dz.t(), query.to(dtype)).to(table.dtype)
+        return grad_query, grad_table, None, None, None, None, None
+
+
+def _column_sums(block: Tensor) -> Tensor:
+    """fp32 sums over dim 0 of a block [N, n]. A bf16 block is first summed 32 rows at a time
+    (rows i, i + G, ..., i + 31 G: a reduction over the outer dim, which vectorises; each partial
+    rounded to bf16, unbiased), the partials then in fp32: a direct fp32-output reduction of bf16
+    is several times slower on CPU, and a bf16 total would be off by up to 0.2%."""
+    if block.dtype == torch.float32:
+        return block.sum(dim=0)
+    n_items = block.shape[0]
+    whole = n_items // 32 * 32
+    sums = block[:whole].view(32, -1, block.shape[1]).sum(dim=0).float().sum(dim=0)
+    return sums + block[whole:].float().sum(dim=0)
+
+
+class _ChunkedCatalogLoss(torch.autograd.Function):
+    """The dense op's loss and gradients, a block of ``rows`` batch rows at a time (see the
+    module docstring); forward computes the gradients, backward scales them."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        query: Tensor,
+        table: Tensor,
+        targets: Tensor,
+        k: int,
+        lam: float,
+        eps: float,
+        dtype: torch.dtype,
+        rows: int,
+    ) -> Tensor:
+        need_grad = any(ctx.needs_input_grad[:2])
+        n_rows, n_items = len(targets), table.shape[0]
+        q32, t32 = query.detach().float(), table.detach().float()
+        q_op, t_op = q32.to(dtype), t32.to(dtype)
+        t_op_t = t_op.t().contiguous()  # [d, N]: dq^T = t_op^T zt is faster contiguous
+        bound = q32.norm(dim=1).max() * t32.norm(dim=1).max()
+        shift = bool(bound > SAFE_LOGIT)
+        n_blocks = -(-n_rows // rows)
+        rows = -(-n_rows // n_blocks)  # balanced blocks: no small, slow last one
+        buffer = t_op.new_empty(n_items * rows)
+        lse = q32.new_empty(n_rows)
+        positive = q32.new_empty(n_rows)
+        negatives = margin = None
+        if lam > 0:
+            negatives = targets.new_empty(n_rows, k)
+            margin = q32.new_empty(n_rows, k)
+        grad_query = q32.new_empty(q32.shape) if need_grad else None
+        grad_table = torch.zeros_like(t32) if need_grad else None
+        ce_weight = (1 - lam) / n_rows
+        for start in range(0, n_rows, rows):
+            cut = slice(start, min(start + rows, n_rows))
+            n = cut.stop - start
+            # zt[i, b] = z[b, i]: the block's logits, catalog-major.
+            zt = torch.mm(t_op, q_op[cut].t(), out=buffer[: n_items * n].view(n_items, n))
+            y = targets[cut]
+            positive[cut] = zt.gather(0, y[None]).float()[0]
+            if lam > 0:
+                values, ids = _column_top(zt, k + 2)
+                ids, values = _drop_target_and_padding(ids, values, y, k)
+                negatives[cut], margin[cut] = ids, values - positive[cut, None]
+            top = zt.amax(dim=0) if shift else None  # exact: one of the block's values
+            if shift:
+                zt.sub_(top)
+            sums = _column_sums(zt.exp_())
+            lse[cut] = sums.log() if top is None else sums.log() + top.float()
+            if need_grad:
+                coef = ce_weight / sums  # the block's softmax is zt * coef
+                grad_query[cut] = torch.mm(t_op_t, zt).t().float().mul_(coef[:, None])
+                scaled = (q32[cut] * coef[:, None]).to(dtype)
+                if dtype == torch.float32:
+                    grad_table.addmm_(zt, scaled)
+                else:
+                    grad_table.add_(torch.mm(zt, scaled))
+        # The real items' mean logit, for label smoothing (rank one: no pass over the block).
+        mean_item = t32[1:].mean(dim=0) if eps else None
+        ce = lse - (1 - eps) * positive
+        if eps:
+            ce = ce - eps * (q32 @ mean_item)
+        loss = (1 - lam) * ce.mean()
+        if lam > 0:
+            loss = loss + lam * F.softplus(margin).mean()
+        if need_grad:
+            _add_sparse_gradients(
+                grad_query, grad_table, q32, t32, targets, negatives, margin, lam, eps
+            )
+            if eps:
+                share = (1 - lam) * eps / n_rows
+                grad_query.sub_(mean_item, alpha=share)
+                grad_table[1:] -= q32.sum(dim=0) * (share / (n_items - 1))
+            ctx.save_for_backward(grad_query, grad_table)
+        ctx.dtypes = (query.dtype, table.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_query, grad_table = ctx.saved_tensors
+        query_dtype, table_dtype = ctx.dtypes
+        return (
+            (grad_query * grad).to(query_dtype),
+            (grad_table * grad).to(table_dtype),
+            None, None, None, None, None, None,
+        )
+
+
+def _add_sparse_gradients(
+    grad_query: Tensor,
+    grad_table: Tensor,
+    query: Tensor,
+    table: Tensor,
+    targets: Tensor,
+    negatives: Tensor | None,
+    margin: Tensor | None,
+    lam: float,
+    eps: float,
+) -> None:
+    """Adds, in place and in fp32, the gradients of the loss's sparse terms: -(1 - lam)(1 - eps)
+    z_target of the cross-entropy and the BPR pulls on the hard negatives and the target."""
+    n_rows = len(targets)
+    weight = torch.full((n_rows, 1), -(1 - lam) * (1 - eps) / n_rows, device=query.device)
+    ids = targets[:, None]
+    if negatives is not None:
+        pull = torch.sigmoid(margin) * (lam / (n_rows * negatives.shape[1]))
+        weight = torch.cat([weight - pull.sum(dim=1, keepdim=True), pull], dim=1)
+        ids = torch.cat([ids, negatives], dim=1)
+    # In slices of rows, so that the gathered [rows, K + 1, d] table rows stay small.
+    step = max(1, (1 << 20) // (ids.shape[1] * query.shape[1]))
+    for start in range(0, n_rows, step):
+        cut = slice(start, start + step)
+        w, i = weight[cut], ids[cut]
+        grad_query[cut] += torch.bmm(w[:, None, :], table[i]).squeeze(1)
+        grad_table.index_add_(0, i.reshape(-1), (w[:, :, None] * query[cut, None, :]).flatten(0, 1))
+
+
+def _drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Bool mask, each entry True (dropped) with probability p rounded to a multiple of 2^-16:
+    the 16-bit lanes of uniform 64-bit random words against a threshold, about 3x faster on CPU
+    than thresholding uniform floats (one random word makes four entries)."""
+    n = math.prod(shape)
+    words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_(-(2**63), None)
+    threshold = round(p * 65536) - 32768
+    return words.view(torch.int16)[:n].view(shape) < threshold
+
+
+class _NormalizedDropout(torch.autograd.Function):
+    """Rows of the table with dropped entries zeroed, scaled to unit norm: item dropout then
+    cosine normalisation as one op. Dropout's 1 / (1 - p) scale cancels in the normalisation,
+    so it is never applied; autograd's version of the pair makes about ten passes over the
+    [N, d] table (with its temporaries), this one three forward and four backward."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, p: float) -> Tensor:
+        drop = _drop_mask(table.shape, p, table.device) if p > 0 else None
+        x = table.masked_fill(drop, 0.0) if drop is not None else table
+        inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
+        inverse = inverse.reciprocal_()
+        out = x.mul_(inverse) if drop is not None else x * inverse
+        ctx.save_for_backward(out, inverse, drop)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:
+        out, inverse, drop = ctx.saved_tensors
+        # d out / d x = (I - out out^T) / |x| per row (below the 1e-12 clamp: I / 1e-12).
+        along = torch.bmm(out[:, None, :], grad[:, :, None]).view(-1, 1)
+        along = along.masked_fill_(inverse >= 1e12, 0.0).mul_(inverse)
+        grad_x = torch.addcmul(grad * inverse, out, along, value=-1.0)
+        return (grad_x.masked_fill_(drop, 0.0) if drop is not None else grad_x), None
+
+
+def normalized_dropout(table: Tensor, p: float, training: bool) -> Tensor:
+    """``F.normalize(dropout(table, p, training), dim=-1)`` as one op: CORE's item dropout of
+    the table (each entry kept with probability 1 - p) followed by its row normalisation.
+
+    Args:
+        table: item table [N, d].
+        p: item dropout probability, in [0, 1).
+        training: whether to drop (otherwise only normalises).
+
+    Returns:
+        The row-normalised table [N, d] (rows with norm below 1e-12 divided by 1e-12, as
+        ``F.normalize`` does).
+    """
+    return _NormalizedDropout.apply(table, p if training else 0.0)
+
+
+def block_rows(n_items: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Batch rows per block of the chunked loss: ``BLOCK_BYTES`` of [n_items, rows] logits in
+    ``dtype`` (at least ``MIN_BLOCK_ROWS``).
+
+    Args:
+        n_items: catalog rows.
+        dtype: the logits' dtype (the matmul dtype).
+        device: where the block lives.
+
+    Returns:
+        The number of rows.
+    """
+    budget = BLOCK_BYTES.get(device.type, BLOCK_BYTES["cuda"])
+    size = torch.finfo(dtype).bits // 8
+    return max(MIN_BLOCK_ROWS, budget // (n_items * size))
+
+
+def catalog_loss(
+    query: Tensor,
+    table: Tensor,
+    targets: Tensor,
+    hn_k: int = 0,
+    hn_lambda: float = 0.0,
+    label_smoothing: float = 0.0,
+    impl: str = "chunked",
+    rows: int | None = None,
+) -> Tensor:
+    """Mean next-item loss of logits ``query @ table.T`` over the full catalog (row 0 included in
+    the softmax, as in CORE's training).
+
+    The loss is the cross-entropy, label-smoothed with ``label_smoothing`` = eps (target
+    distribution (1 - eps) on the target plus eps / (N - 1) on every real item; the padding
+    item gets none), or with ``hn_lambda > 0`` the hybrid (1 - lambda) CE + lambda mean
+    softplus(z_neg - z_pos) over the ``hn_k`` hardest negatives (the highest logits other than
+    the target and padding). Under autocast the matmuls run in the autocast dtype (bf16) with
+    fp32 accumulation; the log-sum-exp, loss and sparse gradients stay in fp32.
+
+    Args:
+        query: query vectors [B, d] (CORE: normalised session vectors over the temperature).
+        table: item vectors [N, d] (CORE: the row-normalised, item-dropped-out table).
+        targets: target item ids [B].
+        hn_k: hard negatives per row (used when ``hn_lambda > 0``).
+        hn_lambda: weight of the BPR term, in [0, 1].
+        label_smoothing: eps in [0, 1).
+        impl: "chunked" (blocks of batch rows, see the module docstring) or "dense" (one
+            [B, N] buffer: the reference).
+        rows: batch rows per block of the chunked implementation (default: ``block_rows``).
+
+    Returns:
+        The loss, an fp32 scalar.
+    """
+    if not 0.0 <= hn_lambda <= 1.0:
+        raise ValueError(f"hn_lambda must be in [0, 1], got {hn_lambda}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    k = min(hn_k, table.shape[0] - 2)
+    if hn_lambda > 0 and k < 1:
+        raise ValueError(f"hard negatives need hn_k >= 1 and >= 3 catalog rows, got hn_k={hn_k}")
+    if label_smoothing and table.shape[0] < 2:
+        raise ValueError("label smoothing needs at least one item besides padding")
+    if impl == "dense":
+        return _DenseCatalogLoss.apply(query, table, targets, k, hn_lambda, label_smoothing, dtype)
+    # Chunked blocks are bf16 or fp32 (fp16 cannot hold exp of CORE's logits).
+    dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    rows = rows or block_rows(table.shape[0], dtype, query.device)
+    return _ChunkedCatalogLoss.apply(
+        query, table, targets, k, hn_lambda, label_smoothing, dtype, rows
+    )

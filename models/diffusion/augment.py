@@ -1,0 +1,330 @@
+"""``augment_training``: the cached three-stage pipeline of the ``diffaug`` variant (base item
+vectors -> conditional diffusion model -> tail-conditioned counterfactual rows).
+
+Cache. Each stage's result is stored under ``$CORE_CACHE_DIR/diffaug`` (default
+``~/.cache/core-hpo/diffaug``), keyed by a SHA-256 of its upstream settings and of the training
+split's content (prefixes, lengths, targets and the catalog size, never a name or a path):
+
+- base: the data digest and the base model's whole resolved config (variant, epochs, seed, ...);
+- diffusion: the base key and ``DenoiserSettings`` and the seed;
+- sampling: the diffusion key, the guidance scale, the number of rows wanted (``aug_ratio``) and
+  the seed.
+
+So trials of a search that differ only downstream (e.g. the guidance scale, or any setting of the
+recommender trained on the augmented rows) reuse the upstream stages, and a stage whose result is
+cached is not even loaded when the next one's result is cached too. Files are written to a
+temporary file and renamed (``data.fileio.write_atomically``): concurrent first uses may both
+compute a stage, and each rename installs a complete file. A file whose stored key differs, or
+that cannot be read, is recomputed. The stages run under their own RNG
+(``torch.random.fork_rng``), so the recommender trained afterwards draws the same random numbers
+whether the stages were computed or read from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.dataset import Split
+from data.fileio import writable_dir, write_atomically
+from models.diffusion import stages
+from models.diffusion.denoiser import Denoiser
+from models.diffusion.stages import GROUP_NAMES, DenoiserSettings
+
+CACHE_VERSION = 1
+STAGES = ("base", "diffusion", "sampling")
+COUNTS = ("generated", "invalid", "off_group", "duplicate", "kept", "added")
+logger = logging.getLogger(__name__)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Everything the augmentation depends on besides the training split and the base config.
+
+    Args:
+        denoiser: the diffusion stage's settings.
+        guidance_scale: classifier-free guidance's w when sampling.
+        aug_ratio: rows wanted, as a share of the training rows.
+        seed: seeds the diffusion and sampling stages (the base stage uses its config's seed).
+    """
+
+    denoiser: DenoiserSettings = field(default_factory=DenoiserSettings)
+    guidance_scale: float = 2.0
+    aug_ratio: float = 0.2
+    seed: int = 2020
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The generated rows and how they came about.
+
+    Attributes:
+        rows: the rows to add (a right-padded split, prefix width of the training split).
+        counts: ``COUNTS``: rows generated, dropped as invalid / off-group / duplicate, kept,
+            and added (kept, capped at aug_ratio x training rows).
+        seconds: time spent on each stage of ``STAGES`` in this call (reading a cache included).
+        status: per stage, "computed", "reused" (read from the cache) or "skipped" (not needed:
+            a later stage's result was cached).
+        keys: each stage's cache key.
+    """
+
+    rows: Split
+    counts: dict[str, int]
+    seconds: dict[str, float]
+    status: dict[str, str]
+    keys: dict[str, str]
+
+
+def cache_folder() -> Path:
+    """``$CORE_CACHE_DIR/diffaug`` (default ``~/.cache/core-hpo/diffaug``)."""
+    root = Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "core-hpo")
+    return root / "diffaug"
+
+
+def data_digest(train: Split, n_items: int) -> str:
+    """SHA-256 of the training split's content and the catalog size.
+
+    Args:
+        train: the training split.
+        n_items: catalog rows.
+
+    Returns:
+        A hex digest.
+    """
+    digest = hashlib.sha256(f"n_items={n_items}".encode())
+    for array in (train.prefixes, train.lengths, train.targets):
+        array = np.ascontiguousarray(array)
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def stage_keys(
+    train: Split, n_items: int, base_config: dict, settings: AugmentSettings
+) -> dict[str, str]:
+    """The cache key of each stage: a SHA-256 of its upstream key and its own settings.
+
+    Args:
+        train: the training split.
+        n_items: catalog rows.
+        base_config: the base model's resolved config.
+        settings: the augmentation's settings.
+
+    Returns:
+        ``{stage: hex digest}`` for every stage of ``STAGES``.
+    """
+    def key(**parts) -> str:
+        text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    n_wanted = wanted_rows(len(train), settings.aug_ratio)
+    base = key(stage="base", data=data_digest(train, n_items), config=base_config)
+    diffusion = key(stage="diffusion", base=base, settings=asdict(settings.denoiser),
+                    seed=settings.seed)
+    sampling = key(stage="sampling", diffusion=diffusion, guidance_scale=settings.guidance_scale,
+                   rows=n_wanted, seed=settings.seed)
+    return {"base": base, "diffusion": diffusion, "sampling": sampling}
+
+
+def wanted_rows(n_train: int, aug_ratio: float) -> int:
+    """round(aug_ratio x n_train), at least 1."""
+    return max(1, round(aug_ratio * n_train))
+
+
+def augment_training(
+    train: Split,
+    n_items: int,
+    base_config: dict,
+    settings: AugmentSettings,
+    build: Callable[[dict, int], torch.nn.Module],
+    *,
+    name: str = "dataset",
+    device: torch.device | str | None = None,
+    log: Log | None = None,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+) -> Augmentation:
+    """Counterfactual training rows for the tail items: each stage from the cache when its key
+    was seen, else computed (then cached).
+
+    Args:
+        train: the training split: the only data any stage sees.
+        n_items: catalog rows (row 0 is padding).
+        base_config: the base model's resolved config (its default configuration, with the
+            augmentation's epochs and seed).
+        settings: the augmentation's settings.
+        build: builds an untrained model from (config, n_items) (``models.registry.build_model``).
+        name: the dataset's name, for the cache files' names only (not part of any key).
+        device: where the stages train and sample (default CPU).
+        log: receives the stages' progress lines (default: this module's logger).
+        use_cache: read and write the cache.
+        cache_dir: the cache folder (default ``cache_folder()``).
+
+    Returns:
+        The generated rows, their counts, each stage's time and status, and the keys.
+    """
+    say = log or logger.info
+    device = torch.device(device or "cpu")
+    folder = cache_dir or cache_folder()
+    keys = stage_keys(train, n_items, base_config, settings)
+    paths = {
+        "base": folder / f"{name}.base.{keys['base'][:24]}.npz",
+        "diffusion": folder / f"{name}.diffusion.{keys['diffusion'][:24]}.pt",
+        "sampling": folder / f"{name}.sampling.{keys['sampling'][:24]}.npz",
+    }
+    seconds = dict.fromkeys(STAGES, 0.0)
+    status = dict.fromkeys(STAGES, "skipped")
+    n_wanted = wanted_rows(len(train), settings.aug_ratio)
+    gpus = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        start = time.perf_counter()
+        found = _read_samples(paths["sampling"], keys["sampling"]) if use_cache else None
+        if found is not None:
+            windows, counts = found
+            status["sampling"] = "reused"
+            seconds["sampling"] = time.perf_counter() - start
+            say(f"diffaug stage 3/3 (tail-conditioned samples): reused cache {paths['sampling']}"
+                f" ({seconds['sampling']:.2f} s)")
+            for stage in ("base", "diffusion"):
+                say(f"diffaug stage {STAGES.index(stage) + 1}/3 ({stage}): not needed, the "
+                    "samples are cached")
+        else:
+            windows, counts = _compute(train, n_items, base_config, settings, build, device, say,
+                                       use_cache, keys, paths, seconds, status, n_wanted)
+    rows = stages.windows_to_split(windows, train.max_len)
+    counts = {**counts, "added": len(rows)}
+    say(f"diffaug: generated {counts['generated']:,} rows, kept {counts['kept']:,} (dropped: "
+        f"invalid {counts['invalid']:,}, off-group {counts['off_group']:,}, duplicate "
+        f"{counts['duplicate']:,}), added {counts['added']:,} (wanted {n_wanted:,} = "
+        f"{settings.aug_ratio:g} x {len(train):,} training rows); stage times "
+        + ", ".join(f"{s} {seconds[s]:.1f} s ({status[s]})" for s in STAGES))
+    return Augmentation(rows, counts, seconds, status, keys)
+
+
+def _compute(train, n_items, base_config, settings, build, device, say, use_cache, keys, paths,
+             seconds, status, n_wanted):
+    """Stages 1 and 2 (each from the cache when possible) and stage 3; fills seconds / status."""
+    # Stage 1: base item vectors.
+    start = time.perf_counter()
+    vectors = _read_array(paths["base"], keys["base"], "vectors") if use_cache else None
+    if vectors is not None:
+        status["base"] = "reused"
+        seconds["base"] = time.perf_counter() - start
+        say(f"diffaug stage 1/3 (base item vectors): reused cache {paths['base']} "
+            f"({seconds['base']:.2f} s)")
+    else:
+        say(f"diffaug stage 1/3 (base item vectors): training {base_config['model']} for "
+            f"{base_config['epochs']} epochs on {len(train):,} training rows")
+        vectors = stages.train_base_vectors(train, n_items, base_config, build, device, say)
+        status["base"] = "computed"
+        seconds["base"] = time.perf_counter() - start
+        where = _store(use_cache, paths["base"], lambda file: np.savez(
+            file, key=np.asarray(keys["base"]), vectors=vectors))
+        say(f"diffaug stage 1/3 (base item vectors): computed in {seconds['base']:.1f} s; {where}")
+    table = stages.scaled_vectors(vectors)
+    windows = stages.row_windows(train, settings.denoiser.window)
+    groups = stages.popularity_groups(train.targets, n_items, settings.denoiser.tail_quantile)
+
+    # Stage 2: the conditional diffusion model.
+    start = time.perf_counter()
+    model = _read_denoiser(paths["diffusion"], keys["diffusion"], table.shape[1],
+                           settings.denoiser) if use_cache else None
+    if model is not None:
+        status["diffusion"] = "reused"
+        seconds["diffusion"] = time.perf_counter() - start
+        say(f"diffaug stage 2/3 (diffusion model): reused cache {paths['diffusion']} "
+            f"({seconds['diffusion']:.2f} s)")
+    else:
+        d = settings.denoiser
+        sizes = np.bincount(groups[train.targets], minlength=len(GROUP_NAMES))
+        say(f"diffaug stage 2/3 (diffusion model): {d.schedule} schedule, {d.steps} steps, "
+            f"window {d.window}, {d.epochs} epochs on {len(windows):,} rows ("
+            + ", ".join(f"{g} {n:,}" for g, n in zip(GROUP_NAMES, sizes, strict=True))
+            + f" by target group), condition dropout {d.cond_dropout:g}")
+        model, losses = stages.train_denoiser(windows, groups[train.targets], table, d,
+                                              settings.seed, device, say)
+        status["diffusion"] = "computed"
+        seconds["diffusion"] = time.perf_counter() - start
+        state = {name: value.cpu() for name, value in model.state_dict().items()}
+        where = _store(use_cache, paths["diffusion"], lambda file: torch.save(
+            {"key": keys["diffusion"], "state": state, "losses": losses}, file))
+        say(f"diffaug stage 2/3 (diffusion model): computed in {seconds['diffusion']:.1f} s, "
+            f"final loss {losses[-1]:.4f}; {where}")
+
+    # Stage 3: tail-conditioned samples, mapped to items and filtered.
+    start = time.perf_counter()
+    candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
+                                           np.asarray(train.targets)]))
+    rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
+                                      groups, windows, n_wanted, settings.guidance_scale,
+                                      settings.seed, device)
+    status["sampling"] = "computed"
+    seconds["sampling"] = time.perf_counter() - start
+    where = _store(use_cache, paths["sampling"], lambda file: np.savez(
+        file, key=np.asarray(keys["sampling"]), windows=rows,
+        count_names=np.asarray(list(counts)), count_values=np.asarray(list(counts.values()))))
+    say(f"diffaug stage 3/3 (tail-conditioned samples, guidance {settings.guidance_scale:g}): "
+        f"computed in {seconds['sampling']:.1f} s; {where}")
+    return rows, counts
+
+
+def _store(use_cache: bool, path: Path, write: Callable) -> str:
+    """Writes a stage's file atomically; says where it went (or why not)."""
+    if not use_cache:
+        return "not cached (cache off)"
+    if not writable_dir(path.parent):
+        return f"could not write {path}; set CORE_CACHE_DIR to a writable folder"
+    try:
+        write_atomically(path, write)
+    except OSError as exc:
+        return f"could not write {path}: {exc}"
+    return f"cached in {path}"
+
+
+def _read_array(path: Path, key: str, name: str) -> np.ndarray | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            return stored[name]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # missing, stale format or damaged: recompute
+
+
+def _read_samples(path: Path, key: str) -> tuple[np.ndarray, dict[str, int]] | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            counts = dict(zip(stored["count_names"].tolist(),
+                              (int(v) for v in stored["count_values"]), strict=True))
+            return stored["windows"].astype(np.int64), counts
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _read_denoiser(
+    path: Path, key: str, dim: int, settings: DenoiserSettings
+) -> Denoiser | None:
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") != key:
+            return None
+        model = Denoiser(dim, settings.window, len(GROUP_NAMES), settings.hidden)
+        model.load_state_dict(stored["state"])
+    except (OSError, KeyError, RuntimeError, EOFError, ValueError, AttributeError,
+            zipfile.BadZipFile):
+        return None
+    return model.eval()
