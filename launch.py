@@ -157,7 +157,7 @@ def _available() -> str:
     return "\n".join(lines)
 
 
-SHOWN_TRIALS = 5
+SHOWN_TRIALS = 3
 
 
 def print_search_summary(plan, outcome) -> None:
@@ -192,10 +192,13 @@ def _configure_logging(verbose: bool) -> None:
     for name in ("launch", "hpo", "data", "models"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
         # Ray Tune's newer console output prints its banner and paths at any verbosity; the
         # classic one is silent at verbose=0, leaving the console to hpo.console.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        # Tune's "operation took 0.6 s" notes (the driver's MLflow and Optuna writes on a busy
+        # machine) only when an operation takes seconds.
+        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     from hpo.ablation import AblationError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
-    from hpo.retrain import TestStageError, run_test_stage
+    from hpo.test_stage import TestStageError, run_test_stage
     from hpo.search import SearchFailedError, run_search
     from hpo.selection import SelectionError
     from hpo.space import SpaceError

@@ -1,4 +1,4 @@
-"""What a search prints while it runs: one line per trial event and a periodic status line.
+"""What a search prints while it runs: one line per trial event and a status heartbeat.
 
 Ray Tune's own progress tables, per-trial logs and checkpoint messages are for ``-v``; by default a
 search prints only this reporter's lines, so an 8-trial search fits on one screen:
@@ -6,8 +6,12 @@ search prints only this reporter's lines, so an 8-trial search fits on one scree
     [0:12] trial 0 started (published defaults): lr=0.001 temperature=0.07 ...
     [0:31] trial 0 epoch 2: best_valid_mrr_20 0.1523 (best so far)
     [0:40] trial 3 stopped by ASHA at epoch 1: best_valid_mrr_20 0.0981
-    [1:00] status: 3 done (1 completed, 2 stopped, 0 failed), 2 running, 3 to start; best
-           0.1523 (trial 0); elapsed 1:00, about 1:20 left
+    [1:10] status: 3 done (1 completed, 2 stopped, 0 failed), 2 running, 3 to start; best
+           0.1523 (trial 0); elapsed 1:10, about 1:20 left
+
+An epoch result is printed when it makes its trial the search's best and the best was another
+trial's (a trial improving its own lead shows in the status line and its end line); the status
+line comes after ``status_every_s`` seconds without any line, so a busy search is not flooded.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class ConsoleReporter(Callback):
         num_samples: the search's number of trials.
         concurrent: trials that run at once (for the time estimate).
         parameters: names of the searched parameters (printed when a trial starts).
-        status_every_s: seconds between status lines.
+        status_every_s: seconds without any line after which a status line is printed.
         stream: where to print (stdout by default).
     """
 
@@ -103,7 +107,7 @@ class ConsoleReporter(Callback):
 
     def _reset(self) -> None:
         self._start = time.monotonic()
-        self._last_status = self._start
+        self._last_line = self._start
         self._started: dict[str, float] = {}
         self._durations: list[float] = []
         self._outcomes: dict[str, TrialOutcome] = {}
@@ -124,7 +128,8 @@ class ConsoleReporter(Callback):
 
     def _print(self, text: str) -> None:
         stream = self._stream or sys.stdout
-        print(f"[{format_duration(time.monotonic() - self._start)}] {text}", file=stream,
+        self._last_line = time.monotonic()
+        print(f"[{format_duration(self._last_line - self._start)}] {text}", file=stream,
               flush=True)
 
     def _name(self, trial) -> str:
@@ -152,9 +157,11 @@ class ConsoleReporter(Callback):
         if value is None or not math.isfinite(value):
             return
         if self._best is None or self._better(value, self._best[0]):
+            new_leader = self._best is None or self._best[1] != self._name(trial)
             self._best = (float(value), self._name(trial))
-            self._print(f"{self._name(trial)} epoch {result.get('epoch')}: {self.metric} "
-                        f"{value:.4f} (best so far)")
+            if new_leader:
+                self._print(f"{self._name(trial)} epoch {result.get('epoch')}: {self.metric} "
+                            f"{value:.4f} (best so far)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, error=False)
@@ -163,9 +170,7 @@ class ConsoleReporter(Callback):
         self._ended(trial, error=True)
 
     def on_step_end(self, iteration, trials, **info):
-        now = time.monotonic()
-        if now - self._last_status >= self.status_every_s:
-            self._last_status = now
+        if time.monotonic() - self._last_line >= self.status_every_s:
             self._print(self.status_line(trials))
 
     # -- lines -----------------------------------------------------------------------------

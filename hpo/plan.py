@@ -14,7 +14,7 @@ from pathlib import Path
 from data import DatasetSource
 from hpo.ablation import parse_arms, validate_arms
 from hpo.cluster import Resources, in_ray_job, validate_resources
-from hpo.retrain import TestPlan
+from hpo.test_stage import TestPlan
 from hpo.search import SearchPlan, latest_search_dir, new_search_dir
 from hpo.selection import (
     BASELINE_VARIANTS,

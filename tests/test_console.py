@@ -40,7 +40,8 @@ def test_trial_events_one_line_each(tmp_path):
     console.on_trial_start(0, [a, b], b)
     console.on_trial_result(0, [a, b], a, {METRIC: 0.10, "epoch": 1})
     console.on_trial_result(0, [a, b], b, {METRIC: 0.05, "epoch": 1})  # not an improvement
-    console.on_trial_result(0, [a, b], a, {METRIC: 0.12, "epoch": 2})
+    console.on_trial_result(0, [a, b], a, {METRIC: 0.12, "epoch": 2})  # the leader improves
+    console.on_trial_result(0, [a, b], b, {METRIC: 0.13, "epoch": 2})  # takes the lead
     a.last_result = {METRIC: 0.12, "epoch": 2, FINISHED_KEY: 0}
     console.on_trial_complete(0, [a, b], a)
     error = tmp_path / "error.txt"
@@ -51,7 +52,7 @@ def test_trial_events_one_line_each(tmp_path):
         "trial 0 started (TPE): lr=0.00123 n_layers=2",
         "trial 1 started (TPE): lr=0.01 n_layers=1",
         f"trial 0 epoch 1: {METRIC} 0.1000 (best so far)",
-        f"trial 0 epoch 2: {METRIC} 0.1200 (best so far)",
+        f"trial 1 epoch 2: {METRIC} 0.1300 (best so far)",
         f"trial 0 stopped by ASHA at epoch 2: {METRIC} 0.1200",
         "trial 1 failed at epoch 1: ValueError: boom",
     ]
@@ -75,10 +76,13 @@ def test_completed_trial_and_status_line():
     assert "left" in status
 
 
-def test_status_waits_for_its_interval():
+def test_status_waits_for_a_quiet_interval():
     console, stream = reporter(status_every_s=1e9)
     console.on_step_end(0, [])
     assert stream.getvalue() == ""
+    console.status_every_s = 0.0  # the interval has passed since the last line
+    console.on_step_end(0, [])
+    assert lines(stream)[0].startswith("status: 0 done")
 
 
 def test_reporter_pickles_without_its_stream():
