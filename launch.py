@@ -191,6 +191,10 @@ def _configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("launch", "hpo", "data", "models"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    # MLflow's usage telemetry, on an offline machine (a cluster often is one), races its own
+    # thread removing an environment variable against requests reading it (KeyError); off
+    # unless the environment says otherwise.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
         # Ray Tune's newer console output prints its banner and paths at any verbosity; the
@@ -209,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     from hpo.ablation import AblationError
+    from hpo.outcome import OutputUnwritableError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
-    from hpo.test_stage import TestStageError, run_test_stage
-    from hpo.search import SearchFailedError, run_search
+    from hpo.search import SearchFailedError, SearchInProgressError, run_search
     from hpo.selection import SelectionError
     from hpo.space import SpaceError
     from hpo.study import StudyStorageError
+    from hpo.test_stage import TestStageError, run_test_stage
     from hpo.tracking import TrackingUnavailableError
 
     try:
@@ -239,8 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             print(paths["results_md"].read_text())
             print(f"report: {paths['results_md'].parent}")
     except (SpaceError, TrackingUnavailableError, StudyStorageError, SelectionError,
-            TestStageError, AblationError, FileNotFoundError, ValueError) as exc:
+            TestStageError, AblationError, OutputUnwritableError, SearchInProgressError,
+            FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write the output directory refused (full, read-only, ...)
+        print(f"error: {exc}. If the output directory stopped accepting writes, make it "
+              "writable again and continue with --resume", file=sys.stderr)
         return 2
     except SearchFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,7 +14,6 @@ from pathlib import Path
 from data import DatasetSource
 from hpo.ablation import parse_arms, validate_arms
 from hpo.cluster import Resources, in_ray_job, validate_resources
-from hpo.test_stage import TestPlan
 from hpo.search import SearchPlan, latest_search_dir, new_search_dir
 from hpo.selection import (
     BASELINE_VARIANTS,
@@ -24,6 +23,7 @@ from hpo.selection import (
 )
 from hpo.space import SpaceError, load_space, validate_budget
 from hpo.stats import check_correction
+from hpo.test_stage import TestPlan
 from hpo.tracking import check_tracking, resolve_tracking_uri
 from models.registry import dataset_needs
 

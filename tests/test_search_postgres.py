@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy
 import yaml
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_tracking  # noqa: E402
 
+from hpo.study import RAY_TRIAL_ATTR  # noqa: E402
 from hpo.tracking import PARENT_TAG, TRIAL_TAG  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -41,7 +43,10 @@ def space_file(tmp_path: Path) -> Path:
 def test_search_logs_to_a_postgresql_backed_tracking_server(postgres_admin_url, tiny_data_dir,
                                                             tmp_path):
     out = tmp_path / "outputs"
+    # The Optuna study in its own database on the same server (MLflow and Optuna would both
+    # keep an `alembic_version` table in a shared one).
     with bench_tracking.temporary_database(postgres_admin_url) as database, \
+            bench_tracking.temporary_database(postgres_admin_url) as study_database, \
             bench_tracking.tracking_server(database, tmp_path / "server",
                                            SERVER_WORKERS) as uri:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -51,7 +56,7 @@ def test_search_logs_to_a_postgresql_backed_tracking_server(postgres_admin_url, 
              "--dataset", TINY, "--data-dir", str(tiny_data_dir),
              "--num-samples", str(NUM_SAMPLES), "--max-epochs", str(MAX_EPOCHS),
              "--grace-period", str(MAX_EPOCHS), "--seed", "3", "--output-dir", str(out),
-             "--mlflow-uri", uri],
+             "--mlflow-uri", uri, "--optuna-storage", study_database],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )
         assert search.returncode == 0, (search.stdout + search.stderr)[-4000:]
@@ -86,3 +91,11 @@ def test_search_logs_to_a_postgresql_backed_tracking_server(postgres_admin_url, 
             engine.dispose()
         assert stored_runs == 1 + NUM_SAMPLES
         assert stored_points == NUM_SAMPLES * MAX_EPOCHS
+
+        # The study is in PostgreSQL too, with every trial told.
+        study = optuna.load_study(study_name=parent.data.params["optuna.study_name"],
+                                  storage=study_database)
+        trials = study.get_trials()
+        assert sorted(t.user_attrs[RAY_TRIAL_ATTR] for t in trials) == sorted(
+            r.data.tags[TRIAL_TAG] for r in children)
+        assert all(t.state.is_finished() for t in trials)

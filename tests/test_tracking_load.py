@@ -68,6 +68,20 @@ def test_printed_command_hides_the_database_password(tmp_path, capsys):
     assert tracking_server.redact("postgresql://mlflow@db/m") == "postgresql://mlflow@db/m"
 
 
+def test_database_servers_get_a_pool_per_worker_as_large_as_its_request_threads():
+    pool = tracking_server.POOL_ENV
+    size = int(pool["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+    assert size + int(pool["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]) == \
+        tracking_server.REQUESTS_PER_WORKER
+    postgres = tracking_server.server_environment("postgresql://m@db/m", environ={})
+    assert pool.items() <= postgres.items()
+    sqlite = tracking_server.server_environment("sqlite:///m.db", environ={})
+    assert not set(pool) & set(sqlite)  # SQLite keeps MLflow's defaults
+    mine = {"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "7"}
+    assert "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW" not in \
+        tracking_server.server_environment("postgresql://m@db/m", environ=mine)
+
+
 def test_unreachable_database_server_stops_the_tracking_server_before_it_starts(tmp_path):
     port = bench_tracking.free_port()  # nothing listens there
     done = run_server("--backend-store", f"postgresql://mlflow:s3cret@127.0.0.1:{port}/mlflow",
