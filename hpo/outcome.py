@@ -16,6 +16,33 @@ FINISHED_KEY = "finished"
 # Config key under which the searcher passes a trial's bookkeeping (its Optuna trial number and
 # where its configuration came from); the trainable and every record of the config drop it.
 META_KEY = "trial_meta"
+# Result keys of a trial that resumed from its own resume file (``hpo.trainable``): the epoch it
+# resumed from (its first report repeats that epoch), and what it skipped on the way (a file it
+# could not read), which the driver logs as a warning and tags on the trial's run.
+RESUMED_KEY = "resumed_from_epoch"
+RESUME_NOTE_KEY = "resume_note"
+# Result key of a trial that could not write its state (the output directory became unwritable):
+# the driver stops the search on it, leaving the trial resumable instead of failed.
+STORAGE_ERROR_KEY = "storage_error"
+
+
+class OutputUnwritableError(RuntimeError):
+    """A trial could not write its state to the search's storage: the search stopped, every
+    trial is left resumable (``--resume`` once the storage is writable again)."""
+
+
+def storage_error(result: dict | None) -> OutputUnwritableError | None:
+    """The error a trial's result reports about writing its state, if any.
+
+    Args:
+        result: a trial's result.
+    """
+    message = (result or {}).get(STORAGE_ERROR_KEY)
+    if not message:
+        return None
+    return OutputUnwritableError(
+        f"{message}. The search stopped; no trial is marked failed for it. Make the output "
+        "directory writable again and continue with --resume.")
 
 
 class TrialOutcome(enum.Enum):

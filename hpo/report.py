@@ -2,7 +2,8 @@
 them (``hpo.tables``, ``hpo.plots``) and writes the files the test stage logs to MLflow.
 
 Files: results.md, results.csv, seed_results.csv, anova.csv, posthoc.csv, seed_distributions.png;
-with per-row results session_tests.csv and beyond_mean.csv; with ablation arms ablation.csv.
+with per-row results session_tests.csv, beyond_mean.csv, popularity.csv and
+tail_session_tests.csv; with ablation arms ablation.csv.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 
 from hpo.beyond import beyond_mean_table, row_group_table
 from hpo.plots import plot_seed_distributions
+from hpo.popularity import popularity_table, tail_session_tests
 from hpo.stats import (
     DEFAULT_ALPHA,
     FULL_ARM,
@@ -32,6 +34,7 @@ from hpo.tables import (
     anova_markdown,
     beyond_markdown,
     comparisons_markdown,
+    popularity_markdown,
     posthoc_markdown,
     protocol_markdown,
     results_table_frame,
@@ -85,7 +88,8 @@ def write_report(
             (``FULL_ARM`` for the selected configurations) adds the ablation table.
         baseline: the variant every other one is compared with.
         per_row: (dataset, variant) -> one (ranks, topk) pair per seed of the selected
-            configuration: adds the session-level tests and the beyond-the-mean table.
+            configuration: adds the session-level tests, the beyond-the-mean table and the
+            popularity view (ARP, tail share, exposure Gini; tests on the tail-target rows).
         targets_by_dataset: test targets per dataset (with per_row).
         popularity_by_dataset: training-target counts per dataset (with per_row).
         n_items_by_dataset: catalog size per dataset (with per_row).
@@ -101,8 +105,8 @@ def write_report(
 
     Returns:
         results_md, results_csv, seed_results_csv, anova_csv, posthoc_csv,
-        seed_distributions_png; session_tests_csv and beyond_mean_csv with per_row;
-        ablation_csv with arms.
+        seed_distributions_png; session_tests_csv, beyond_mean_csv, popularity_csv and
+        tail_session_tests_csv with per_row; ablation_csv with arms.
     """
     check_correction(correction)
     full, arms = split_arms(seed_results)
@@ -146,7 +150,17 @@ def write_report(
         paths["beyond_mean_csv"] = out_dir / "beyond_mean.csv"
         session.to_csv(paths["session_tests_csv"], index=False)
         beyond.to_csv(paths["beyond_mean_csv"], index=False)
-        sections += [session_markdown(session), beyond_markdown(beyond, head_fraction)]
+        popularity = popularity_table(per_row, popularity_by_dataset, head_fraction)
+        tail_tests = tail_session_tests(
+            per_row, targets_by_dataset, popularity_by_dataset, baseline, head_fraction,
+            n_resamples=n_resamples, seed=resample_seed, **options,
+        )
+        paths["popularity_csv"] = out_dir / "popularity.csv"
+        paths["tail_session_tests_csv"] = out_dir / "tail_session_tests.csv"
+        popularity.to_csv(paths["popularity_csv"], index=False)
+        tail_tests.to_csv(paths["tail_session_tests_csv"], index=False)
+        sections += [session_markdown(session), beyond_markdown(beyond, head_fraction),
+                     popularity_markdown(popularity, tail_tests, head_fraction)]
         if row_groups_by_dataset:
             groups = row_group_table(per_row, row_groups_by_dataset)
             paths["user_groups_csv"] = out_dir / "user_groups.csv"

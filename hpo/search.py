@@ -3,12 +3,22 @@ configurations and ASHA stopping trials early, recorded in MLflow and in a persi
 
 Order matters for failing early: the tracking store, the study storage and the dataset are
 checked before Ray starts, and nothing is written to MLflow until they are known good.
+
+Faults survived (README, "Faults survived"; ``tests/test_faults.py``): a driver killed at any
+moment is continued by ``--resume`` (each trial resumes from its own resume file, see
+``hpo.trainable``; the MLflow logger and the study skip what they already hold); a tracking store
+that stops answering is retried, then stops the search with a message (``hpo.tracking``); a
+study storage or an output directory that stops accepting writes stops it with a message naming
+it, leaving every trial resumable; two searches started at once on one output directory share
+its SQLite files (``hpo.sqlite_stores``), and a second search of the same space started in the
+same second is refused (its folder is taken).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,18 +27,23 @@ import optuna
 import pandas as pd
 from mlflow.entities import RunTag
 from ray import tune
+from ray.tune.error import TuneError
 from ray.tune.schedulers import ASHAScheduler
 
 from data import DatasetSource
+from hpo import faultpoints
 from hpo.cluster import Resources, init_ray
 from hpo.console import ConsoleReporter
+from hpo.outcome import OutputUnwritableError
 from hpo.results import plot_history, results_table
 from hpo.space import Budget, SearchSpace
 from hpo.study import (
     StudySearcher,
+    StudyStorageError,
     check_study_storage,
     close_orphans,
     default_storage,
+    open_storage,
     param_importance,
     sampler_settings,
     storage_label,
@@ -36,6 +51,8 @@ from hpo.study import (
 from hpo.tracking import (
     NOTE_TAG,
     MLflowTrialLogger,
+    TrackingUnavailableError,
+    call_tracking,
     check_tracking,
     default_artifact_location,
     get_or_create_experiment,
@@ -47,7 +64,9 @@ from models.registry import dataset_needs
 log = logging.getLogger(__name__)
 
 TRIALS_DIR = "trials"
+RESUME_DIR = "resume"  # beside TRIALS_DIR: each trial's own resume files (hpo.trainable)
 STATE_FILE = "search.json"
+SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # seconds between Tune's experiment-state snapshots
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,10 @@ class SearchFailedError(RuntimeError):
     """Every trial of a search failed (the search itself ran and is recorded in MLflow)."""
 
 
+class SearchInProgressError(RuntimeError):
+    """A new search's folder is already taken by another search started in the same second."""
+
+
 @dataclass(frozen=True)
 class SearchOutcome:
     """What a finished search leaves for the command line and the test stage."""
@@ -177,9 +200,12 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
 
     Raises:
         TrackingUnavailableError, StudyStorageError: the MLflow store or the study storage
-            cannot be used (raised before Ray starts).
+            cannot be used (before Ray starts), or stopped working while the search ran.
+        OutputUnwritableError: a trial could not write its state (the search stopped).
+        SearchInProgressError: another search of the same space took the same folder.
         SearchFailedError: every trial failed.
     """
+    faultpoints.fire("stores")
     client = check_tracking(plan.tracking_uri)
     state_path = plan.search_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if resume else {}
@@ -193,7 +219,13 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
         parent_run_id = state["parent_run_id"]
         client.update_run(parent_run_id, status="RUNNING")
     else:
-        plan.search_dir.mkdir(parents=True, exist_ok=False)
+        try:
+            plan.search_dir.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise SearchInProgressError(
+                f"{plan.search_dir} exists: another search of {plan.space.name!r} on "
+                f"{plan.dataset.label!r} started in the same second and writes there; start "
+                "this one again (or continue that one with --resume)") from None
         parent_run_id = _start_parent_run(client, plan)
         state_path.write_text(json.dumps({"parent_run_id": parent_run_id, **_plan_record(plan)}))
 
@@ -202,30 +234,61 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
         tune.with_parameters(
             train_trial, dataset=dataset, num_threads=plan.resources.torch_threads,
             require_cuda=plan.resources.require_cuda,
+            resume_root=f"{plan.trials_storage}/{RESUME_DIR}",
+            faults=faultpoints.FaultPoints.from_env(),
         ),
         plan.resources.per_trial(),
     )
+    # Tune snapshots the experiment every 10 s or more by default ("auto"); a trial created and
+    # killed with its driver in between is unknown to --resume, its run and study trial
+    # orphaned. Every second, a new trial is in the snapshot before its first result (its
+    # actor takes longer to start). Trials no longer force snapshots by checkpointing each
+    # epoch (hpo.trainable).
+    os.environ.setdefault(SNAPSHOT_ENV, "1")
     trials_path = f"{plan.trials_storage}/{TRIALS_DIR}"
     if resume and tune.Tuner.can_restore(trials_path):
         tuner = tune.Tuner.restore(trials_path, trainable=trainable, resume_errored=False)
     else:
         tuner = _new_tuner(plan, trainable, client, parent_run_id, resume, verbose)
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except TuneError as exc:  # Tune wraps what our searcher or callbacks raise
+        fault = _fault_behind(exc)
+        if fault is None:
+            raise
+        raise fault from None
 
-    study = optuna.load_study(study_name=plan.study_name, storage=plan.study_storage)
+    study = optuna.load_study(study_name=plan.study_name,
+                              storage=open_storage(plan.study_storage))
     orphans = close_orphans(study)
     if orphans:
         log.warning("%d study trial(s) were asked by an interrupted driver and never ran: "
                     "told FAIL (user attribute 'orphaned')", orphans)
     table = results_table(grid, plan.tune_metric, plan.budget.mode)
-    importance, note = _importance(client, plan, parent_run_id, study)
-    _finish_parent_run(client, plan, parent_run_id, table)
+    # The trials are done and recorded; if the store fails now, --resume records the rest.
+    importance, note = call_tracking(plan.tracking_uri, "recording the search's importances",
+                                     _importance, client, plan, parent_run_id, study)
+    call_tracking(plan.tracking_uri, "recording the search's results", _finish_parent_run,
+                  client, plan, parent_run_id, table)
     if len(table) and (table["outcome"] == "failed").all():
         raise SearchFailedError(
             f"{plan.space.name}: all {len(table)} trials failed (first error: "
             f"{table['error'].iloc[0]}); see {plan.search_dir} and MLflow run {parent_run_id}"
         )
     return SearchOutcome(parent_run_id, table, importance, note)
+
+
+STOPPING_FAULTS = (OutputUnwritableError, TrackingUnavailableError, StudyStorageError)
+
+
+def _fault_behind(exc: BaseException) -> BaseException | None:
+    """The fault that stopped the search (``STOPPING_FAULTS``), behind Tune's ``TuneError``."""
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, STOPPING_FAULTS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _check_resumable(plan: SearchPlan, state: dict) -> None:
@@ -387,7 +450,9 @@ def _finish_parent_run(client, plan: SearchPlan, run_id: str, table: pd.DataFram
         best_path = plan.search_dir / "best_config.json"
         best_path.write_text(json.dumps(best_record, indent=2))
         client.log_artifact(run_id, str(best_path))
-        client.log_metric(run_id, plan.tune_metric, float(best[plan.tune_metric]))
+        value = float(best[plan.tune_metric])
+        if client.get_run(run_id).data.metrics.get(plan.tune_metric) != value:  # resumed: once
+            client.log_metric(run_id, plan.tune_metric, value)
     counts = table["outcome"].value_counts().to_dict()
     client.log_batch(run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
     client.set_terminated(run_id, status="FAILED" if finished.empty else "FINISHED")

@@ -19,10 +19,17 @@ Optuna trial carries the Ray trial id as a user attribute, so a resumed search (
 continues the same study: trials Ray resumes are told under their original numbers, no trial is
 asked twice, and trials asked by a driver that died before Ray started them are told FAIL at the
 end (marked ``orphaned``), never left RUNNING.
+
+Faults: a SQLite study storage shared by searches running at once waits for the other's lock
+and creates its tables one process at a time (``hpo.sqlite_stores``); a storage that fails while
+the search runs (unwritable, unreachable) stops the search with a ``StudyStorageError`` naming it,
+and so does a trial that reports it cannot write its own state (``hpo.outcome.storage_error``),
+before its value is told: both leave the study's trials as they were, for ``--resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,9 +42,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.outcome import META_KEY, TrialOutcome, trial_outcome
+from hpo.outcome import META_KEY, TrialOutcome, storage_error, trial_outcome
 from hpo.space import ConfigSampler, SearchSpace
+from hpo.sqlite_stores import BUSY_TIMEOUT_S, first_use_lock, sqlite_path
 from models.registry import default_config
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,21 @@ def default_storage(output_dir: Path) -> str:
         output_dir: the search's output directory.
     """
     return f"sqlite:///{(Path(output_dir) / STUDY_FILE).resolve()}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage at ``url``. A SQLite file is opened (its tables created if new) under
+    a file lock, and its connections wait ``BUSY_TIMEOUT_S`` for another search's write lock
+    instead of failing with "database is locked" (``hpo.sqlite_stores``).
+
+    Args:
+        url: Optuna storage URL (any SQLAlchemy URL).
+    """
+    if sqlite_path(url) is None:
+        return optuna.storages.get_storage(url)
+    with first_use_lock(url):
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}})
 
 
 def storage_label(url: str) -> str:
@@ -223,8 +247,20 @@ class StudySearcher(Searcher):
     def storage(self) -> optuna.storages.BaseStorage:
         """The study's storage (one connection pool for the study and trial lookups)."""
         if self._storage is None:
-            self._storage = optuna.storages.get_storage(self.storage_url)
+            self._storage = open_storage(self.storage_url)
         return self._storage
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """Turn a storage failure while ``what`` into a ``StudyStorageError`` naming the storage
+        (the search stops; ``--resume`` continues it once the storage works again)."""
+        try:
+            yield
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError, OSError) as exc:
+            raise StudyStorageError(
+                f"Optuna storage {storage_label(self.storage_url)} failed while {what}: "
+                f"{type(exc).__name__}: {exc}. The search stopped; once the storage works "
+                "again, continue it with --resume") from exc
 
     @property
     def study(self) -> optuna.Study:
@@ -253,23 +289,33 @@ class StudySearcher(Searcher):
         Returns:
             The trial's config: sampled parameters, fixed keys, and ``META_KEY`` bookkeeping.
         """
-        trial = self.study.ask()
-        config = {**self.sample(trial), **trial.params}
-        source = trial.user_attrs.get(SOURCE_ATTR)
-        if source is None:
-            startup = trial.number < self.settings.n_startup_trials
-            source = "random (TPE startup)" if startup else "TPE"
-            trial.set_user_attr(SOURCE_ATTR, source)
-        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        with self._writing(f"asking for trial {trial_id}'s configuration"):
+            trial = self.study.ask()
+            config = {**self.sample(trial), **trial.params}
+            source = trial.user_attrs.get(SOURCE_ATTR)
+            if source is None:
+                startup = trial.number < self.settings.n_startup_trials
+                source = "random (TPE startup)" if startup else "TPE"
+                trial.set_user_attr(SOURCE_ATTR, source)
+            trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         self._numbers[trial_id] = trial.number
         config[META_KEY] = {"number": trial.number, "source": source}
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Report the trial's value at this epoch (what PRUNED trials are judged by)."""
+        """Report the trial's value at this epoch (what PRUNED trials are judged by).
+
+        Raises:
+            OutputUnwritableError: the trial reports it cannot write its state.
+            StudyStorageError: the storage failed.
+        """
+        problem = storage_error(result)
+        if problem is not None:
+            raise problem
         number = self._numbers.get(trial_id)
         if number is not None:
-            self._report(number, result)
+            with self._writing(f"recording trial {trial_id}'s result"):
+                self._report(number, result)
 
     def _report(self, number: int, result: dict | None) -> None:
         value = (result or {}).get(self.metric)
@@ -290,6 +336,10 @@ class StudySearcher(Searcher):
         number = self._numbers.get(trial_id)
         if number is None:
             return
+        with self._writing(f"telling how trial {trial_id} ended"):
+            self._tell(number, result, error)
+
+    def _tell(self, number: int, result: dict | None, error: bool) -> None:
         if self.study.get_trials(deepcopy=False)[number].state.is_finished():
             return
         outcome = trial_outcome(result, error)
@@ -358,10 +408,9 @@ def check_study_storage(storage: str, study_name: str, exists: bool) -> None:
             driver), or the study's presence is not as required.
     """
     label = storage_label(storage)
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        names = {s.study_name for s in optuna.get_all_study_summaries(storage=storage)}
+        names = {s.study_name for s in optuna.get_all_study_summaries(
+            storage=open_storage(storage))}
     except Exception as exc:  # any storage error means the study cannot be kept
         raise StudyStorageError(f"Optuna storage {label} is unusable: {exc}") from exc
     if exists and study_name not in names:

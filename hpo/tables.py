@@ -427,11 +427,9 @@ def popularity_markdown(
     )
     rows = []
     for _, r in popularity.iterrows():
-        arp = f"arp_{k}"
-        arp_cell = "n/a" if _missing(r[arp]) else (
-            f"{r[arp]:.1f} ± {num(r[arp + '_std'])} (catalog {r['catalog_arp']:.1f})")
-        gini = f"gini_{k}"
-        gini_cell = "n/a" if _missing(r[gini]) else f"{r[gini]:.3f} ± {num(r[gini + '_std'])}"
+        arp, gini = f"arp_{k}", f"gini_{k}"
+        arp_cell = f"{_fixed(r, arp, 2)} (catalog {r['catalog_arp']:.2f})"
+        gini_cell = _fixed(r, gini, 3)
         rows.append([
             r["dataset"], variant_label(r["variant"]), str(int(r["n_seeds"])), arp_cell,
             f"{_spread_cell(r, f'tail_share_{k}')} (catalog {pct(r['catalog_tail_share'])})",
@@ -563,6 +561,14 @@ def _spread_cell(row, name: str) -> str:
     text = f"{pct(row[name])} ± {pct(row[name + '_std'])}"
     spread = interval(row[name + "_ci_low"], row[name + "_ci_high"])
     return f"{text} {spread}" if spread else text
+
+
+def _fixed(row, name: str, digits: int) -> str:
+    """A non-percent value "mean ± std" with ``digits`` decimals ("n/a" when missing)."""
+    if _missing(row[name]):
+        return "n/a"
+    std = row[name + "_std"]
+    return f"{row[name]:.{digits}f}" + ("" if _missing(std) else f" ± {std:.{digits}f}")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

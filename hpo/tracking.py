@@ -4,6 +4,16 @@ All MLflow writes happen in the driver (the Tune callback runs there), so trials
 never need a path to the store: one writer per search, over HTTP when the URI is a server (see
 ``hpo.tracking_server``). Each trial's run is tagged with the Ray node and device it ran on, and
 with its retries when a failure (a crash, a node that died) was recovered from a checkpoint.
+
+Faults. A write the store does not answer (a tracking server that is down or restarting, a SQLite
+file another search keeps locked) is retried, on top of MLflow's own HTTP retries, for
+``CORE_HPO_TRACKING_RETRY_S`` seconds (default 300) while the search waits; then, or at once
+for a store that answers with an error (e.g. a database file that cannot be written), the search
+stops with a ``TrackingUnavailableError`` naming the store. Nothing logged is lost and nothing is
+logged twice: a retried batch carries its original timestamps (the store keeps one copy), a run
+is looked up by its trial id before one is created, and on ``--resume`` each trial's run
+continues from the last epoch it holds. A SQLite store waits for other searches' locks and is
+created by one process at a time (``hpo.sqlite_stores``).
 """
 
 from __future__ import annotations
@@ -17,11 +27,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.outcome import TrialOutcome, split_meta, trial_error_text, trial_outcome
+from hpo import faultpoints
+from hpo.outcome import (
+    RESUME_NOTE_KEY,
+    RESUMED_KEY,
+    TrialOutcome,
+    split_meta,
+    storage_error,
+    trial_error_text,
+    trial_outcome,
+)
+from hpo.sqlite_stores import first_use_lock, with_busy_timeout
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +55,9 @@ TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
 # Result keys the trainable reports about where it runs -> the run tags that record them.
 PLACEMENT_TAGS = {"node_id": "ray_node_id", "device": "device", "gpu_ids": "ray_gpu_ids"}
+RETRY_ENV = "CORE_HPO_TRACKING_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+RETRY_PAUSE_S = 2.0
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -68,14 +94,85 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
                 f"MLflow tracking server {uri} is unreachable ({exc}). Start it (see README, "
                 "'python -m hpo.tracking_server') or pass another --mlflow-uri."
             ) from exc
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        # A new SQLite store creates its tables when the client opens it: one process at a time.
+        with first_use_lock(uri):
+            client = MlflowClient(tracking_uri=with_busy_timeout(uri))
+            client.search_experiments(max_results=1)
     except Exception as exc:  # any backend error means we cannot record results
         raise TrackingUnavailableError(f"MLflow tracking store {uri} is unusable: {exc}") from exc
     return client
+
+
+def retry_window_s() -> float:
+    """How long a write the tracking store does not answer is retried (``RETRY_ENV``)."""
+    return float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed MLflow call is worth retrying: the store did not answer (connection
+    refused or reset, a timeout, retries of 5xx answers exhausted) or a SQLite file was locked.
+
+    Args:
+        exc: the exception the call raised.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | requests.exceptions.RetryError):
+            return True
+        if isinstance(seen, SQLAlchemyError) and "database is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return isinstance(exc, MlflowException) and (
+        ("API request to" in text and "failed with exception" in text)
+        or "database is locked" in text)
+
+
+def call_tracking(uri: str, what: str, fn: Callable[..., Any], *args,
+                  retry_s: float | None = None, **kwargs) -> Any:
+    """``fn(*args, **kwargs)``, an MLflow call, retried while the store does not answer.
+
+    Args:
+        uri: the tracking URI (for messages).
+        what: what the call does, for messages ("logging epoch 3 of trial ...").
+        fn: the call.
+        *args: its arguments.
+        retry_s: how long to retry (default: ``retry_window_s()``).
+        **kwargs: its keyword arguments.
+
+    Raises:
+        TrackingUnavailableError: the store did not answer within the window, or answered with
+            an error (the search stops; ``--resume`` continues it).
+    """
+    retry_s = retry_window_s() if retry_s is None else retry_s
+    deadline = None
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except (MlflowException, SQLAlchemyError, requests.exceptions.RequestException) as exc:
+            problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+            if not is_transient(exc):
+                raise TrackingUnavailableError(
+                    f"MLflow tracking store {uri} failed while {what} ({problem}). The search "
+                    "stopped; what it logged is kept: fix the store and continue with --resume"
+                ) from exc
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + retry_s
+                log.warning("MLflow tracking store %s did not answer while %s (%s); retrying "
+                            "for up to %.0f s", uri, what, problem, retry_s)
+            if now >= deadline:
+                raise TrackingUnavailableError(
+                    f"MLflow tracking store {uri} did not answer for {retry_s:.0f} s while "
+                    f"{what} ({problem}). The search stopped; what it logged is kept: restart "
+                    "the store and continue with --resume") from exc
+            time.sleep(min(RETRY_PAUSE_S, deadline - now))  # backoff between retries
+            continue
+        if deadline is not None:
+            log.warning("MLflow tracking store %s answers again: %s done", uri, what)
+        return result
 
 
 # MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview).
@@ -98,8 +195,13 @@ def get_or_create_experiment(
     """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as exc:  # another search created it since the lookup
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise exc from None
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
@@ -145,6 +247,10 @@ class MLflowTrialLogger(Callback):
 
     On a resumed search the trial's existing run is found by its trial-id tag and continued;
     results it already holds are not logged again, so a restore never duplicates runs or points.
+    A trial that resumed from its own resume file says so in its first result (the epoch, and any
+    file it could not read): tagged ``resumed_from_epoch`` / ``resume_note``, the note also
+    logged as a warning. Writes the store does not answer are retried (``call_tracking``); a
+    trial reporting it cannot write its state stops the search (``OutputUnwritableError``).
     ``describe`` (a module-level function, so the callback pickles) turns a trial's config into
     the run's params and extra tags. ``checkpoint_artifacts`` maps files of a completed trial's
     last checkpoint to the artifact directories they are logged to (the test stage's model).
@@ -182,12 +288,21 @@ class MLflowTrialLogger(Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=with_busy_timeout(self.tracking_uri))
         return self._client
 
+    def _call(self, what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        return call_tracking(self.tracking_uri, what, fn, *args, **kwargs)
+
     def run_id(self, trial) -> str:
+        """The MLflow run of ``trial``, found (by its trial id) or created once.
+
+        Args:
+            trial: a Ray Tune trial.
+        """
         if trial.trial_id not in self._runs:
-            self._runs[trial.trial_id] = self._find_or_create_run(trial)
+            self._runs[trial.trial_id] = self._call(
+                f"opening the run of trial {trial}", self._find_or_create_run, trial)
         return self._runs[trial.trial_id]
 
     def _find_or_create_run(self, trial) -> str:
@@ -199,13 +314,15 @@ class MLflowTrialLogger(Callback):
             ),
             max_results=1,
         )
+        params, extra_tags = self.describe(trial.config)
         if existing:
             run_id = existing[0].info.run_id
+            if not existing[0].data.params:  # created by a call whose answer was lost
+                log_params(self.client, run_id, params)
             history = self.client.get_metric_history(run_id, "train_loss")
             self._last_step[trial.trial_id] = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        params, extra_tags = self.describe(trial.config)
         tags = {**self.tags, **{k: str(v) for k, v in extra_tags.items()},
                 PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id}
         run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
@@ -217,15 +334,32 @@ class MLflowTrialLogger(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        problem = storage_error(result)
+        if problem is not None:
+            raise problem
         run_id = self.run_id(trial)
         self._tag_placement(trial, run_id, result)
+        self._tag_resume(trial, run_id, result)
         step = int(result["epoch"])  # one report per epoch
         if step <= self._last_step.get(trial.trial_id, 0):
             return
+        faultpoints.fire("log", split_meta(trial.config)[1].get("number"), step)
         now_ms = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=metric_batch(result, step, now_ms,
-                                                           self.metric_prefixes))
+        batch = metric_batch(result, step, now_ms, self.metric_prefixes)
+        self._call(f"logging epoch {step} of trial {trial}", self.client.log_batch, run_id,
+                   metrics=batch)
         self._last_step[trial.trial_id] = step
+
+    def _tag_resume(self, trial, run_id: str, result: dict[str, Any]) -> None:
+        """Record that the trial resumed from its own resume file, and any file it skipped."""
+        if RESUMED_KEY not in result:
+            return
+        tags = [RunTag(RESUMED_KEY, str(result[RESUMED_KEY]))]
+        note = result.get(RESUME_NOTE_KEY)
+        if note:
+            log.warning("trial %s: %s", trial, note)
+            tags.append(RunTag(RESUME_NOTE_KEY, str(note)[-MAX_TAG_CHARS:]))
+        self._call(f"tagging trial {trial} resumed", self.client.log_batch, run_id, tags=tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._log_checkpoint_artifacts(trial)
@@ -247,7 +381,8 @@ class MLflowTrialLogger(Callback):
             for name, artifact_dir in wanted.items():
                 path = Path(directory) / name
                 if path.is_file():
-                    self.client.log_artifact(run_id, str(path), artifact_dir)
+                    self._call(f"logging {name} of trial {trial}", self.client.log_artifact,
+                               run_id, str(path), artifact_dir)
                 else:
                     log.warning("trial %s: %s is not in its last checkpoint", trial, name)
 
@@ -258,7 +393,8 @@ class MLflowTrialLogger(Callback):
         """The trial failed and is retried from its last checkpoint: same run, nothing lost."""
         tags = [RunTag("retries", str(trial.num_failures)),
                 RunTag("last_failure", trial_error_text(trial)[-MAX_TAG_CHARS:])]
-        self.client.log_batch(self.run_id(trial), tags=tags)
+        self._call(f"tagging trial {trial}'s retry", self.client.log_batch, self.run_id(trial),
+                   tags=tags)
         log.warning("trial %s failed (failure %d) and is retried from its last checkpoint",
                     trial, trial.num_failures)
 
@@ -267,7 +403,8 @@ class MLflowTrialLogger(Callback):
         placement = {tag: str(result[key]) for key, tag in PLACEMENT_TAGS.items()
                      if result.get(key) not in (None, "")}
         if placement and placement != self._placement.get(trial.trial_id):
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in placement.items()])
+            self._call(f"tagging where trial {trial} runs", self.client.log_batch, run_id,
+                       tags=[RunTag(k, v) for k, v in placement.items()])
             self._placement[trial.trial_id] = placement
 
     def _finish(self, trial, error: bool) -> None:
@@ -287,10 +424,10 @@ class MLflowTrialLogger(Callback):
         ]
         if outcome is TrialOutcome.FAILED:
             tags.append(RunTag("error", trial_error_text(trial)[-MAX_TAG_CHARS:]))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(
-            run_id, status="FAILED" if outcome is TrialOutcome.FAILED else "FINISHED"
-        )
+        what = f"recording how trial {trial} ended"
+        self._call(what, self.client.log_batch, run_id, tags=tags)
+        self._call(what, self.client.set_terminated, run_id,
+                   status="FAILED" if outcome is TrialOutcome.FAILED else "FINISHED")
 
 
 def _param_text(value: Any) -> str:

@@ -5,17 +5,31 @@ item, included in the softmax as in CORE's training), optionally label-smoothed,
 - ``dense``: one [batch x catalog] fp32 logits buffer (the reference, kept as the test oracle);
 - ``chunked`` (the default): the logits are computed a block of batch rows at a time, each block
   spanning the whole catalog, so a row's log-sum-exp is complete within its block and no
-  [batch x catalog] tensor is ever held. The block is laid out [catalog, rows] (the layout that
-  oneDNN's bf16 matmul computes fastest on CPU), sized to a few MiB so that the passes over it
-  (exp, column sums, the two gradient matmuls) run from cache, and lives in the matmul dtype:
-  in bf16 every pass moves half the bytes. Logits are bounded by ``max|q| * max|t|`` (1 / tau
-  for CORE's cosine logits), so when that bound is small the exp needs no max shift and no extra
-  pass; otherwise each block subtracts its rows' exact maxima.
+  [batch x catalog] tensor is ever held (``BLOCK_BYTES`` per block). The block is laid out
+  [catalog, rows] (the layout that oneDNN's bf16 matmul computes fastest on CPU) and lives in the
+  matmul dtype: in bf16 (matmuls accumulating in fp32) every pass over it moves half the bytes.
+  Logits are bounded by ``max|q| * max|t|`` (1 / tau for CORE's cosine logits), so when that
+  bound is small the exp needs no max shift and no extra pass; otherwise each block subtracts
+  its rows' exact maxima. The row sums of the exp are taken in fp32, and so is the log-sum-exp.
+  Hard negatives are mined per block (``_top_rows``: group maxima first, exact).
 
   The loss is a scalar, so its gradients are the saved gradients times the incoming one: the
-  chunked forward computes them while each block is in cache (the block's softmax times the
-  table and times the queries) and backward only scales them; nothing is recomputed. The
-  target, hard-negative and label-smoothing terms are sparse or rank-1 and are added in fp32.
+  chunked forward computes them while it holds each block, and backward only scales them;
+  nothing is recomputed. The block's exp becomes its share of the logits' gradient in place:
+  the target and hard-negative terms (K + 1 entries a row) are added into it, then one matmul
+  with the table gives the queries' gradient and one with the (scaled) queries the table's. The
+  label-smoothing term is rank one and is added to both gradients directly.
+
+  Item dropout and the table's normalisation are not done per block (every block needs the same
+  dropped table, and they are [N, d] work, not [B, N]); they are fused with each other instead,
+  in ``normalized_dropout`` (on tmall about 40 ms per batch on one core, against ~60 ms as two
+  autograd ops and ~250 ms for the chunked bf16 loss).
+
+Per-row weights (both implementations): with ``weights`` w the loss is (1 / B) sum_i w_i l_i, l_i
+the row's (1 - lambda) CE_i + lambda mean_k BPR_ik: each row's term scaled by its weight and
+normalised by the row count, not by sum(w), so all-ones weights give the unweighted loss, a
+weight of 2 counts a row twice, and a batch's loss scale follows its weights (as inverse-
+propensity estimators do; ``models.weighting`` makes the weights mean 1 over the training rows).
 """
 
 from __future__ import annotations
@@ -29,17 +43,22 @@ from torch import Tensor
 from models.encoders import PAD
 
 LOSS_IMPLS = ("dense", "chunked")
-# Bytes of one block of logits: the catalog times this many rows. Under 32 MiB on CPU, where the
-# trainer's pinned glibc mmap threshold keeps such buffers in the heap (reused, not faulted in
-# again every batch); larger on a GPU, where bigger matmuls fill the device better.
-BLOCK_BYTES = {"cpu": 24 << 20, "cuda": 512 << 20}
+# Bytes of one block of logits (the catalog times a block's rows). Blocks this large no longer fit
+# a core's cache, but neither would blocks small enough to cost more ops: measured on a 2-core
+# CPU, 7 to 2 blocks per tmall batch take the same CPU time alone, while fewer, larger blocks are
+# much faster when other processes share the cores (each op is a parallel region waiting for
+# its slowest thread) and accumulate the table's gradient fewer times. On CPU the block lives in
+# a buffer kept between calls (allocations this size are memory-mapped and would be faulted in
+# again every batch); a GPU's caching allocator keeps its own.
+BLOCK_BYTES = {"cpu": 80 << 20, "cuda": 512 << 20}
+_BUFFERS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 MIN_BLOCK_ROWS = 16
 # Largest logit bound (max |query| * max |table row|) for which exp(z) needs no shift: exp(60)
 # times 10^7 items stays far below fp32's overflow, exp(-60) far above its underflow.
 SAFE_LOGIT = 60.0
-# Hard-negative mining pre-selects the best of groups of this many items (group maxima), then
-# ranks only the members of the best groups; fewer groups than 4 (K + 2): plain top-k.
-NEGATIVE_GROUP = 16
+# Hard-negative mining ranks the maxima of groups of this many items first, then only the members
+# of the best groups (recursively; see ``_top_rows``).
+NEGATIVE_GROUP = 8
 
 
 def hard_negatives(scores: Tensor, targets: Tensor, k: int) -> Tensor:
@@ -63,35 +82,44 @@ def _drop_target_and_padding(
 ) -> tuple[Tensor, Tensor]:
     """The first k entries of each row of ``ids`` [B, k + 2] (best first) that are neither the
     row's target nor padding, and their ``values``."""
-    keep = (ids != targets[:, None]) & (ids != PAD)
-    keep &= keep.cumsum(dim=1) <= k
-    return ids[keep].view(-1, k), values[keep].view(-1, k)
+    dropped = (ids == targets[:, None]) | (ids == PAD)
+    # A stable sort moves the dropped entries (at most two) behind the kept ones, in order.
+    order = dropped.to(torch.uint8).argsort(dim=1, stable=True)[:, :k]
+    return ids.gather(1, order), values.gather(1, order)
+
+
+def _top_rows(block: Tensor, m: int) -> Tensor:
+    """Row ids [n, m], in no particular order, of the m largest entries of each column of
+    ``block`` [M, n].
+
+    A plain top-k over a 37k-item column costs several times the block's exp. Instead the
+    maxima of groups of ``NEGATIVE_GROUP`` rows (rows j, j + G, j + 2G, ...: a reduction over
+    the outer dim, which vectorises) are ranked first, recursively: the m largest entries lie in
+    the m groups with the largest maxima (a group outside them has m group maxima at least as
+    large above its best member), so only those groups' members, and the rows past the last
+    whole group, are ranked."""
+    size, n = block.shape
+    group = NEGATIVE_GROUP
+    if 2 * m * group > size:
+        return block.t().topk(m, dim=1, sorted=False).indices
+    n_groups = size // group
+    maxima = block[: n_groups * group].view(group, n_groups, n).amax(dim=0)
+    best_groups = _top_rows(maxima, m)  # [n, m]
+    offsets = torch.arange(group, device=block.device) * n_groups
+    candidates = (best_groups[:, :, None] + offsets).view(n, m * group)
+    if n_groups * group < size:
+        tail = torch.arange(n_groups * group, size, device=block.device)
+        candidates = torch.cat([candidates, tail.expand(n, -1)], dim=1)
+    best = block.t().gather(1, candidates).topk(m, dim=1, sorted=False).indices
+    return candidates.gather(1, best)
 
 
 def _column_top(zt: Tensor, m: int) -> tuple[Tensor, Tensor]:
     """Values [n, m] (fp32) and item ids [n, m] of the m largest logits of each column of a block
-    ``zt`` [N, n], best first.
-
-    A plain top-k over a 37k-item column costs several times the block's exp; instead the maxima
-    of ``NEGATIVE_GROUP``-item groups (items j, j + G, j + 2G, ...: a contiguous reduction) are
-    ranked first. The m largest logits lie in the m groups with the largest maxima (a group
-    outside them has m group maxima at least as large above its best member), so only those
-    groups' members, and the items past the last whole group, are ranked."""
-    n_items, n = zt.shape
-    group = NEGATIVE_GROUP
-    n_groups = n_items // group
-    if n_groups < 4 * m:
-        values, ids = zt.t().topk(m, dim=1)
-        return values.float(), ids
-    head = zt[: n_groups * group].view(group, n_groups, n)
-    best_groups = head.amax(dim=0).t().topk(m, dim=1, sorted=False).indices  # [n, m]
-    offsets = torch.arange(group, device=zt.device) * n_groups
-    candidates = (best_groups[:, :, None] + offsets).view(n, m * group)
-    if n_groups * group < n_items:
-        tail = torch.arange(n_groups * group, n_items, device=zt.device)
-        candidates = torch.cat([candidates, tail.expand(n, -1)], dim=1)
-    values, where = zt.t().gather(1, candidates).topk(m, dim=1)
-    return values.float(), candidates.gather(1, where)
+    ``zt`` [N, n], best first (see ``_top_rows``)."""
+    ids = _top_rows(zt, m)
+    values, order = zt.t().gather(1, ids).float().sort(dim=1, descending=True)
+    return values, ids.gather(1, order)
 
 
 class _DenseCatalogLoss(torch.autograd.Function):
@@ -114,6 +142,7 @@ class _DenseCatalogLoss(torch.autograd.Function):
         lam: float,
         eps: float,
         dtype: torch.dtype,
+        weights: Tensor | None = None,
     ) -> Tensor:
         query_, table_ = query.to(dtype), table.to(dtype)
         # z as the transpose of a contiguous [N, B] product makes a CPU step ~5-10% faster;
@@ -127,26 +156,28 @@ class _DenseCatalogLoss(torch.autograd.Function):
         if lam > 0:
             negatives = hard_negatives(z, targets, k)
             margin = z.gather(1, negatives) - positive[:, None]
-            loss = lam * F.softplus(margin).mean()
+            loss = lam * _row_mean(F.softplus(margin).mean(dim=1), weights)
         # Label smoothing: the share eps of the target mass is spread over the real items.
         smoothed = eps * z[:, 1:].mean(dim=1) if eps else 0.0
         top = z.amax(dim=1, keepdim=True)
         probs = z.sub_(top).exp_()
         total = probs.sum(dim=1, keepdim=True)
         lse = (total.log() + top).squeeze(1)
-        ce = (lse - (1 - eps) * positive - smoothed).mean()
-        ctx.save_for_backward(query, table, targets, probs, total, negatives, margin)
+        ce = _row_mean(lse - (1 - eps) * positive - smoothed, weights)
+        ctx.save_for_backward(query, table, targets, probs, total, negatives, margin, weights)
         ctx.lam, ctx.eps, ctx.dtype = lam, eps, dtype
         return loss + (1 - lam) * ce
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        query, table, targets, probs, total, negatives, margin = ctx.saved_tensors
+        query, table, targets, probs, total, negatives, margin, weights = ctx.saved_tensors
         lam, eps, dtype = ctx.lam, ctx.eps, ctx.dtype
         rows = torch.arange(len(targets), device=probs.device)
         scale = grad / len(targets)
+        if weights is not None:
+            scale = (scale * weights.float())[:, None]  # each row's scale, [B, 1]
         dz = probs.mul_((1 - lam) * scale / total)
-        dz[rows, targets] -= (1 - lam) * (1 - eps) * scale
+        dz[rows, targets] -= (1 - lam) * (1 - eps) * scale.view(-1)
         if eps:
             dz[:, 1:] -= (1 - lam) * eps * scale / (dz.shape[1] - 1)
         if negatives is not None:
@@ -156,7 +187,12 @@ class _DenseCatalogLoss(torch.autograd.Function):
         dz = dz.to(dtype)
         grad_query = torch.mm(dz, table.to(dtype)).to(query.dtype)
         grad_table = torch.mm(dz.t(), query.to(dtype)).to(table.dtype)
-        return grad_query, grad_table, None, None, None, None, None
+        return grad_query, grad_table, None, None, None, None, None, None
+
+
+def _row_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """(1 / B) sum_i w_i values_i: the mean of the rows' values, each scaled by its weight."""
+    return values.mean() if weights is None else (values * weights.float()).mean()
 
 
 def _column_sums(block: Tensor) -> Tensor:
@@ -170,6 +206,19 @@ def _column_sums(block: Tensor) -> Tensor:
     whole = n_items // 32 * 32
     sums = block[:whole].view(32, -1, block.shape[1]).sum(dim=0).float().sum(dim=0)
     return sums + block[whole:].float().sum(dim=0)
+
+
+def _block_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A flat tensor of ``numel`` elements for the chunked loss's blocks: on CPU one buffer per
+    dtype, kept and reused between calls (grown when a call needs more)."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    key = (device, dtype)
+    buffer = _BUFFERS.get(key)
+    if buffer is None or buffer.numel() < numel:
+        _BUFFERS.pop(key, None)  # freed before the larger one is allocated
+        buffer = _BUFFERS[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buffer[:numel]
 
 
 class _ChunkedCatalogLoss(torch.autograd.Function):
@@ -187,6 +236,7 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         eps: float,
         dtype: torch.dtype,
         rows: int,
+        weights: Tensor | None = None,
     ) -> Tensor:
         need_grad = any(ctx.needs_input_grad[:2])
         n_rows, n_items = len(targets), table.shape[0]
@@ -197,7 +247,7 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         shift = bool(bound > SAFE_LOGIT)
         n_blocks = -(-n_rows // rows)
         rows = -(-n_rows // n_blocks)  # balanced blocks: no small, slow last one
-        buffer = t_op.new_empty(n_items * rows)
+        buffer = _block_buffer(n_items * rows, dtype, t_op.device)
         lse = q32.new_empty(n_rows)
         positive = q32.new_empty(n_rows)
         negatives = margin = None
@@ -206,7 +256,7 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
             margin = q32.new_empty(n_rows, k)
         grad_query = q32.new_empty(q32.shape) if need_grad else None
         grad_table = torch.zeros_like(t32) if need_grad else None
-        ce_weight = (1 - lam) / n_rows
+        w = None if weights is None else weights.detach().float()
         for start in range(0, n_rows, rows):
             cut = slice(start, min(start + rows, n_rows))
             n = cut.stop - start
@@ -224,9 +274,29 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
             sums = _column_sums(zt.exp_())
             lse[cut] = sums.log() if top is None else sums.log() + top.float()
             if need_grad:
-                coef = ce_weight / sums  # the block's softmax is zt * coef
-                grad_query[cut] = torch.mm(t_op_t, zt).t().float().mul_(coef[:, None])
-                scaled = (q32[cut] * coef[:, None]).to(dtype)
+                # The block's gradient of the logits is alpha * zt once the target and
+                # hard-negative terms are added into zt (over alpha; row weights then only
+                # scale alpha): no gather of table rows, the two matmuls take them along.
+                if lam < 1:
+                    alpha = (1 - lam) / (n_rows * sums)
+                else:
+                    alpha = sums.new_full((n,), 1 / n_rows)
+                    zt.zero_()
+                ids = y[:, None]
+                pull = sums.new_full((n, 1), -(1 - lam) * (1 - eps) / n_rows)
+                if lam > 0:
+                    weight = torch.sigmoid(margin[cut]) * (lam / (n_rows * k))
+                    ids = torch.cat([ids, negatives[cut]], dim=1)
+                    pull = torch.cat([pull - weight.sum(dim=1, keepdim=True), weight], dim=1)
+                # (index_put_ on the flat block: a bf16 scatter_add_ copies the block twice)
+                flat = ids * n + torch.arange(n, device=ids.device)[:, None]
+                zt.view(-1).index_put_(
+                    (flat.view(-1),), (pull / alpha[:, None]).to(dtype).view(-1), accumulate=True
+                )
+                if w is not None:
+                    alpha = alpha * w[cut]
+                grad_query[cut] = torch.mm(t_op_t, zt).t().float().mul_(alpha[:, None])
+                scaled = (q32[cut] * alpha[:, None]).to(dtype)
                 if dtype == torch.float32:
                     grad_table.addmm_(zt, scaled)
                 else:
@@ -236,17 +306,18 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         ce = lse - (1 - eps) * positive
         if eps:
             ce = ce - eps * (q32 @ mean_item)
-        loss = (1 - lam) * ce.mean()
+        loss = (1 - lam) * _row_mean(ce, w)
         if lam > 0:
-            loss = loss + lam * F.softplus(margin).mean()
+            loss = loss + lam * _row_mean(F.softplus(margin).mean(dim=1), w)
         if need_grad:
-            _add_sparse_gradients(
-                grad_query, grad_table, q32, t32, targets, negatives, margin, lam, eps
-            )
             if eps:
                 share = (1 - lam) * eps / n_rows
-                grad_query.sub_(mean_item, alpha=share)
-                grad_table[1:] -= q32.sum(dim=0) * (share / (n_items - 1))
+                if w is None:
+                    grad_query.sub_(mean_item, alpha=share)
+                    grad_table[1:] -= q32.sum(dim=0) * (share / (n_items - 1))
+                else:
+                    grad_query.sub_(share * w[:, None] * mean_item)
+                    grad_table[1:] -= (w @ q32) * (share / (n_items - 1))
             ctx.save_for_backward(grad_query, grad_table)
         ctx.dtypes = (query.dtype, table.dtype)
         return loss
@@ -258,47 +329,22 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         return (
             (grad_query * grad).to(query_dtype),
             (grad_table * grad).to(table_dtype),
-            None, None, None, None, None, None,
+            None, None, None, None, None, None, None,
         )
 
 
-def _add_sparse_gradients(
-    grad_query: Tensor,
-    grad_table: Tensor,
-    query: Tensor,
-    table: Tensor,
-    targets: Tensor,
-    negatives: Tensor | None,
-    margin: Tensor | None,
-    lam: float,
-    eps: float,
-) -> None:
-    """Adds, in place and in fp32, the gradients of the loss's sparse terms: -(1 - lam)(1 - eps)
-    z_target of the cross-entropy and the BPR pulls on the hard negatives and the target."""
-    n_rows = len(targets)
-    weight = torch.full((n_rows, 1), -(1 - lam) * (1 - eps) / n_rows, device=query.device)
-    ids = targets[:, None]
-    if negatives is not None:
-        pull = torch.sigmoid(margin) * (lam / (n_rows * negatives.shape[1]))
-        weight = torch.cat([weight - pull.sum(dim=1, keepdim=True), pull], dim=1)
-        ids = torch.cat([ids, negatives], dim=1)
-    # In slices of rows, so that the gathered [rows, K + 1, d] table rows stay small.
-    step = max(1, (1 << 20) // (ids.shape[1] * query.shape[1]))
-    for start in range(0, n_rows, step):
-        cut = slice(start, start + step)
-        w, i = weight[cut], ids[cut]
-        grad_query[cut] += torch.bmm(w[:, None, :], table[i]).squeeze(1)
-        grad_table.index_add_(0, i.reshape(-1), (w[:, :, None] * query[cut, None, :]).flatten(0, 1))
-
-
-def _drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """Bool mask, each entry True (dropped) with probability p rounded to a multiple of 2^-16:
-    the 16-bit lanes of uniform 64-bit random words against a threshold, about 3x faster on CPU
-    than thresholding uniform floats (one random word makes four entries)."""
+def _keep_mask(
+    shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """0/1 mask in ``dtype``, each entry 0 (dropped) with probability p rounded to a multiple of
+    2^-16: the 16-bit lanes of uniform 64-bit random words against a threshold, written straight
+    as ``dtype``; about 3x faster on CPU than thresholding uniform floats (one random word makes
+    four entries), and a float mask multiplies several times faster than a bool one."""
     n = math.prod(shape)
     words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_(-(2**63), None)
     threshold = round(p * 65536) - 32768
-    return words.view(torch.int16)[:n].view(shape) < threshold
+    lanes = words.view(torch.int16)[:n].view(shape)
+    return torch.ge(lanes, threshold, out=torch.empty(shape, dtype=dtype, device=device))
 
 
 class _NormalizedDropout(torch.autograd.Function):
@@ -309,22 +355,22 @@ class _NormalizedDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: Tensor, p: float) -> Tensor:
-        drop = _drop_mask(table.shape, p, table.device) if p > 0 else None
-        x = table.masked_fill(drop, 0.0) if drop is not None else table
+        keep = _keep_mask(table.shape, p, table.device, table.dtype) if p > 0 else None
+        x = table * keep if keep is not None else table
         inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
         inverse = inverse.reciprocal_()
-        out = x.mul_(inverse) if drop is not None else x * inverse
-        ctx.save_for_backward(out, inverse, drop)
+        out = x.mul_(inverse) if keep is not None else x * inverse
+        ctx.save_for_backward(out, inverse, keep)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:
-        out, inverse, drop = ctx.saved_tensors
+        out, inverse, keep = ctx.saved_tensors
         # d out / d x = (I - out out^T) / |x| per row (below the 1e-12 clamp: I / 1e-12).
         along = torch.bmm(out[:, None, :], grad[:, :, None]).view(-1, 1)
         along = along.masked_fill_(inverse >= 1e12, 0.0).mul_(inverse)
         grad_x = torch.addcmul(grad * inverse, out, along, value=-1.0)
-        return (grad_x.masked_fill_(drop, 0.0) if drop is not None else grad_x), None
+        return (grad_x.mul_(keep) if keep is not None else grad_x), None
 
 
 def normalized_dropout(table: Tensor, p: float, training: bool) -> Tensor:
@@ -337,8 +383,8 @@ def normalized_dropout(table: Tensor, p: float, training: bool) -> Tensor:
         training: whether to drop (otherwise only normalises).
 
     Returns:
-        The row-normalised table [N, d] (rows with norm below 1e-12 divided by 1e-12, as
-        ``F.normalize`` does).
+        The row-normalised table [N, d] (a row whose kept entries have a norm below 1e-12 is
+        divided by 1e-12).
     """
     return _NormalizedDropout.apply(table, p if training else 0.0)
 
@@ -369,6 +415,7 @@ def catalog_loss(
     label_smoothing: float = 0.0,
     impl: str = "chunked",
     rows: int | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Mean next-item loss of logits ``query @ table.T`` over the full catalog (row 0 included in
     the softmax, as in CORE's training).
@@ -378,7 +425,8 @@ def catalog_loss(
     item gets none), or with ``hn_lambda > 0`` the hybrid (1 - lambda) CE + lambda mean
     softplus(z_neg - z_pos) over the ``hn_k`` hardest negatives (the highest logits other than
     the target and padding). Under autocast the matmuls run in the autocast dtype (bf16) with
-    fp32 accumulation; the log-sum-exp, loss and sparse gradients stay in fp32.
+    fp32 accumulation, and the logits and their gradient are held in it; the log-sum-exp, the
+    loss and the returned gradients are fp32.
 
     Args:
         query: query vectors [B, d] (CORE: normalised session vectors over the temperature).
@@ -390,6 +438,8 @@ def catalog_loss(
         impl: "chunked" (blocks of batch rows, see the module docstring) or "dense" (one
             [B, N] buffer: the reference).
         rows: batch rows per block of the chunked implementation (default: ``block_rows``).
+        weights: non-negative loss weight per row [B] (None: all 1); the loss is then
+            (1 / B) sum_i w_i l_i, normalised by the row count (see the module docstring).
 
     Returns:
         The loss, an fp32 scalar.
@@ -407,11 +457,16 @@ def catalog_loss(
         raise ValueError(f"hard negatives need hn_k >= 1 and >= 3 catalog rows, got hn_k={hn_k}")
     if label_smoothing and table.shape[0] < 2:
         raise ValueError("label smoothing needs at least one item besides padding")
+    if weights is not None and weights.shape != targets.shape:
+        raise ValueError(f"weights must be [B] like targets {tuple(targets.shape)}, "
+                         f"got {tuple(weights.shape)}")
     if impl == "dense":
-        return _DenseCatalogLoss.apply(query, table, targets, k, hn_lambda, label_smoothing, dtype)
+        return _DenseCatalogLoss.apply(
+            query, table, targets, k, hn_lambda, label_smoothing, dtype, weights
+        )
     # Chunked blocks are bf16 or fp32 (fp16 cannot hold exp of CORE's logits).
     dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     rows = rows or block_rows(table.shape[0], dtype, query.device)
     return _ChunkedCatalogLoss.apply(
-        query, table, targets, k, hn_lambda, label_smoothing, dtype, rows
+        query, table, targets, k, hn_lambda, label_smoothing, dtype, rows, weights
     )

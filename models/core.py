@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.augment import augment
+from models.catalog_loss import normalized_dropout
 from models.encoders import PAD, Packed, dropout
 from models.losses import catalog_loss, in_batch_session_loss, nt_xent
 
@@ -87,15 +88,18 @@ class CORE(nn.Module):
         h = self.session_vector(packed, items, h)
         return F.normalize(h.float(), dim=-1), alpha
 
-    def forward(self, items: Tensor, targets: Tensor) -> Tensor:
-        """Training loss of a batch of right-padded prefixes [B, L] and next items [B]."""
+    def forward(self, items: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Training loss of a batch of right-padded prefixes [B, L] and next items [B]; with
+        ``weights`` [B] (``models.weighting``) the full-catalog term is (1 / B) sum_i w_i l_i
+        (``catalog_loss``), the in-batch and contrastive terms stay unweighted."""
         table = self.item_table()
         h, _ = self.encode(items, table)
-        dropped = dropout(table, self.item_dropout, self.training)
+        # Item dropout and row normalisation of the table, fused (models.catalog_loss).
+        catalog = normalized_dropout(table, self.item_dropout, self.training)
         obj = self.objective
         loss = catalog_loss(
-            h / self.temperature, F.normalize(dropped, dim=-1), targets, obj.hn_k, obj.hn_lambda,
-            obj.label_smoothing, obj.loss_impl,
+            h / self.temperature, catalog, targets, obj.hn_k, obj.hn_lambda,
+            obj.label_smoothing, obj.loss_impl, weights=weights,
         )
         if obj.inbatch_weight:
             loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)

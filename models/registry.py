@@ -149,9 +149,9 @@ _PERSONA = {
 }
 
 # diffaug (models.diffusion): base backbone and its first stage's epochs; the conditional DDPM
-# (steps, beta schedule, the tail's share of the catalog, prefix window, epochs, width, condition
-# dropout); sampling (classifier-free guidance scale, rows added as a share of the training rows)
-# and the loss weight of the added rows.
+# (steps, beta schedule, the tail's share of the targeted items, prefix window, epochs, width,
+# condition dropout); sampling (classifier-free guidance scale, rows added as a share of the
+# training rows) and the loss weight of the added rows.
 _DIFFAUG = {
     "base": "trm",
     "diff_base_epochs": 3,
@@ -162,7 +162,7 @@ _DIFFAUG = {
     "diff_epochs": 10,
     "diff_hidden": 128,
     "cond_dropout": 0.1,
-    "guidance_scale": 2.0,
+    "guidance_scale": 3.0,
     "aug_ratio": 0.2,
     "aug_weight": 0.5,
 }

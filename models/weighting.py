@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from data.dataset import Split
-from models.diffusion import AugmentSettings, Augmentation, DenoiserSettings, augment_training
+from models.diffusion import Augmentation, AugmentSettings, DenoiserSettings, augment_training
 from models.registry import build_model, resolve_config
 
 POP_WEIGHTINGS = ("none", "ips")

@@ -18,6 +18,7 @@ import yaml
 from local_cluster import ROOT, LocalCluster, free_port, kill_tree, start_mlflow_server, wait_for
 from mlflow.tracking import MlflowClient
 
+from hpo.outcome import RESUMED_KEY
 from hpo.tracking import PARENT_TAG, TRIAL_TAG
 from hpo.tracking_server import wait_until_healthy
 
@@ -216,20 +217,21 @@ def test_worker_node_dies_mid_search(servers, tiny_data_dir, tmp_path):
     assert victim_after.data.tags["retries"] == "1"
     assert victim_after.data.tags["ray_node_id"] == head.node_id  # the only node left
 
-    # Tune's own record (written by the trial): the retry resumed on the head from the last
-    # checkpoint the driver had registered - at least every epoch MLflow held before the kill -
-    # not from scratch. An epoch the worker finished but the driver never received is trained
-    # again (and logged once).
+    # Tune's own record (the results the driver received): the retry resumed on the head from
+    # the trial's last resume file in the storage path (hpo.trainable) - at least every epoch
+    # MLflow held before the kill, and an epoch the worker saved but the driver never received
+    # - not from scratch; it first reports that epoch again (logged once).
     [result_file] = storage.glob(f"{TINY}/trm_kill/*/trials/train_trial_{victim_id}_*/result.json")
-    lines = result_file.read_text().splitlines()
-    reports = [(r["epoch"], r["node_id"]) for r in map(json.loads, lines)]
+    results = [json.loads(line) for line in result_file.read_text().splitlines()]
+    reports = [(r["epoch"], r["node_id"]) for r in results]
     on_worker = [epoch for epoch, node in reports if node == worker.node_id]
     on_head = [epoch for epoch, node in reports if node == head.node_id]
     assert len(on_worker) + len(on_head) == len(reports)
     assert on_worker == list(range(1, len(on_worker) + 1))
     resumed_at = on_head[0]
+    assert results[len(on_worker)][RESUMED_KEY] == resumed_at
     assert on_head == list(range(resumed_at, 16))
-    assert len(before[victim_id]) + 1 <= resumed_at <= len(on_worker) + 1
+    assert len(before[victim_id]) <= resumed_at <= len(on_worker) + 1
     print(f"[figures] the victim resumed at epoch {resumed_at} on the head (MLflow held "
           f"{len(before[victim_id])} epochs before the kill, the worker had reported "
           f"{len(on_worker)})")

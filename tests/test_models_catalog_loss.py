@@ -274,3 +274,81 @@ def test_block_wise_evaluation_ranks_equal_a_dense_ranking_with_ties(monkeypatch
     )
     in_top = (top == targets.numpy()[:, None]).any(axis=1)
     np.testing.assert_array_equal(in_top[~ties.numpy()], (ranks <= 20)[~ties.numpy()])
+
+
+def test_normalized_dropout_equals_dropout_then_normalize_with_the_same_mask():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(300, 12, generator=g)
+    upstream = torch.randn(300, 12, generator=g)
+    torch.manual_seed(1)
+    keep = catalog_module._keep_mask(table.shape, 0.3, table.device)
+    assert keep.dtype == torch.float32 and set(keep.unique().tolist()) == {0.0, 1.0}
+    assert abs(1 - keep.mean().item() - 0.3) < 0.02
+    x = table.clone().requires_grad_()
+    torch.manual_seed(1)
+    got = catalog_module.normalized_dropout(x, 0.3, training=True)
+    (grad,) = torch.autograd.grad(got, x, upstream)
+    y = table.clone().requires_grad_()
+    want = F.normalize(y * keep / 0.7, dim=-1)
+    (want_grad,) = torch.autograd.grad(want, y, upstream)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad, want_grad)
+    assert torch.all(grad[keep == 0] == 0)
+    evaluated = catalog_module.normalized_dropout(table, 0.3, training=False)
+    torch.testing.assert_close(evaluated, F.normalize(table, dim=-1))
+
+
+# ------------------------------------------------------------------ per-row weights (issue 18)
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_all_ones_weights_equal_the_unweighted_loss(impl, case):
+    n_rows, n_items, d, k, lam, eps, rows = case
+    query, table, targets = inputs(n_rows, n_items, d, seed=4)
+    options = {"hn_k": k, "hn_lambda": lam, "label_smoothing": eps}
+    if impl == "chunked":
+        options["rows"] = rows
+    plain = loss_and_grads(impl, query, table, targets, **options)
+    ones = loss_and_grads(impl, query, table, targets, weights=torch.ones(n_rows), **options)
+    assert_same(ones, plain)
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+@pytest.mark.parametrize("case", [CASES["hybrid with smoothing"], CASES["ce, last block shorter"],
+                                  CASES["smoothing only"]])
+def test_weights_scale_each_rows_contribution(impl, case):
+    """Weighted loss and gradients = (1 / B) sum_i w_i (row i's own loss and gradients), the
+    rows' terms computed one row at a time (normalised by the row count, not by sum(w))."""
+    n_rows, n_items, d, k, lam, eps, rows = case
+    query, table, targets = inputs(n_rows, n_items, d, seed=5)
+    options = {"hn_k": k, "hn_lambda": lam, "label_smoothing": eps}
+    weights = torch.linspace(0.0, 3.0, n_rows)
+    got = loss_and_grads(impl, query, table, targets, weights=weights,
+                         **options, **({"rows": rows} if impl == "chunked" else {}))
+    singles = [loss_and_grads("dense", query[i : i + 1], table, targets[i : i + 1], **options)
+               for i in range(n_rows)]
+    want_loss = sum(w * s[0] for w, s in zip(weights, singles, strict=True)) / n_rows
+    want_query = torch.cat([w * s[1] for w, s in zip(weights, singles, strict=True)]) / n_rows
+    want_table = sum(w * s[2] for w, s in zip(weights, singles, strict=True)) / n_rows
+    assert_same(got, (want_loss, want_query, want_table))
+    assert torch.all(got[1][0] == 0)  # the first row weighs 0: no gradient reaches its query
+
+
+def test_weights_must_match_the_batch():
+    query, table, targets = inputs(4, 10, 3)
+    with pytest.raises(ValueError, match="weights"):
+        catalog_loss(query, table, targets, weights=torch.ones(3))
+
+
+def test_model_forward_passes_weights_to_the_loss():
+    torch.manual_seed(0)
+    model = build_model(resolve_config({"model": "ave", "embedding_size": 8, "item_dropout": 0.0}),
+                        n_items=20).eval()
+    items = torch.tensor([[1, 2, 0], [3, 4, 5], [6, 0, 0]])
+    targets = torch.tensor([7, 8, 9])
+    plain = model(items, targets)
+    assert torch.allclose(model(items, targets, torch.ones(3)), plain)
+    assert torch.allclose(model(items, targets, torch.full((3,), 2.0)), 2 * plain)
+    first_only = model(items, targets, torch.tensor([3.0, 0.0, 0.0]))
+    assert torch.allclose(first_only, model(items[:1], targets[:1]))  # 3 * l_0 / 3

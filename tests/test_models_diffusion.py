@@ -13,7 +13,7 @@ import torch
 from data.dataset import SessionDataset, Split
 from models.diffusion import augment as augment_module
 from models.diffusion import stages
-from models.diffusion.augment import AugmentSettings, augment_training, stage_keys
+from models.diffusion.augment import augment_training, stage_keys
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import Schedule, guided_eps, make_betas
 from models.diffusion.stages import HEAD, MID, TAIL, DenoiserSettings
@@ -100,16 +100,21 @@ def test_guidance_scale_0_is_unconditional_and_1_is_conditional():
 # ------------------------------------------------------------------ rows and groups
 
 
-def test_popularity_groups_rank_items_by_training_target_count():
-    # counts: item 1: 5, 2: 4, 3: 3, 4: 2, 5: 1, 6..10: 0
-    targets = np.repeat([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])
-    groups = stages.popularity_groups(targets, 11, tail_quantile=0.5)
+def test_popularity_groups_rank_the_targeted_items_by_training_target_count():
+    # counts: item 1: 9, 3: 8, 2: 7, 4..10: 6, 5, 4, 3, 2, 1, 1; items 11..20: never a target
+    counts = {1: 9, 3: 8, 2: 7, 4: 6, 5: 5, 6: 4, 7: 3, 8: 2, 9: 1, 10: 1}
+    targets = np.repeat(list(counts), list(counts.values()))
+    groups = stages.popularity_groups(targets, 21, tail_quantile=0.3)
     assert groups[0] == -1
-    assert list(groups[1:3]) == [HEAD, HEAD]  # 20% of 10 items
-    assert list(groups[3:6]) == [MID, MID, MID]
-    assert (groups[6:] == TAIL).all()  # the 5 least popular, the never-targeted ones
+    assert np.flatnonzero(groups == HEAD).tolist() == [1, 3]  # 20% of the 10 targeted items
+    assert np.flatnonzero(groups == MID).tolist() == [2, 4, 5, 6, 7]
+    # the 3 least popular targeted items (the tie 9 / 10 goes to the lower id first), and every
+    # never-targeted item
+    assert np.flatnonzero(groups == TAIL).tolist() == [8, 9, 10, *range(11, 21)]
+    # the tail has training rows even when most of the catalog is never a target
+    assert (groups[targets] == TAIL).sum() == 4
     with pytest.raises(ValueError, match="tail_quantile"):
-        stages.popularity_groups(targets, 11, tail_quantile=0.9)
+        stages.popularity_groups(targets, 21, tail_quantile=0.9)
 
 
 def test_row_windows_left_pad_the_last_items_and_append_the_target():
@@ -126,9 +131,9 @@ def test_filter_rows_drops_invalid_off_group_and_duplicate_rows():
     groups = np.array([-1, HEAD, MID, TAIL, TAIL])
     windows = np.array([
         [0, 1, 3],  # kept
-        [0, 1, 3],  # duplicate of the row above
+        [1, 0, 3],  # an empty slot after an item: the same row, compacted: duplicate
         [1, 2, 4],  # a training row: duplicate
-        [1, 0, 3],  # empty slot after an item: invalid
+        [2, 0, 4],  # kept, compacted to [0, 2, 4]
         [0, 0, 3],  # no prefix item: invalid
         [0, 2, 0],  # no target: invalid
         [0, 2, 1],  # head target: off-group
@@ -136,8 +141,9 @@ def test_filter_rows_drops_invalid_off_group_and_duplicate_rows():
     ])
     known = {np.array([1, 2, 4]).tobytes()}
     kept, counts = stages.filter_rows(windows, groups, TAIL, known)
-    assert kept.tolist() == [[0, 1, 3], [2, 2, 4]]
-    assert counts == {"invalid": 3, "off_group": 1, "duplicate": 2, "kept": 2}
+    assert kept.tolist() == [[0, 1, 3], [0, 2, 4], [2, 2, 4]]
+    assert counts == {"invalid": 2, "off_group": 1, "duplicate": 2, "kept": 3}
+    assert known >= {np.array(row).tobytes() for row in kept.tolist()}
 
 
 def test_nearest_items_maps_to_the_closest_candidate_or_an_empty_slot():

@@ -31,6 +31,11 @@ COMMON = {
     "seed",
     "precision",
     "ema_decay",
+    "pop_weighting",
+    "ips_power",
+    "ips_clip",
+    "loss_impl",
+    "label_smoothing",
 }
 TRANSFORMER = {
     "n_layers", "n_heads", "inner_size", "hidden_dropout", "attn_dropout", "pos_encoding",
@@ -52,13 +57,18 @@ EXTRA = {
     | {"persona_size", "hdgi_epochs", "hdgi_lr", "mp_ui", "mp_cooc", "mp_feature", "mp_kg",
        "cooc_min", "persona_fusion", "n_candidates", "rerank_mix", "fallback_k", "sem_size",
        "sem_dropout"},
+    "diffaug": TRANSFORMER
+    | {"da_gating", "da_recent", "da_residual", "da_scorer", "layer_aggregation", "enh_gate",
+       "enh_inbatch", "beta", "base", "diff_base_epochs", "diffusion_steps", "beta_schedule",
+       "tail_quantile", "diff_window", "diff_epochs", "diff_hidden", "cond_dropout",
+       "guidance_scale", "aug_ratio", "aug_weight"},
 }
 
 
 def test_variants_and_keys_follow_the_contract():
     assert VARIANTS == (
         "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f",
-        "persona",
+        "persona", "diffaug",
     )
     for variant in VARIANTS:
         assert config_keys(variant) == frozenset(COMMON | EXTRA[variant])

@@ -247,6 +247,8 @@ def test_write_report_writes_every_file(tmp_path):
         "seed_distributions_png",
         "beyond_mean_csv",
         "session_tests_csv",
+        "popularity_csv",
+        "tail_session_tests_csv",
     }
     assert set(paths) == expected and all(p.is_file() for p in paths.values())
     png = paths["seed_distributions_png"].read_bytes()
@@ -278,6 +280,12 @@ def test_write_report_writes_every_file(tmp_path):
     beyond_md = section(markdown, "## Beyond the mean")
     cold_rows = [line for line in beyond_md.splitlines() if "| cold |" in line]
     assert len(cold_rows) == 4 and f"| {int((targets == 5).sum())} (" in cold_rows[0]
+    popularity = pd.read_csv(paths["popularity_csv"])
+    assert len(popularity) == 4 and {"arp_20", "tail_share_20", "gini_20"} <= set(popularity)
+    tail_tests = pd.read_csv(paths["tail_session_tests_csv"])
+    n_tail = int(item_groups(POPULARITY)["tail"][targets].sum())
+    assert (tail_tests["n_rows"] == n_tail).all() and len(tail_tests) == 3 * 2
+    assert "## Popularity view" in markdown and "tail-target rows" in markdown
 
 
 def test_write_report_with_ablation_arms_writes_the_ablation_table(tmp_path):

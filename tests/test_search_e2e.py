@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import launch
+from hpo.outcome import RESUMED_KEY
 from hpo.space import load_space
 from hpo.study import PUBLISHED, RAY_TRIAL_ATTR, published_params
 from hpo.tracking import (
@@ -223,7 +224,13 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, tiny_data_dir, capsys):
 
 @pytest.mark.slow
 def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
-    """SIGKILL the driver mid-search; --resume finishes it with exactly one run per trial."""
+    """SIGKILL the driver mid-search; --resume finishes it with exactly one run per trial.
+
+    Issue 20: a kill between Tune deleting a trial's previous checkpoint and its next
+    experiment-state snapshot left a state naming a deleted checkpoint, and the resumed trial
+    failed in Ray's restore. Trials now resume from their own resume files (``hpo.trainable``);
+    the one that was training resumes from at least the last epoch MLflow held.
+    """
     out = tmp_path / "outputs"
     raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
     raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
@@ -252,6 +259,8 @@ def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
     [parent] = parent_runs(client, f"{TINY}/trm_resume")
     before = {r.data.tags[TRIAL_TAG]: r for r in child_runs(client, parent)}
     finished_before = {t for t, r in before.items() if r.info.status == "FINISHED"}
+    logged_before = {t: len(client.get_metric_history(r.info.run_id, "train_loss"))
+                     for t, r in before.items()}
     assert finished_before, "the first trial should have finished before the kill"
 
     resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, timeout=400,
@@ -268,6 +277,9 @@ def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
         assert sorted(steps) == list(range(1, 5)), steps
         if run.data.tags[TRIAL_TAG] in finished_before:  # not re-run: nothing logged after
             assert run.info.end_time == before[run.data.tags[TRIAL_TAG]].info.end_time
+        elif logged_before.get(run.data.tags[TRIAL_TAG]):  # was training: resumed, not redone
+            resumed = int(run.data.tags.get(RESUMED_KEY, 0))
+            assert resumed >= logged_before[run.data.tags[TRIAL_TAG]], (resumed, logged_before)
     # The same study continued: each Ray trial once, told COMPLETE, none asked twice.
     study = optuna.load_study(study_name=parent_after.data.params["optuna.study_name"],
                               storage=f"sqlite:///{out / 'optuna.db'}")

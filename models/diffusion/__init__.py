@@ -21,14 +21,16 @@ Pipeline (``augment.augment_training``; three cached stages, each fed the traini
    default configuration for ``diff_base_epochs`` epochs on the training rows, no validation;
 2. a conditional diffusion model over training rows, each the last ``diff_window`` prefix items
    (left-padded with empty slots) and the target, as unit item vectors scaled to norm sqrt(d)
-   (empty slots 0), conditioned on the target's popularity group: head (the most popular 20% of
-   the catalog by training-target count), tail (the least popular ``tail_quantile``), mid (the
-   rest); the condition is dropped with probability ``cond_dropout``; ``diffusion_steps`` steps,
-   ``beta_schedule`` linear or cosine; the denoiser is a small transformer over the row's slots;
+   (empty slots 0), conditioned on the target's popularity group among the items that occur as
+   training targets, ranked by count: head (the most popular 20%), tail (the least popular
+   ``tail_quantile``, plus every never-targeted item), mid (the rest); the condition is dropped
+   with probability ``cond_dropout``; ``diffusion_steps`` steps, ``beta_schedule`` linear or
+   cosine; the denoiser is a small transformer over the row's slots;
 3. sampling conditioned on the tail with guidance scale ``guidance_scale``; each generated slot is
-   mapped to its nearest training item by cosine (a slot with a short vector is an empty slot);
-   rows that are malformed, whose target is not a tail item, or that repeat a training row or an
-   earlier sample are dropped; aug_ratio x training rows are kept.
+   mapped to its nearest training item by cosine (a slot with a short vector is an empty slot,
+   and empty slots between items are dropped); rows without a target or a prefix item, whose
+   target is not a tail item, or that repeat a training row or an earlier sample are dropped;
+   at most aug_ratio x training rows are kept.
 
 The trainer (``models.weighting.training_rows``) appends the rows to the training split with a
 per-row loss weight ``aug_weight`` (the real rows weigh 1, or their IPS weight).

@@ -41,7 +41,9 @@ from models.diffusion import stages
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.stages import GROUP_NAMES, DenoiserSettings
 
-CACHE_VERSION = 1
+# Bumped when a stage's computation changes (so its cached results, and those downstream, are
+# stale). diffusion 2: popularity groups over the targeted items, not the catalog.
+STAGE_VERSIONS = {"base": 1, "diffusion": 2, "sampling": 1}
 STAGES = ("base", "diffusion", "sampling")
 COUNTS = ("generated", "invalid", "off_group", "duplicate", "kept", "added")
 logger = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class AugmentSettings:
     """
 
     denoiser: DenoiserSettings = field(default_factory=DenoiserSettings)
-    guidance_scale: float = 2.0
+    guidance_scale: float = 3.0
     aug_ratio: float = 0.2
     seed: int = 2020
 
@@ -125,8 +127,9 @@ def stage_keys(
     Returns:
         ``{stage: hex digest}`` for every stage of ``STAGES``.
     """
-    def key(**parts) -> str:
-        text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    def key(stage: str, **parts) -> str:
+        text = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **parts},
+                          sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     n_wanted = wanted_rows(len(train), settings.aug_ratio)
@@ -139,7 +142,15 @@ def stage_keys(
 
 
 def wanted_rows(n_train: int, aug_ratio: float) -> int:
-    """round(aug_ratio x n_train), at least 1."""
+    """How many generated rows a run adds at most.
+
+    Args:
+        n_train: training rows.
+        aug_ratio: the share of them to add.
+
+    Returns:
+        round(aug_ratio x n_train), at least 1.
+    """
     return max(1, round(aug_ratio * n_train))
 
 
@@ -265,11 +276,13 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
 
     # Stage 3: tail-conditioned samples, mapped to items and filtered.
     start = time.perf_counter()
+    say(f"diffaug stage 3/3 (tail-conditioned samples): {n_wanted:,} rows wanted, guidance "
+        f"{settings.guidance_scale:g}, {settings.denoiser.steps} denoising steps per row")
     candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
                                            np.asarray(train.targets)]))
     rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
                                       groups, windows, n_wanted, settings.guidance_scale,
-                                      settings.seed, device)
+                                      settings.seed, device, say)
     status["sampling"] = "computed"
     seconds["sampling"] = time.perf_counter() - start
     where = _store(use_cache, paths["sampling"], lambda file: np.savez(

@@ -4,7 +4,8 @@ reverse step, and classifier-free guidance.
 Forward process (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", eq. 4): with
 alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s,
 
-    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),  i.e.  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),
+    i.e. x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps with eps ~ N(0, I).
 
 Reverse step (their Algorithm 2), with the network's noise prediction eps_theta:
 
@@ -96,10 +97,18 @@ class Schedule:
 
     @property
     def steps(self) -> int:
+        """T, the chain's length."""
         return len(self.betas)
 
     def to(self, device: torch.device | str) -> Schedule:
-        """This schedule with its tensors on ``device``."""
+        """This schedule with its tensors on ``device``.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            A new schedule.
+        """
         return Schedule(*(x.to(device) for x in (
             self.betas, self.alphas, self.alpha_bars, self.posterior_variance)))
 

@@ -10,8 +10,10 @@ dataset: the validation and test splits cannot reach them.
    group (``popularity_groups``), the condition dropped with probability ``cond_dropout`` so the
    same network is also the unconditional model (classifier-free guidance).
 3. ``sample_rows``: guided ancestral sampling conditioned on the tail group; each generated
-   vector is mapped to its nearest training item by cosine (``nearest_items``), and rows that
-   are invalid, off-group or duplicates are dropped (``filter_rows``).
+   vector is mapped to its nearest training item by cosine, or to an empty slot when it is short
+   (``nearest_items``); empty prefix slots are dropped (``compact``), and rows without a target
+   or a prefix item (invalid), with a target outside the tail (off-group) or that repeat a
+   training row or an earlier sample (duplicate) are dropped (``filter_rows``).
 """
 
 from __future__ import annotations
@@ -142,30 +144,37 @@ def last_items(prefixes: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.nd
 def popularity_groups(targets: np.ndarray, n_items: int, tail_quantile: float) -> np.ndarray:
     """The popularity group of every item id by its training-target count.
 
-    Catalog ids 1..n_items-1 ranked by count, most popular first (ties to the lower id): the
-    first round(HEAD_FRACTION x catalog) are ``HEAD``, the last round(tail_quantile x catalog)
-    are ``TAIL`` (never-targeted items rank last, so they are tail), the rest ``MID``.
+    The items that occur as a training target, ranked by count, most popular first (ties to the
+    lower id): the first round(HEAD_FRACTION x their number) are ``HEAD``, the last
+    round(tail_quantile x their number) are ``TAIL``, the rest ``MID``; items that never occur
+    as a training target are ``TAIL`` too. The quantiles are over the targeted items, not the
+    catalog, so that every group has training rows to condition on: a search on the last rows
+    of a large log targets a small part of its catalog (tmall's last 50,000 rows: under a third),
+    and a catalog-wide tail would be all never-targeted items.
 
     Args:
         targets: the training rows' target ids.
         n_items: catalog rows (row 0 is padding).
-        tail_quantile: the tail's share of the catalog, in (0, 1 - HEAD_FRACTION).
+        tail_quantile: the tail's share of the targeted items, in (0, 1 - HEAD_FRACTION).
 
     Returns:
         int64 [n_items]: 0 head, 1 mid, 2 tail; -1 for padding.
     """
     if not 0.0 < tail_quantile < 1.0 - HEAD_FRACTION:
-        raise ValueError(f"tail_quantile must be in (0, {1 - HEAD_FRACTION:g}), got {tail_quantile}")
+        raise ValueError(
+            f"tail_quantile must be in (0, {1 - HEAD_FRACTION:g}), got {tail_quantile}"
+        )
     counts = np.bincount(np.asarray(targets), minlength=n_items)[:n_items]
     ids = np.arange(1, n_items)
     ranked = ids[np.lexsort((ids, -counts[1:]))]
-    n = len(ids)
-    n_head = max(1, round(HEAD_FRACTION * n))
-    n_tail = min(max(1, round(tail_quantile * n)), n - n_head)
-    groups = np.full(n_items, MID, dtype=np.int64)
+    targeted = ranked[counts[ranked] > 0]
+    n = len(targeted)
+    n_head = max(1, round(HEAD_FRACTION * n)) if n else 0
+    n_tail = min(max(1, round(tail_quantile * n)), n - n_head) if n else 0
+    groups = np.full(n_items, TAIL, dtype=np.int64)
     groups[PAD] = -1
-    groups[ranked[:n_head]] = HEAD
-    groups[ranked[n - n_tail :]] = TAIL
+    groups[targeted[:n_head]] = HEAD
+    groups[targeted[n_head : n - n_tail]] = MID
     return groups
 
 
@@ -283,9 +292,24 @@ def nearest_items(x: Tensor, table: Tensor, candidates: Tensor) -> Tensor:
     return torch.where(empty, torch.zeros_like(ids), ids).view(x.shape[:-1])
 
 
+def compact(windows: np.ndarray) -> np.ndarray:
+    """Generated rows with their prefix items moved to the end of the prefix slots, in order
+    (the left-padded form ``row_windows`` makes): an empty slot between two items is read as no
+    item there, not as a malformed row.
+
+    Args:
+        windows: item ids [rows, window + 1], 0 = empty slot.
+
+    Returns:
+        The rows, same shape, each prefix's empty slots first.
+    """
+    prefix = windows[:, :-1]
+    order = np.argsort(prefix != PAD, axis=1, kind="stable")  # empty slots first, items in order
+    return np.concatenate([np.take_along_axis(prefix, order, axis=1), windows[:, -1:]], axis=1)
+
+
 def valid_rows(windows: np.ndarray) -> np.ndarray:
-    """Which generated rows are well formed: a target, at least one prefix item, and the empty
-    prefix slots all before the first item (a left-padded window, as ``row_windows`` makes).
+    """Which generated rows make a training row: a target and at least one prefix item.
 
     Args:
         windows: item ids [rows, window + 1], 0 = empty slot.
@@ -293,19 +317,15 @@ def valid_rows(windows: np.ndarray) -> np.ndarray:
     Returns:
         bool [rows].
     """
-    prefix, target = windows[:, :-1], windows[:, -1]
-    real = prefix != PAD
-    # Left-padded: once a slot is real, every later one is too (real is non-decreasing).
-    contiguous = np.all(real[:, 1:] >= real[:, :-1], axis=1)
-    return (target != PAD) & real.any(axis=1) & contiguous
+    return (windows[:, -1] != PAD) & (windows[:, :-1] != PAD).any(axis=1)
 
 
 def filter_rows(
     windows: np.ndarray, groups: np.ndarray, group: int, known: set[bytes]
 ) -> tuple[np.ndarray, dict[str, int]]:
     """The generated rows worth adding: valid (``valid_rows``), with a target in ``group``, and
-    new (not a training row's window nor an earlier generated row); ``known`` is updated with
-    the rows kept.
+    new (not a training row's window nor an earlier generated row, compared in ``compact``
+    form); ``known`` is updated with the rows kept.
 
     Args:
         windows: generated rows as item ids [rows, window + 1] (int64).
@@ -314,8 +334,10 @@ def filter_rows(
         known: byte strings of the windows seen so far (training rows and kept rows).
 
     Returns:
-        (the kept rows, counts ``invalid`` / ``off_group`` / ``duplicate`` / ``kept``).
+        (the kept rows, compacted, counts ``invalid`` / ``off_group`` / ``duplicate`` /
+        ``kept``).
     """
+    windows = compact(windows)
     valid = valid_rows(windows)
     in_group = valid & (groups[windows[:, -1]] == group)
     keep = np.zeros(len(windows), dtype=bool)
@@ -376,6 +398,7 @@ def sample_rows(
     guidance_scale: float,
     seed: int,
     device: torch.device,
+    log: Log | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Counterfactual rows conditioned on the tail group, mapped to items and filtered, until
     ``n_wanted`` are kept or ``MAX_OVERSAMPLE`` x n_wanted were generated.
@@ -391,6 +414,7 @@ def sample_rows(
         guidance_scale: w of classifier-free guidance.
         seed: seeds the sampling noise.
         device: where to sample.
+        log: receives a progress line per batch of ``SAMPLE_BATCH`` rows.
 
     Returns:
         (at most ``n_wanted`` rows [rows, window + 1], counts ``generated`` / ``invalid`` /
@@ -404,6 +428,7 @@ def sample_rows(
     kept = []
     while counts["kept"] < n_wanted and counts["generated"] < MAX_OVERSAMPLE * n_wanted:
         n = min(SAMPLE_BATCH, MAX_OVERSAMPLE * n_wanted - counts["generated"])
+        start = time.perf_counter()
         x = generate(model, schedule, n, TAIL, guidance_scale, device)
         windows = nearest_items(x, table, ids).cpu().numpy()
         rows, batch_counts = filter_rows(windows, groups, TAIL, known)
@@ -411,6 +436,9 @@ def sample_rows(
         for name, value in batch_counts.items():
             counts[name] += value
         kept.append(rows)
+        if log is not None:
+            log(f"  sampled {counts['generated']:,} rows, kept {counts['kept']:,} of "
+                f"{n_wanted:,} wanted ({time.perf_counter() - start:.1f} s)")
     window = settings.window + 1
     rows = np.concatenate(kept) if kept else np.zeros((0, window), dtype=np.int64)
     return rows[:n_wanted], counts
@@ -420,7 +448,7 @@ def windows_to_split(windows: np.ndarray, max_len: int) -> Split:
     """Generated rows (left-padded windows and targets) as a right-padded ``Split``.
 
     Args:
-        windows: item ids [rows, window + 1] (valid rows, ``valid_rows``).
+        windows: item ids [rows, window + 1], valid (``valid_rows``) and compacted (``compact``).
         max_len: the prefix width of the split they join.
 
     Returns:

@@ -236,13 +236,17 @@ class PersonaCORE(CORE):
 
     # -- training and inference --------------------------------------------------------------
 
-    def forward(self, items: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
+    def forward(
+        self, items: Tensor, targets: Tensor, users: Tensor | None = None,
+        weights: Tensor | None = None,
+    ) -> Tensor:
         """Sum of the candidate model's and the re-ranker's training losses.
 
         Args:
             items: right-padded prefixes [B, L].
             targets: next items [B].
             users: user ids [B] (None: all rows use the fallback persona).
+            weights: loss weight per row [B] (None: all 1), for both losses.
         """
         table = self.item_table()
         h, _ = self.encode(items, table, users)
@@ -250,9 +254,9 @@ class PersonaCORE(CORE):
         obj = self.objective
         loss = catalog_loss(
             h / self.temperature, F.normalize(dropped, dim=-1), targets,
-            label_smoothing=obj.label_smoothing, impl=obj.loss_impl,
+            label_smoothing=obj.label_smoothing, impl=obj.loss_impl, weights=weights,
         )
-        return loss + self.base(items, targets)
+        return loss + self.base(items, targets, weights)
 
     def inference_context(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What every inference batch shares: both models' tables and normalised catalogs
