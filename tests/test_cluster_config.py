@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 import launch
 from hpo import tracking_server
 from hpo.cluster import Resources
+from hpo.plan import make_plans
 from hpo.tracking import MLflowTrialLogger
 
 
@@ -107,14 +108,14 @@ def test_a_relative_output_dir_in_a_ray_job_is_warned_about(tmp_path, monkeypatc
     """A job's working directory is a temporary copy: results under it would vanish."""
     monkeypatch.chdir(tmp_path)
     args = launch.build_parser().parse_args(["--space", "trm.yaml", "--output-dir", "out"])
-    launch.make_plans(args, "")
+    make_plans(args, "")
     assert "relative to the Ray job's working directory" not in caplog.text
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
                        '{"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_1"}}')
-    launch.make_plans(args, "")
+    make_plans(args, "")
     assert "--output-dir out: relative to the Ray job's working directory" in caplog.text
     caplog.clear()
-    launch.make_plans(launch.build_parser().parse_args(
+    make_plans(launch.build_parser().parse_args(
         ["--space", "trm.yaml", "--output-dir", str(tmp_path), "--storage-path", "s3://b/p"]), "")
     assert "relative to the Ray job's working directory" not in caplog.text
 
