@@ -23,7 +23,13 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from hpo.outcome import TrialOutcome, split_meta, trial_error_text, trial_outcome
+from hpo.outcome import (
+    DEVICE_WARNING_KEY,
+    TrialOutcome,
+    split_meta,
+    trial_error_text,
+    trial_outcome,
+)
 
 STATUS_EVERY_S = 30.0
 MAX_ERROR_CHARS = 200
@@ -113,6 +119,7 @@ class ConsoleReporter(Callback):
         self._outcomes: dict[str, TrialOutcome] = {}
         self._best: tuple[float, str] | None = None
         self._names: dict[str, str] = {}
+        self._warned: set[str] = set()
 
     def __getstate__(self):
         # Pickled into Tune's experiment state: no stream, fresh counters on restore.
@@ -153,6 +160,10 @@ class ConsoleReporter(Callback):
         self._print(f"{self._name(trial)} started{source}: {format_params(params)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        warning = result.get(DEVICE_WARNING_KEY)
+        if warning and trial.trial_id not in self._warned:
+            self._warned.add(trial.trial_id)
+            self._print(f"{self._name(trial)}: {warning}")
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return

@@ -13,6 +13,8 @@ from typing import Any
 
 # Result key the trainable sets to 1 on its last report, when training ended on its own.
 FINISHED_KEY = "finished"
+# Result key of a trial's warning about its device (a GPU assigned, CUDA unusable: CPU instead).
+DEVICE_WARNING_KEY = "device_warning"
 # Config key under which the searcher passes a trial's bookkeeping (its Optuna trial number and
 # where its configuration came from); the trainable and every record of the config drop it.
 META_KEY = "trial_meta"

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hpo import faultpoints
 from hpo.outcome import (
+    DEVICE_WARNING_KEY,
     RESUME_NOTE_KEY,
     RESUMED_KEY,
     TrialOutcome,
@@ -54,7 +55,8 @@ LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_")
 TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
 # Result keys the trainable reports about where it runs -> the run tags that record them.
-PLACEMENT_TAGS = {"node_id": "ray_node_id", "device": "device", "gpu_ids": "ray_gpu_ids"}
+PLACEMENT_TAGS = {"node_id": "ray_node_id", "device": "device", "gpu_ids": "ray_gpu_ids",
+                  DEVICE_WARNING_KEY: "device_warning"}
 RETRY_ENV = "CORE_HPO_TRACKING_RETRY_S"
 DEFAULT_RETRY_S = 300.0
 RETRY_PAUSE_S = 2.0

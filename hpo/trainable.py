@@ -57,6 +57,7 @@ from ray import tune
 
 from hpo.faultpoints import FaultPoints
 from hpo.outcome import (
+    DEVICE_WARNING_KEY,
     FINISHED_KEY,
     RESUME_NOTE_KEY,
     RESUMED_KEY,
@@ -136,14 +137,16 @@ def pick_device(
     return torch.device("cpu"), f"{problem}: falling back to CPU for this trial"
 
 
-def trial_device(require_cuda: bool) -> tuple[torch.device, list[str]]:
-    """The device of the running trial (see `pick_device`) and the GPU ids Ray assigned."""
+def trial_device(require_cuda: bool) -> tuple[torch.device, list[str], str]:
+    """The device of the running trial (see `pick_device`), the GPU ids Ray assigned, and the
+    warning about a fallback to CPU ("" if none; also reported, so the driver's console shows
+    it without the trials' logs)."""
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     device, warning = pick_device(gpu_ids, torch.cuda.is_available(),
                                   os.environ.get("CUDA_VISIBLE_DEVICES"), require_cuda)
     if warning:
         log.warning(warning)
-    return device, gpu_ids
+    return device, gpu_ids, warning or ""
 
 
 class ResumeStore:
@@ -263,11 +266,12 @@ def _train_reporting(
 ) -> None:
     """Train and report every epoch; see the module docstring for what is saved where."""
     faults = faults or FaultPoints()
-    device, gpu_ids = trial_device(require_cuda)
+    device, gpu_ids, device_warning = trial_device(require_cuda)
     placement = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": str(device),
         "gpu_ids": ",".join(gpu_ids),
+        DEVICE_WARNING_KEY: device_warning,
     }
     trainer = Trainer(config, dataset, device=device, num_threads=num_threads)
     resumed, note = store.restore(trainer) if store is not None else (0, None)

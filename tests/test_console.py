@@ -101,3 +101,12 @@ def test_formatting():
     assert format_duration(75) == "1:15"
     assert format_duration(3725) == "1:02:05"
     assert format_params({"lr": 0.000123456, "flag": True, "k": 8}) == "lr=0.000123 flag=True k=8"
+
+
+def test_a_trials_device_warning_is_printed_once():
+    console, stream = reporter(status_every_s=1e9)
+    a = trial("a", 0, lr=0.1, n_layers=1)
+    warning = "Ray assigned GPU 0 to this trial but torch sees no CUDA device: falling back"
+    for epoch in (1, 2):
+        console.on_trial_result(0, [a], a, {"device_warning": warning, "epoch": epoch})
+    assert lines(stream) == [f"trial 0: {warning}"]
