@@ -145,7 +145,8 @@ def assert_accounted(client: MlflowClient, out: Path, space: str, num_samples: i
     told = [t for t in study.get_trials() if RAY_TRIAL_ATTR in t.user_attrs]
     assert sorted(t.user_attrs[RAY_TRIAL_ATTR] for t in told) == sorted(runs)
     assert all(t.state == TrialState.COMPLETE for t in told)
-    table = pd.read_csv(Path(parent.data.tags["search_dir"]) / "trials.csv")
+    table = pd.read_csv(Path(parent.data.tags["search_dir"]) / "trials.csv",
+                        dtype={"trial_id": str})  # ids like 0722e143 would parse as numbers
     assert sorted(table["trial_id"]) == sorted(runs)
     return runs
 
