@@ -34,8 +34,6 @@ propensity estimators do; ``models.weighting`` makes the weights mean 1 over the
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,15 +41,14 @@ from torch import Tensor
 from models.encoders import PAD
 
 LOSS_IMPLS = ("dense", "chunked")
-# Bytes of one block of logits (the catalog times a block's rows). Blocks this large no longer fit
-# a core's cache, but neither would blocks small enough to cost more ops: measured on a 2-core
-# CPU, 7 to 2 blocks per tmall batch take the same CPU time alone, while fewer, larger blocks are
-# much faster when other processes share the cores (each op is a parallel region waiting for
-# its slowest thread) and accumulate the table's gradient fewer times. On CPU the block lives in
-# a buffer kept between calls (allocations this size are memory-mapped and would be faulted in
-# again every batch); a GPU's caching allocator keeps its own.
-BLOCK_BYTES = {"cpu": 80 << 20, "cuda": 512 << 20}
-_BUFFERS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+# Bytes of one block of logits (the catalog times a block's rows). On CPU just under 32 MiB, the
+# trainer's pinned glibc mmap threshold: the block then comes from the heap, reused batch after
+# batch instead of memory-mapped and faulted in again (blocks this size no longer fit a core's
+# cache, but smaller ones only add ops: 7 to 2 blocks per tmall batch took the same CPU time;
+# fewer, larger blocks were faster with other processes on the same 2 cores, each op being a
+# parallel region that waits for its slowest thread). Larger on a GPU, where bigger matmuls fill
+# the device better.
+BLOCK_BYTES = {"cpu": 31 << 20, "cuda": 512 << 20}
 MIN_BLOCK_ROWS = 16
 # Largest logit bound (max |query| * max |table row|) for which exp(z) needs no shift: exp(60)
 # times 10^7 items stays far below fp32's overflow, exp(-60) far above its underflow.
@@ -208,19 +205,6 @@ def _column_sums(block: Tensor) -> Tensor:
     return sums + block[whole:].float().sum(dim=0)
 
 
-def _block_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A flat tensor of ``numel`` elements for the chunked loss's blocks: on CPU one buffer per
-    dtype, kept and reused between calls (grown when a call needs more)."""
-    if device.type != "cpu":
-        return torch.empty(numel, dtype=dtype, device=device)
-    key = (device, dtype)
-    buffer = _BUFFERS.get(key)
-    if buffer is None or buffer.numel() < numel:
-        _BUFFERS.pop(key, None)  # freed before the larger one is allocated
-        buffer = _BUFFERS[key] = torch.empty(numel, dtype=dtype, device=device)
-    return buffer[:numel]
-
-
 class _ChunkedCatalogLoss(torch.autograd.Function):
     """The dense op's loss and gradients, a block of ``rows`` batch rows at a time (see the
     module docstring); forward computes the gradients, backward scales them."""
@@ -247,7 +231,7 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         shift = bool(bound > SAFE_LOGIT)
         n_blocks = -(-n_rows // rows)
         rows = -(-n_rows // n_blocks)  # balanced blocks: no small, slow last one
-        buffer = _block_buffer(n_items * rows, dtype, t_op.device)
+        buffer = t_op.new_empty(n_items * rows)
         lse = q32.new_empty(n_rows)
         positive = q32.new_empty(n_rows)
         negatives = margin = None
@@ -333,20 +317,6 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         )
 
 
-def _keep_mask(
-    shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """0/1 mask in ``dtype``, each entry 0 (dropped) with probability p rounded to a multiple of
-    2^-16: the 16-bit lanes of uniform 64-bit random words against a threshold, written straight
-    as ``dtype``; about 3x faster on CPU than thresholding uniform floats (one random word makes
-    four entries), and a float mask multiplies several times faster than a bool one."""
-    n = math.prod(shape)
-    words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_(-(2**63), None)
-    threshold = round(p * 65536) - 32768
-    lanes = words.view(torch.int16)[:n].view(shape)
-    return torch.ge(lanes, threshold, out=torch.empty(shape, dtype=dtype, device=device))
-
-
 class _NormalizedDropout(torch.autograd.Function):
     """Rows of the table with dropped entries zeroed, scaled to unit norm: item dropout then
     cosine normalisation as one op. Dropout's 1 / (1 - p) scale cancels in the normalisation,
@@ -355,7 +325,9 @@ class _NormalizedDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: Tensor, p: float) -> Tensor:
-        keep = _keep_mask(table.shape, p, table.device, table.dtype) if p > 0 else None
+        keep = None
+        if p > 0:  # drawn as models.encoders.dropout draws it: the same mask for the same seed
+            keep = torch.rand(table.shape, device=table.device).ge_(p).to(table.dtype)
         x = table * keep if keep is not None else table
         inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
         inverse = inverse.reciprocal_()
