@@ -12,10 +12,14 @@ printed with each run. Per configuration the summary gives the mean training tim
 the validation time, the peak RSS, and the valid R@20 / MRR@20 after the last epoch (mean over
 seeds, and the largest difference from dense fp32 over the seeds), then the speed-up of chunked
 bf16 over dense fp32 in epoch CPU time (process time, all threads: less sensitive to other work
-on the machine) and, on the last line, in epoch wall time.
+on the machine) and, on the last line, in epoch wall time. Chunked bf16 runs by default only where
+bf16 matrix products are native (a GPU, or a CPU with AMX or AVX-512 BF16:
+``models.trainer.native_bf16``); elsewhere it is left out, with a note, and the speed-ups are
+chunked fp32's. The first line names the processor and torch's CPU capability.
 
 Where an epoch's time goes is measured separately (``--profile-batches`` batches per model, for
-dense fp32 and for chunked bf16) with timers around each phase of the trainer's step (process CPU
+dense fp32 and for the fastest chunked configuration run) with timers around each phase of the
+trainer's step (process CPU
 time by default, wall-clock time with ``--profile-clock wall``):
 data (slicing the batch), forward without the loss (encoder, table dropout and normalisation),
 the loss's forward (``catalog_loss``; the chunked one computes its gradients here), the loss's
@@ -42,7 +46,7 @@ import torch  # noqa: E402
 
 import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
-from models.trainer import Trainer  # noqa: E402
+from models.trainer import Trainer, native_bf16  # noqa: E402
 
 # (label, loss_impl, precision); the first is the reference of every comparison.
 CONFIGS = {
@@ -50,7 +54,7 @@ CONFIGS = {
     "chunked fp32": ("chunked", "fp32"),
     "chunked bf16": ("chunked", "bf16"),
 }
-REFERENCE, FAST = "dense fp32", "chunked bf16"
+REFERENCE, FAST, FAST_FP32 = "dense fp32", "chunked bf16", "chunked fp32"
 PHASES = ("data", "forward", "loss fwd", "loss bwd", "backward", "optimizer")
 
 
@@ -70,6 +74,19 @@ def _trainer(args: argparse.Namespace, dataset, model: str, label: str, seed: in
         "seed": seed,
     }
     return Trainer(config, dataset, device=args.device, num_threads=args.threads)
+
+
+def _hardware(device: str) -> str:
+    """The processor and the vector ISA torch's CPU kernels use (bf16 pays off only with native
+    bf16 matrix units: AMX or AVX-512 BF16; on AVX2 bf16 products are converted to fp32), or
+    the GPU's name."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _peak_memory(device: str) -> dict:
@@ -192,7 +209,7 @@ def _in_process(context, function, *arguments):
         return pool.apply(function, arguments)
 
 
-def _summary(results: list[dict], models_: list[str], labels: list[str]) -> list[str]:
+def _summary(results: list[dict], models_: list[str], labels: list[str], fast: str) -> list[str]:
     lines = []
     seeds = sorted({r["seed"] for r in results})
     header = (f"{'model':>5} {'configuration':<13} {'epoch s':>8} {'CPU s':>7} {'valid s':>8} "
@@ -224,16 +241,16 @@ def _summary(results: list[dict], models_: list[str], labels: list[str]) -> list
                 ]
                 line += f" {100 * diffs[0]:>29.2f} / {100 * diffs[1]:.2f}"
             lines.append(line)
-        fast, ref = by_label.get(FAST), by_label.get(REFERENCE)
-        if fast and ref:
+        quick, ref = by_label.get(fast), by_label.get(REFERENCE)
+        if quick and ref:
             speedups[model] = tuple(
-                np.mean([r[key] for r in ref]) / np.mean([r[key] for r in fast])
+                np.mean([r[key] for r in ref]) / np.mean([r[key] for r in quick])
                 for key in ("epoch_s", "epoch_cpu_s")
             )
     if speedups:
-        lines.append(f"{FAST} vs {REFERENCE}, epoch CPU time: "
+        lines.append(f"{fast} vs {REFERENCE}, epoch CPU time: "
                      + ", ".join(f"{m} {s[1]:.2f}x" for m, s in speedups.items()))
-        lines.append(f"speedup vs {REFERENCE}: "
+        lines.append(f"speedup vs {REFERENCE} ({fast}): "
                      + ", ".join(f"{m} {s[0]:.2f}x" for m, s in speedups.items()))
     return lines
 
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit-rows", type=int, default=0, help="train on the first N rows")
     parser.add_argument("--models", nargs="+", default=["ave", "trm", "hn"])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+    parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
                         metavar="CONFIG", help=f"of {list(CONFIGS)}")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
     parser.add_argument("--seed", type=int, default=2020, help="the first seed")
@@ -259,7 +276,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     context = multiprocessing.get_context("spawn")
-    print(f"device {args.device} | threads {args.threads or len(os.sched_getaffinity(0))} | "
+    if args.configs is None:
+        args.configs = list(CONFIGS)
+        if not native_bf16(torch.device(args.device)):
+            args.configs.remove(FAST)
+            print(f"{FAST} left out: no native bf16 matrix products on this {args.device} (they "
+                  f"would run several times slower than fp32; --configs includes it anyway)",
+                  flush=True)
+    fast = FAST if FAST in args.configs else FAST_FP32
+    print(f"device {args.device} ({_hardware(args.device)}) | "
+          f"threads {args.threads or len(os.sched_getaffinity(0))} | "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     for seed in range(args.seed, args.seed + args.seeds):
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'model':>5} {'configuration':<13} " + " ".join(f"{p:>9}" for p in PHASES)
               + f" {'total':>9}", flush=True)
         for model in args.models:
-            for label in (REFERENCE, FAST):
+            for label in (REFERENCE, fast):
                 if label not in args.configs:
                     continue
                 p = _in_process(context, _profile, args, model, label)
@@ -294,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                       + f" {1000 * sum(p[phase] for phase in PHASES):9.1f}"
                       + f"  ({p['batches']} batches, load {p['load']:.1f})", flush=True)
     print(flush=True)
-    for line in _summary(results, args.models, args.configs):
+    for line in _summary(results, args.models, args.configs, fast):
         print(line, flush=True)
 
 

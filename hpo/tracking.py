@@ -188,7 +188,8 @@ def get_or_create_experiment(
     client: MlflowClient, name: str, artifact_location: str | None
 ) -> str:
     """The id of experiment ``name``, created (or restored, if deleted) as needed, tagged as a
-    model-development experiment so the MLflow UI opens on its runs table.
+    model-development experiment so the MLflow UI opens on its runs table (the store's
+    ``Default`` experiment is tagged too: see ``tag_default_experiment``).
 
     Args:
         client: the tracking client.
@@ -206,9 +207,27 @@ def get_or_create_experiment(
                 raise exc from None
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    _tag_kind(client, experiment)
+    tag_default_experiment(client)
+    return experiment.experiment_id
+
+
+def _tag_kind(client: MlflowClient, experiment) -> None:
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return experiment.experiment_id
+
+
+def tag_default_experiment(client: MlflowClient) -> None:
+    """Tags the store's own ``Default`` experiment (which every new store creates) as a
+    model-development one too, so that every experiment in a search's store opens on its runs
+    table in the MLflow UI; nothing happens where there is none or it is deleted.
+
+    Args:
+        client: the tracking client.
+    """
+    default = client.get_experiment_by_name("Default")
+    if default is not None and default.lifecycle_stage == "active":
+        _tag_kind(client, default)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

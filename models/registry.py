@@ -150,7 +150,8 @@ _PERSONA = {
 
 # diffaug (models.diffusion): base backbone and its first stage's epochs; the conditional DDPM
 # (steps, beta schedule, the tail's share of the targeted items, prefix window, epochs, width,
-# condition dropout); sampling (classifier-free guidance scale, rows added as a share of the
+# condition dropout); sampling (classifier-free guidance scale, denoising steps per sample, evenly
+# spaced over the chain (all of it when at least diffusion_steps), rows added as a share of the
 # training rows) and the loss weight of the added rows.
 _DIFFAUG = {
     "base": "trm",
@@ -163,6 +164,7 @@ _DIFFAUG = {
     "diff_hidden": 128,
     "cond_dropout": 0.1,
     "guidance_scale": 3.0,
+    "sample_steps": 10,
     "aug_ratio": 0.2,
     "aug_weight": 0.5,
 }
@@ -240,6 +242,7 @@ _RANGES = {
             "diffusion_steps",
             "diff_window",
             "diff_epochs",
+            "sample_steps",
         ),
         _COUNT,
     ),

@@ -57,6 +57,33 @@ def pin_mmap_threshold() -> None:
         pass
 
 
+# CPU flags of native bf16 matrix products (Linux /proc/cpuinfo names).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively on ``device``: a CUDA device that supports bf16,
+    or a CPU with AMX or AVX-512 BF16 (read from /proc/cpuinfo; False where it cannot be read).
+    Elsewhere torch converts bf16 products to fp32 element by element: measured on a 2-core AVX2
+    CPU, a [2048 x 64] x [64 x 37,000] product took 3.9 s in bf16 against 0.42 s in fp32.
+
+    Args:
+        device: the device training runs on.
+
+    Returns:
+        True where ``precision: bf16`` can pay off.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in CPUINFO.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the trial is diverging)."""
 
@@ -150,6 +177,11 @@ class Trainer:
         self.callback = callback
         torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
         pin_mmap_threshold()
+        if self.config["precision"] == "bf16" and not native_bf16(self.device):
+            warnings.warn(
+                f"precision bf16 on {self.device.type} without native bf16 matrix products "
+                f"(a CPU needs one of {', '.join(BF16_CPU_FLAGS)}): they are converted to fp32 "
+                "and run several times slower than precision fp32", RuntimeWarning, stacklevel=2)
         torch.manual_seed(self.config["seed"])
         self.rng = np.random.default_rng(self.config["seed"])
         self.model = build_model_for(self.config, dataset).to(self.device)

@@ -92,7 +92,8 @@ def augment_settings(config: dict) -> AugmentSettings:
         cond_dropout=config["cond_dropout"],
     )
     return AugmentSettings(denoiser, guidance_scale=config["guidance_scale"],
-                           aug_ratio=config["aug_ratio"], seed=config["seed"])
+                           aug_ratio=config["aug_ratio"], sample_steps=config["sample_steps"],
+                           seed=config["seed"])
 
 
 def base_config(config: dict) -> dict:

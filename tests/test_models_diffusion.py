@@ -81,6 +81,33 @@ def test_reverse_step_recovers_x0_when_the_noise_prediction_is_exact():
 # ------------------------------------------------------------------ guidance
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_respaced_chain_keeps_the_full_chains_abar_at_evenly_spaced_steps(kind):
+    full = Schedule.create(kind, 50)
+    assert torch.equal(Schedule.respaced(kind, 50, 50).betas, full.betas)
+    assert torch.equal(Schedule.respaced(kind, 50, 80).timesteps, torch.arange(50))
+    short = Schedule.respaced(kind, 50, 10)
+    assert short.steps == 10 and short.timesteps[0] == 0 and short.timesteps[-1] == 49
+    assert (short.timesteps.diff() >= 5).all()
+    torch.testing.assert_close(short.alpha_bars, full.alpha_bars[short.timesteps])
+    # each respaced step makes the jump between two kept steps of the full chain
+    torch.testing.assert_close(short.alphas[1:], short.alpha_bars[1:] / short.alpha_bars[:-1])
+    assert torch.equal(short.betas[0], full.betas[0])
+    assert (short.betas[1:] > full.betas[short.timesteps[1:]]).all()
+    with pytest.raises(ValueError, match="sample steps"):
+        Schedule.respaced(kind, 50, 0)
+
+
+def test_sampling_calls_the_network_once_per_respaced_step_with_the_original_timesteps():
+    model = Denoiser(4, 2, 3, hidden=8).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[1].unique().tolist()))
+    schedule = Schedule.respaced("linear", 40, 5)
+    stages.generate(model, schedule, 3, TAIL, 2.0, torch.device("cpu"))
+    assert seen == [[t] for t in reversed(schedule.timesteps.tolist())]
+    assert seen[0] == [39] and seen[-1] == [0]
+
+
 def test_guidance_scale_0_is_unconditional_and_1_is_conditional():
     torch.manual_seed(0)
     model = Denoiser(dim=8, window=3, n_classes=3, hidden=16).eval()
@@ -310,6 +337,12 @@ def test_stage_keys_follow_content_and_upstream_settings():
     guided = stage_keys(dataset.train, dataset.n_items, base, replace(settings, guidance_scale=5))
     assert guided["base"] == keys["base"] and guided["diffusion"] == keys["diffusion"]
     assert guided["sampling"] != keys["sampling"]
+    steps = settings.denoiser.steps
+    fewer = stage_keys(dataset.train, dataset.n_items, base, replace(settings, sample_steps=2))
+    assert fewer["diffusion"] == keys["diffusion"] and fewer["sampling"] != keys["sampling"]
+    whole = [stage_keys(dataset.train, dataset.n_items, base, replace(settings, sample_steps=k))
+             for k in (steps, steps + 7)]  # both sample the whole chain: one result
+    assert whole[0] == whole[1]
     targets = dataset.train.targets.copy()
     targets[0] = targets[0] % 30 + 1
     changed = stage_keys(replace(dataset.train, targets=targets), dataset.n_items, base, settings)

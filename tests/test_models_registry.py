@@ -61,7 +61,7 @@ EXTRA = {
     | {"da_gating", "da_recent", "da_residual", "da_scorer", "layer_aggregation", "enh_gate",
        "enh_inbatch", "beta", "base", "diff_base_epochs", "diffusion_steps", "beta_schedule",
        "tail_quantile", "diff_window", "diff_epochs", "diff_hidden", "cond_dropout",
-       "guidance_scale", "aug_ratio", "aug_weight"},
+       "guidance_scale", "sample_steps", "aug_ratio", "aug_weight"},
 }
 
 

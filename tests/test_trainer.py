@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+import models.trainer as trainer_module
 from data.synthetic import make_dataset
 from models.metrics import metrics_from_ranks, rank_and_top_
-from models.trainer import NonFiniteLossError, Trainer, _keep_last
+from models.trainer import NonFiniteLossError, Trainer, _keep_last, native_bf16
 
 SMALL = {"embedding_size": 16, "batch_size": 256, "eval_batch_size": 64, "seed": 7}
 TRM = {**SMALL, "model": "trm", "inner_size": 32}
@@ -144,7 +145,9 @@ def test_training_beats_popularity_on_validation(dataset):
 def test_bf16_training_runs_and_stays_close_to_fp32(dataset):
     results = {}
     for precision in ("fp32", "bf16"):
-        trainer = Trainer({**TRM, "epochs": 2, "precision": precision}, dataset, **CPU)
+        with warnings.catch_warnings():  # the slow-bf16 warning, on CPUs without native bf16
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trainer = Trainer({**TRM, "epochs": 2, "precision": precision}, dataset, **CPU)
         results[precision] = trainer.fit()
     assert np.isfinite(results["bf16"]["train_loss"])
     assert abs(results["bf16"]["train_loss"] - results["fp32"]["train_loss"]) < 0.05
@@ -186,3 +189,29 @@ def test_read_only_arrays_from_the_object_store_are_used_without_copy_or_warning
         trainer.run_epoch()
     targets = trainer._split_rows("train").targets
     assert targets.data_ptr() == dataset.train.targets.ctypes.data  # shared, not copied
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ("fpu sse avx2 fma", False),
+    ("fpu avx2 avx512f avx512_bf16", True),
+    ("fpu avx2 amx_bf16 amx_tile", True),
+])
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(trainer_module, "CPUINFO", cpuinfo)
+    assert native_bf16(torch.device("cpu")) is native
+    monkeypatch.setattr(trainer_module, "CPUINFO", tmp_path / "missing")
+    assert native_bf16(torch.device("cpu")) is False
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_native_matrix_products_warns(dataset, monkeypatch, native):
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer({**TRM, "precision": "bf16"}, dataset, **CPU)
+        Trainer({**TRM, "precision": "fp32"}, dataset, **CPU)
+    slow = [w for w in caught if "without native bf16" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    assert all(w.category is RuntimeWarning for w in slow)

@@ -26,7 +26,9 @@ Pipeline (``augment.augment_training``; three cached stages, each fed the traini
    ``tail_quantile``, plus every never-targeted item), mid (the rest); the condition is dropped
    with probability ``cond_dropout``; ``diffusion_steps`` steps, ``beta_schedule`` linear or
    cosine; the denoiser is a small transformer over the row's slots;
-3. sampling conditioned on the tail with guidance scale ``guidance_scale``; each generated slot is
+3. sampling conditioned on the tail with guidance scale ``guidance_scale``, in ``sample_steps``
+   evenly spaced steps of the chain (Nichol & Dhariwal 2021's respacing: each step a network call,
+   so sampling costs that many calls per row, not ``diffusion_steps``); each generated slot is
    mapped to its nearest training item by cosine (a slot with a short vector is an empty slot,
    and empty slots between items are dropped); rows without a target or a prefix item, whose
    target is not a tail item, or that repeat a training row or an earlier sample are dropped;

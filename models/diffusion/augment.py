@@ -7,8 +7,8 @@ split's content (prefixes, lengths, targets and the catalog size, never a name o
 
 - base: the data digest and the base model's whole resolved config (variant, epochs, seed, ...);
 - diffusion: the base key and ``DenoiserSettings`` and the seed;
-- sampling: the diffusion key, the guidance scale, the number of rows wanted (``aug_ratio``) and
-  the seed.
+- sampling: the diffusion key, the guidance scale, the denoising steps per sample, the number of
+  rows wanted (``aug_ratio``) and the seed.
 
 So trials of a search that differ only downstream (e.g. the guidance scale, or any setting of the
 recommender trained on the augmented rows) reuse the upstream stages, and a stage whose result is
@@ -59,12 +59,16 @@ class AugmentSettings:
         denoiser: the diffusion stage's settings.
         guidance_scale: classifier-free guidance's w when sampling.
         aug_ratio: rows wanted, as a share of the training rows.
+        sample_steps: denoising steps per sample, evenly spaced over the chain's
+            ``denoiser.steps`` (``schedule.Schedule.respaced``; at least that many: the whole
+            chain).
         seed: seeds the diffusion and sampling stages (the base stage uses its config's seed).
     """
 
     denoiser: DenoiserSettings = field(default_factory=DenoiserSettings)
     guidance_scale: float = 3.0
     aug_ratio: float = 0.2
+    sample_steps: int = 10
     seed: int = 2020
 
 
@@ -137,6 +141,7 @@ def stage_keys(
     diffusion = key(stage="diffusion", base=base, settings=asdict(settings.denoiser),
                     seed=settings.seed)
     sampling = key(stage="sampling", diffusion=diffusion, guidance_scale=settings.guidance_scale,
+                   sample_steps=min(settings.sample_steps, settings.denoiser.steps),
                    rows=n_wanted, seed=settings.seed)
     return {"base": base, "diffusion": diffusion, "sampling": sampling}
 
@@ -277,12 +282,14 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
     # Stage 3: tail-conditioned samples, mapped to items and filtered.
     start = time.perf_counter()
     say(f"diffaug stage 3/3 (tail-conditioned samples): {n_wanted:,} rows wanted, guidance "
-        f"{settings.guidance_scale:g}, {settings.denoiser.steps} denoising steps per row")
+        f"{settings.guidance_scale:g}, {min(settings.sample_steps, settings.denoiser.steps)} "
+        f"denoising steps per row (of the chain's {settings.denoiser.steps})")
     candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
                                            np.asarray(train.targets)]))
     rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
                                       groups, windows, n_wanted, settings.guidance_scale,
-                                      settings.seed, device, say)
+                                      settings.seed, device, say,
+                                      sample_steps=settings.sample_steps)
     status["sampling"] = "computed"
     seconds["sampling"] = time.perf_counter() - start
     where = _store(use_cache, paths["sampling"], lambda file: np.savez(

@@ -22,6 +22,12 @@ Classifier-free guidance (Ho & Salimans 2022): one network trained with the cond
 sampling uses eps_uncond + w (eps_cond - eps_uncond). Here w = 0 is the unconditional model and
 w = 1 the conditional one (the paper's (1 + w') eps_c - w' eps_u with w' = w - 1).
 
+Respaced sampling (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models",
+section 4): a network trained on the T-step chain samples with K < T evenly spaced steps S_1 <
+... < S_K of it, the chain's abar at those steps kept and the betas recomputed as beta_k = 1 -
+abar_{S_k} / abar_{S_(k-1)}; the network is still told the original timestep S_k. Sampling costs
+K instead of T network calls (``Schedule.respaced``).
+
 Timesteps are 0-based in code: index t = 0..T-1 stands for the paper's t = 1..T.
 """
 
@@ -70,12 +76,15 @@ def make_betas(kind: str, steps: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A DDPM chain's constants (float32 tensors [T], index t for the paper's t + 1)."""
+    """A DDPM chain's constants (float32 tensors [T], index t for the paper's t + 1), and the
+    network timestep of each index (long [T]: ``arange(T)``, or the steps kept by
+    ``respaced``)."""
 
     betas: Tensor
     alphas: Tensor
     alpha_bars: Tensor
     posterior_variance: Tensor
+    timesteps: Tensor
 
     @classmethod
     def create(cls, kind: str, steps: int) -> Schedule:
@@ -89,11 +98,41 @@ class Schedule:
             The schedule (float32 tensors on CPU; see ``to``).
         """
         betas = make_betas(kind, steps)
-        alphas = 1 - betas
-        alpha_bars = torch.cumprod(alphas, dim=0)
+        return cls._from_alpha_bars(torch.cumprod(1 - betas, dim=0), torch.arange(steps))
+
+    @classmethod
+    def _from_alpha_bars(cls, alpha_bars: Tensor, timesteps: Tensor) -> Schedule:
         previous = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
+        alphas = alpha_bars / previous
+        betas = 1 - alphas
         posterior = betas * (1 - previous) / (1 - alpha_bars)
-        return cls(*(x.float() for x in (betas, alphas, alpha_bars, posterior)))
+        return cls(*(x.float() for x in (betas, alphas, alpha_bars, posterior)), timesteps)
+
+    @classmethod
+    def respaced(cls, kind: str, steps: int, sample_steps: int) -> Schedule:
+        """The chain of ``make_betas(kind, steps)`` restricted to ``sample_steps`` evenly spaced
+        timesteps, the first and the last included (see the module docstring); the full chain
+        when ``sample_steps`` >= ``steps``.
+
+        Args:
+            kind: "linear" or "cosine".
+            steps: T, the chain the network was trained on.
+            sample_steps: K, the steps to sample with (>= 1).
+
+        Returns:
+            A schedule of K steps whose ``timesteps`` are the original ones.
+
+        Raises:
+            ValueError: sample_steps < 1 (or as ``make_betas``).
+        """
+        if sample_steps < 1:
+            raise ValueError(f"sample steps must be >= 1, got {sample_steps}")
+        betas = make_betas(kind, steps)
+        if sample_steps >= steps:
+            return cls.create(kind, steps)
+        kept = torch.linspace(0, steps - 1, sample_steps, dtype=torch.float64).round().long()
+        alpha_bars = torch.cumprod(1 - betas, dim=0)[kept]
+        return cls._from_alpha_bars(alpha_bars, kept)
 
     @property
     def steps(self) -> int:
@@ -110,7 +149,7 @@ class Schedule:
             A new schedule.
         """
         return Schedule(*(x.to(device) for x in (
-            self.betas, self.alphas, self.alpha_bars, self.posterior_variance)))
+            self.betas, self.alphas, self.alpha_bars, self.posterior_variance, self.timesteps)))
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t ~ q(x_t | x_0) in closed form: sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise.

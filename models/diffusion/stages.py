@@ -368,7 +368,7 @@ def generate(
 
     Args:
         model: the trained network.
-        schedule: its schedule.
+        schedule: its schedule, or a respaced one (``Schedule.respaced``).
         n: rows to generate.
         group: the condition class.
         guidance_scale: w of classifier-free guidance.
@@ -381,7 +381,7 @@ def generate(
     x = torch.randn(n, model.window + 1, model.dim, device=device)
     c = torch.full((n,), group, dtype=torch.long, device=device)
     for step in reversed(range(schedule.steps)):
-        t = torch.full((n,), step, dtype=torch.long, device=device)
+        t = schedule.timesteps[step].expand(n)
         eps = model.guided(x, t, c, guidance_scale)
         x = schedule.p_step(x, step, eps, torch.randn_like(x) if step else None)
     return x
@@ -399,6 +399,7 @@ def sample_rows(
     seed: int,
     device: torch.device,
     log: Log | None = None,
+    sample_steps: int | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Counterfactual rows conditioned on the tail group, mapped to items and filtered, until
     ``n_wanted`` are kept or ``MAX_OVERSAMPLE`` x n_wanted were generated.
@@ -415,13 +416,16 @@ def sample_rows(
         seed: seeds the sampling noise.
         device: where to sample.
         log: receives a progress line per batch of ``SAMPLE_BATCH`` rows.
+        sample_steps: denoising steps per row, evenly spaced over the chain
+            (``Schedule.respaced``); None or at least ``settings.steps``: the whole chain.
 
     Returns:
         (at most ``n_wanted`` rows [rows, window + 1], counts ``generated`` / ``invalid`` /
         ``off_group`` / ``duplicate`` / ``kept``: ``kept`` may exceed the rows returned).
     """
     torch.manual_seed(seed)
-    schedule = Schedule.create(settings.schedule, settings.steps)
+    schedule = Schedule.respaced(settings.schedule, settings.steps,
+                                 sample_steps or settings.steps)
     table, ids = table.to(device), torch.as_tensor(candidates, dtype=torch.long, device=device)
     known = {row.tobytes() for row in real_windows}
     counts = dict.fromkeys(("generated", "invalid", "off_group", "duplicate", "kept"), 0)
