@@ -196,6 +196,7 @@ def get_or_create_experiment(
         name: the experiment's name.
         artifact_location: where a new experiment keeps artifacts (None: the store decides).
     """
+    tag_default_experiment(client)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -208,7 +209,6 @@ def get_or_create_experiment(
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     _tag_kind(client, experiment)
-    tag_default_experiment(client)
     return experiment.experiment_id
 
 
@@ -225,9 +225,12 @@ def tag_default_experiment(client: MlflowClient) -> None:
     Args:
         client: the tracking client.
     """
-    default = client.get_experiment_by_name("Default")
-    if default is not None and default.lifecycle_stage == "active":
-        _tag_kind(client, default)
+    try:
+        default = client.get_experiment_by_name("Default")
+        if default is not None and default.lifecycle_stage == "active":
+            _tag_kind(client, default)
+    except MlflowException as exc:  # e.g. a shared server whose permissions forbid it
+        log.warning("could not tag MLflow's Default experiment: %s", exc)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

@@ -176,7 +176,8 @@ def test_importance_description_and_experiment_kind(finished_search):
     assert "hn_test" in note and "launch.py" in note
     experiments = client.search_experiments()
     assert {e.name for e in experiments} >= {"Default"}  # the store's own one is tagged too
-    assert all(e.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND for e in experiments)
+    assert all(e.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND for e in experiments), [
+        (e.name, e.tags) for e in experiments]
 
 
 def test_console_prints_trial_events_not_ray_tables(finished_search):
