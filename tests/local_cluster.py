@@ -232,17 +232,20 @@ class LocalCluster:
                 kill_tree(node.process, grace_s=10)
 
 
-def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
-    """`python -m hpo.tracking_server` on a free loopback port, SQLite backend; returns it and its
-    URI at once (wait with `hpo.tracking_server.wait_until_healthy`)."""
-    port = free_port()
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m hpo.tracking_server` on `port` (default: a free one) of the loopback, SQLite
+    backend and artifacts under `root/mlflow` (a server started again on the same root and port
+    serves the same store); returns it and its URI at once (wait with
+    `hpo.tracking_server.wait_until_healthy`). Its output is appended to
+    `root/mlflow-server.log`."""
+    port = port or free_port()
     command = [sys.executable, "-m", "hpo.tracking_server",
                "--backend-store", str(root / "mlflow" / "mlflow.db"),
                "--artifacts-destination", str(root / "mlflow" / "artifacts"),
                "--host", "127.0.0.1", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
-    with open(root / "mlflow-server.log", "w") as log:
+    with open(root / "mlflow-server.log", "a") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd=root)
     return process, f"http://127.0.0.1:{port}"

@@ -27,7 +27,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from local_cluster import ROOT, free_port, kill_tree, wait_for
+from local_cluster import ROOT, free_port, kill_tree, start_mlflow_server, wait_for
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -304,7 +304,7 @@ def test_tracking_server_killed_and_restarted_mid_search(search, tmp_path):
     space, _, out, address = search
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
+    server, _ = start_mlflow_server(tmp_path, port)
     driver = None
     try:
         wait_until_healthy(uri, DEADLINE_S, server)
@@ -317,7 +317,7 @@ def test_tracking_server_killed_and_restarted_mid_search(search, tmp_path):
         (hooks / "log.release").touch()
         wait_for(lambda: "did not answer while logging epoch 2" in log.read_text(), DEADLINE_S,
                  "the driver's retry warning", process=driver)
-        server = start_server(tmp_path, port)
+        server, _ = start_mlflow_server(tmp_path, port)
         wait_until_healthy(uri, DEADLINE_S, server)
         assert wait_exit(driver, log) == 0, log.read_text()[-3000:]
         assert "answers again: logging epoch 2" in log.read_text()
@@ -326,19 +326,6 @@ def test_tracking_server_killed_and_restarted_mid_search(search, tmp_path):
         if driver is not None and driver.poll() is None:
             kill_tree(driver)
         kill_tree(server)
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    """``python -m hpo.tracking_server`` on ``port`` (SQLite backend under ``root``)."""
-    command = [sys.executable, "-m", "hpo.tracking_server",
-               "--backend-store", str(root / "mlflow" / "mlflow.db"),
-               "--artifacts-destination", str(root / "mlflow" / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONPATH"] = str(ROOT)
-    with open(root / "mlflow-server.log", "a") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=root)
 
 
 def test_tracking_store_that_stays_down_stops_with_a_clear_message(monkeypatch):
