@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
-from models.trainer import Trainer, native_bf16  # noqa: E402
+from models.trainer import Trainer, cpuinfo_field, native_bf16  # noqa: E402
 
 # (label, loss_impl, precision); the first is the reference of every comparison.
 CONFIGS = {
@@ -82,10 +82,7 @@ def _hardware(device: str) -> str:
     the GPU's name."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines
-                  if line.startswith("model name")), "unknown CPU")
+    model = cpuinfo_field("model name") or "unknown CPU"
     return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.encoders import PAD
+from models.encoders import PAD, keep_mask
 
 LOSS_IMPLS = ("dense", "chunked")
 # Bytes of one block of logits (the catalog times a block's rows). On CPU just under 32 MiB, the
@@ -326,8 +326,8 @@ class _NormalizedDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: Tensor, p: float) -> Tensor:
         keep = None
-        if p > 0:  # drawn as models.encoders.dropout draws it: the same mask for the same seed
-            keep = torch.rand(table.shape, device=table.device).ge_(p).to(table.dtype)
+        if p > 0:  # models.encoders.dropout's mask: the same mask for the same seed
+            keep = keep_mask(table.shape, p, table.device).to(table.dtype)
         x = table * keep if keep is not None else table
         inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
         inverse = inverse.reciprocal_()

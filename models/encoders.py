@@ -35,12 +35,23 @@ RELATIVE_MAX_DISTANCE = 32
 LAYER_AGGREGATIONS = ("weighted", "uniform", "last")
 
 
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """A float32 0/1 mask, each entry 1 (kept) with probability 1 - p, drawn by thresholding
+    uniform noise: ~3x faster than torch's Bernoulli sampler on CPU, the same distribution.
+
+    Args:
+        shape: the mask's shape.
+        p: the probability of a 0.
+        device: where to draw it.
+    """
+    return torch.rand(shape, device=device).ge_(p)
+
+
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """``F.dropout`` (keep with probability 1 - p, scale by 1 / (1 - p)), drawn by thresholding
-    uniform noise: ~3x faster than torch's Bernoulli sampler on CPU, the same distribution."""
+    """``F.dropout`` (keep with probability 1 - p, scale by 1 / (1 - p)) with ``keep_mask``."""
     if not training or p == 0.0:
         return x
-    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))
+    keep = keep_mask(x.shape, p, x.device).mul_(1.0 / (1.0 - p))
     return x * keep.to(x.dtype)
 
 

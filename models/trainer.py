@@ -76,12 +76,25 @@ def native_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in CPUINFO.read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = (cpuinfo_field("flags") or "").split()
     return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first processor's ``name`` field in /proc/cpuinfo ("model name", "flags", ...).
+
+    Args:
+        name: the field's name.
+
+    Returns:
+        Its value, or None where the field or the file (not Linux) is missing.
+    """
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.split(":", 1)[0].strip() == name), None)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -71,6 +71,11 @@ class AugmentSettings:
     sample_steps: int = 10
     seed: int = 2020
 
+    @property
+    def steps_sampled(self) -> int:
+        """The denoising steps each sample takes: ``sample_steps``, at most the chain's."""
+        return min(self.sample_steps, self.denoiser.steps)
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -141,7 +146,7 @@ def stage_keys(
     diffusion = key(stage="diffusion", base=base, settings=asdict(settings.denoiser),
                     seed=settings.seed)
     sampling = key(stage="sampling", diffusion=diffusion, guidance_scale=settings.guidance_scale,
-                   sample_steps=min(settings.sample_steps, settings.denoiser.steps),
+                   sample_steps=settings.steps_sampled,
                    rows=n_wanted, seed=settings.seed)
     return {"base": base, "diffusion": diffusion, "sampling": sampling}
 
@@ -282,14 +287,14 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
     # Stage 3: tail-conditioned samples, mapped to items and filtered.
     start = time.perf_counter()
     say(f"diffaug stage 3/3 (tail-conditioned samples): {n_wanted:,} rows wanted, guidance "
-        f"{settings.guidance_scale:g}, {min(settings.sample_steps, settings.denoiser.steps)} "
+        f"{settings.guidance_scale:g}, {settings.steps_sampled} "
         f"denoising steps per row (of the chain's {settings.denoiser.steps})")
     candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
                                            np.asarray(train.targets)]))
     rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
                                       groups, windows, n_wanted, settings.guidance_scale,
                                       settings.seed, device, say,
-                                      sample_steps=settings.sample_steps)
+                                      sample_steps=settings.steps_sampled)
     status["sampling"] = "computed"
     seconds["sampling"] = time.perf_counter() - start
     where = _store(use_cache, paths["sampling"], lambda file: np.savez(
