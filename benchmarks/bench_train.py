@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-rows", type=int, default=0, help="train on the first N rows")
     parser.add_argument("--models", nargs="+", default=["ave", "trm", "hn"])
     parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
-                        metavar="CONFIG", help=f"of {list(CONFIGS)}")
+                        metavar="CONFIG",
+                        help=f"of {list(CONFIGS)} (default: all of them, chunked bf16 only where "
+                             "bf16 matrix products are native)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
     parser.add_argument("--seed", type=int, default=2020, help="the first seed")
     parser.add_argument("--threads", type=int, default=None)
