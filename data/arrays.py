@@ -36,3 +36,26 @@ def pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndar
 def unpad_rows(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Inverse of ``pad_rows``: the real values of every row, concatenated in row order."""
     return matrix[np.arange(matrix.shape[1]) < np.asarray(lengths)[:, None]]
+
+
+def keep_last(
+    prefixes: np.ndarray, lengths: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded prefixes cut to their last ``width`` values (CORE's ``max_seq_length``).
+
+    Args:
+        prefixes: int [rows, L], right-padded with 0.
+        lengths: int [rows], each row's real values.
+        width: values kept per row.
+
+    Returns:
+        (prefixes [rows, min(L, width)], kept lengths), still right-padded with 0; the arrays
+        themselves, not a copy, when ``L <= width``.
+    """
+    if prefixes.shape[1] <= width:
+        return prefixes, lengths
+    kept = np.minimum(lengths, width)
+    columns = np.minimum((lengths - kept)[:, None] + np.arange(width), prefixes.shape[1] - 1)
+    cut = np.take_along_axis(prefixes, columns, axis=1)
+    cut[np.arange(width) >= kept[:, None]] = 0
+    return cut, kept

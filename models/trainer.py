@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from data.dataset import SessionDataset, Split
+from data.dataset import SessionDataset
+from models.batches import Rows
 from models.ema import WeightEMA
-from models.encoders import PAD
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
 from models.registry import build_model_for, default_config, resolve_config
 from models.weighting import training_rows
@@ -110,65 +109,6 @@ def _at_least_as_good(value: float, best: float) -> bool:
     return round(value, SELECTION_DECIMALS) >= round(best, SELECTION_DECIMALS)
 
 
-class _Rows:
-    """One split as tensors on the device, served in batches trimmed to the batch's longest
-    prefix (right padding makes the trimmed batch exact and the transformer cheaper).
-
-    Batches are (items, targets), plus the rows' user ids (0 = unknown, also for a split
-    without users) when ``with_users``: for models that declare ``wants_users``. ``weights``
-    (float32 [rows], the training rows' loss weights, ``models.weighting``) are served by
-    ``row_weights``."""
-
-    def __init__(
-        self, split: Split, max_seq_length: int, device: torch.device, with_users: bool = False,
-        weights: np.ndarray | None = None,
-    ) -> None:
-        prefixes, lengths = _keep_last(split.prefixes, split.lengths, max_seq_length)
-        self.prefixes = _shared_tensor(prefixes, device)
-        self.lengths = _shared_tensor(lengths, device)
-        self.targets = _shared_tensor(split.targets, device)
-        self.weights = None if weights is None else _shared_tensor(weights, device)
-        self.users = None
-        if with_users:
-            users = split.users if split.users is not None else np.zeros(len(split), np.int64)
-            self.users = _shared_tensor(users, device)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def batch(self, rows: Tensor | slice) -> tuple[Tensor, ...]:
-        width = int(self.lengths[rows].max())
-        batch = (self.prefixes[rows, :width].long(), self.targets[rows])
-        return batch if self.users is None else (*batch, self.users[rows])
-
-    def row_weights(self, rows: Tensor | slice) -> dict[str, Tensor]:
-        """The model's keyword arguments for the rows' loss weights: none when all weigh 1."""
-        return {} if self.weights is None else {"weights": self.weights[rows]}
-
-
-def _shared_tensor(array: np.ndarray, device: torch.device) -> Tensor:
-    """A tensor over ``array`` without copying it on CPU, also when it is read-only.
-
-    Arrays shipped through Ray's object store are read-only views of shared memory: copying
-    them would cost every trial its own copy of the dataset, and nothing here writes to them,
-    so torch's warning about non-writable arrays does not apply.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-        return torch.from_numpy(array).to(device)
-
-
-def _keep_last(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, ...]:
-    """Right-padded prefixes cut to their last ``max_len`` items (no copy when they fit)."""
-    if prefixes.shape[1] <= max_len:
-        return prefixes, lengths
-    kept = np.minimum(lengths, max_len)
-    columns = (lengths - kept)[:, None] + np.arange(max_len)
-    cut = np.take_along_axis(prefixes, np.minimum(columns, prefixes.shape[1] - 1), axis=1)
-    cut[np.arange(max_len) >= kept[:, None]] = PAD
-    return cut, kept
-
-
 class Trainer:
     """Trains one configuration on one dataset (see the contract for the API).
 
@@ -213,7 +153,7 @@ class Trainer:
         self.best_state: dict | None = None
         self.bad_epochs = 0
         self.history: list[dict] = []
-        self._rows: dict[str, _Rows] = {}
+        self._rows: dict[str, Rows] = {}
 
     # -- training ---------------------------------------------------------------------------
 
@@ -340,7 +280,7 @@ class Trainer:
         return ranks, (torch.cat(tops).cpu().numpy() if tops else None)
 
     def _rank_with_users(
-        self, rows: _Rows, use_best: bool, top_k: int | None
+        self, rows: Rows, use_best: bool, top_k: int | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``_rank`` for models that score with the rows' users (``wants_users``): their
         ``predict(items, users, context)`` returns full-catalog scores, a block of rows at a
@@ -376,14 +316,14 @@ class Trainer:
         finally:
             self.model.load_state_dict(current)
 
-    def _split_rows(self, split: str) -> _Rows:
+    def _split_rows(self, split: str) -> Rows:
         if split not in self._rows:
             data, weights = self.dataset.split(split), None
             if split == "train":  # pop_weighting's weights, diffaug's generated rows
                 rows = training_rows(self.config, data, self.dataset.n_items,
                                      name=self.dataset.name, device=self.device)
                 data, weights = rows.split, rows.weights
-            self._rows[split] = _Rows(
+            self._rows[split] = Rows(
                 data, self.config["max_seq_length"], self.device, self.with_users, weights
             )
         return self._rows[split]

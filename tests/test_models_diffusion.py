@@ -4,6 +4,7 @@ items, the stages seeing the training split only, and the stage cache."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -266,6 +267,21 @@ def test_the_stages_see_the_training_split_only(monkeypatch, tmp_path):
     assert not any(a is dataset.valid or a is dataset.test for a in every_argument)
     generated = rows.prefixes[len(dataset.train):].cpu().numpy()
     assert len(rows) > len(dataset.train) and not foreign & set(generated.ravel().tolist())
+
+
+def test_the_base_stage_trains_on_read_only_arrays_without_copying_or_warning():
+    # Ray hands a trial its dataset as read-only views of the object store: the base stage
+    # batches them as the trainer does (models.batches.Rows), with no copy and no warning.
+    train = tiny_dataset().train
+    for array in (train.prefixes, train.lengths, train.targets):
+        array.setflags(write=False)
+    config = resolve_config({"model": "trm", "embedding_size": 8, "inner_size": 16, "n_heads": 2,
+                             "batch_size": 64, "epochs": 1, "max_seq_length": train.max_len})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vectors = stages.train_base_vectors(train, 31, config, build_model, torch.device("cpu"),
+                                            log=lambda line: None)
+    assert vectors.shape == (31, 8) and np.isfinite(vectors).all()
 
 
 def test_training_rows_append_generated_rows_with_aug_weight(tmp_path, monkeypatch):

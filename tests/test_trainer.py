@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import models.trainer as trainer_module
+from data.arrays import keep_last
 from data.synthetic import make_dataset
 from models.metrics import metrics_from_ranks, rank_and_top_
-from models.trainer import NonFiniteLossError, Trainer, _keep_last, native_bf16
+from models.trainer import NonFiniteLossError, Trainer, native_bf16
 
 SMALL = {"embedding_size": 16, "batch_size": 256, "eval_batch_size": 64, "seed": 7}
 TRM = {**SMALL, "model": "trm", "inner_size": 32}
@@ -157,10 +158,10 @@ def test_bf16_training_runs_and_stays_close_to_fp32(dataset):
 def test_prefixes_longer_than_max_seq_length_keep_their_last_items():
     prefixes = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0], [8, 9, 10, 11, 0]], dtype=np.int32)
     lengths = np.array([5, 2, 4], dtype=np.int32)
-    cut, kept = _keep_last(prefixes, lengths, 3)
+    cut, kept = keep_last(prefixes, lengths, 3)
     assert cut.tolist() == [[3, 4, 5], [6, 7, 0], [9, 10, 11]]
     assert kept.tolist() == [3, 2, 3]
-    same, _ = _keep_last(prefixes, lengths, 5)
+    same, _ = keep_last(prefixes, lengths, 5)
     assert same is prefixes
 
 

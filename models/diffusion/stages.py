@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data.arrays import keep_last
 from data.dataset import Split
+from models.batches import Rows
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import Schedule
 from models.encoders import PAD
@@ -94,48 +96,24 @@ def train_base_vectors(
     model = build(base_config, n_items).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=base_config["lr"],
                                  weight_decay=base_config["weight_decay"])
-    prefixes, lengths = last_items(train.prefixes, train.lengths, base_config["max_seq_length"])
-    prefixes, lengths = torch.from_numpy(prefixes), torch.from_numpy(lengths)
-    targets = torch.from_numpy(np.asarray(train.targets))
+    rows = Rows(train, base_config["max_seq_length"], device)
     size = base_config["batch_size"]
     model.train()
     for epoch in range(base_config["epochs"]):
         start, total = time.perf_counter(), 0.0
-        order = torch.from_numpy(rng.permutation(len(targets)))
+        order = torch.from_numpy(rng.permutation(len(rows))).to(device)
         for begin in range(0, len(order), size):
-            rows = order[begin : begin + size]
-            width = int(lengths[rows].max())
-            items = prefixes[rows, :width].long().to(device)
-            loss = model(items, targets[rows].to(device))
+            index = order[begin : begin + size]
+            loss = model(*rows.batch(index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(rows)
+            total += loss.item() * len(index)
         log(f"  base epoch {epoch + 1}/{base_config['epochs']}: loss "
-            f"{total / len(targets):.4f} ({time.perf_counter() - start:.1f} s)")
+            f"{total / len(rows):.4f} ({time.perf_counter() - start:.1f} s)")
     model.eval()
     with torch.no_grad():
         return model.item_table().detach().float().cpu().numpy()
-
-
-def last_items(prefixes: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """Right-padded prefixes cut to their last ``n`` items (no copy when they fit).
-
-    Args:
-        prefixes: int [rows, L], right-padded with 0.
-        lengths: int [rows].
-        n: items kept.
-
-    Returns:
-        (prefixes [rows, min(L, n)], lengths), still right-padded.
-    """
-    if prefixes.shape[1] <= n:
-        return prefixes, lengths
-    kept = np.minimum(lengths, n)
-    columns = np.minimum((lengths - kept)[:, None] + np.arange(n), prefixes.shape[1] - 1)
-    cut = np.take_along_axis(prefixes, columns, axis=1)
-    cut[np.arange(n) >= kept[:, None]] = PAD
-    return cut, kept
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -465,7 +443,7 @@ def windows_to_split(windows: np.ndarray, max_len: int) -> Split:
     columns = (width - lengths)[:, None] + np.arange(width)
     shifted = np.take_along_axis(prefix, np.minimum(columns, width - 1), axis=1)
     shifted[np.arange(width) >= lengths[:, None]] = PAD
-    shifted, lengths = last_items(shifted, lengths, max_len)
+    shifted, lengths = keep_last(shifted, lengths, max_len)
     out = np.zeros((len(windows), max_len), dtype=np.int32)
     out[:, : shifted.shape[1]] = shifted
     return Split(out, lengths.astype(np.int32), windows[:, -1].astype(np.int64))
