@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 search_runs[plan.space.name] = outcome.parent_run_id
                 print_search_summary(plan, outcome)
         if args.stage in ("test", "all"):
-            paths = run_test_stage(make_test_plan(args, plans, search_runs, command_line))
+            paths = run_test_stage(make_test_plan(args, plans, search_runs, command_line),
+                                   verbose=args.verbose)
             print(paths["results_md"].read_text())
             print(f"report: {paths['results_md'].parent}")
     except (SpaceError, TrackingUnavailableError, StudyStorageError, SelectionError,

@@ -1,4 +1,5 @@
-"""What a search prints while it runs: one line per trial event and a status heartbeat.
+"""What a search prints while it runs: one line per trial event and a status heartbeat (and,
+``SeedRunReporter``, what the test stage prints while it retrains).
 
 Ray Tune's own progress tables, per-trial logs and checkpoint messages are for ``-v``; by default a
 search prints only this reporter's lines, so an 8-trial search fits on one screen:
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -160,10 +162,7 @@ class ConsoleReporter(Callback):
         self._print(f"{self._name(trial)} started{source}: {format_params(params)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        warning = result.get(DEVICE_WARNING_KEY)
-        if warning and trial.trial_id not in self._warned:
-            self._warned.add(trial.trial_id)
-            self._print(f"{self._name(trial)}: {warning}")
+        self._device_warning(trial, result)
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
@@ -185,6 +184,13 @@ class ConsoleReporter(Callback):
             self._print(self.status_line(trials))
 
     # -- lines -----------------------------------------------------------------------------
+
+    def _device_warning(self, trial, result: dict) -> None:
+        """A trial's fallback-to-CPU warning, once per trial (the trials' logs are off)."""
+        warning = result.get(DEVICE_WARNING_KEY)
+        if warning and trial.trial_id not in self._warned:
+            self._warned.add(trial.trial_id)
+            self._print(f"{self._name(trial)}: {warning}")
 
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}
@@ -220,6 +226,73 @@ class ConsoleReporter(Callback):
         return (f"status: {done} done ({counts[TrialOutcome.COMPLETED]} completed, "
                 f"{counts[TrialOutcome.STOPPED]} stopped, {counts[TrialOutcome.FAILED]} failed), "
                 f"{len(running)} running, {to_start} to start; {best}; elapsed "
+                f"{format_duration(now - self._start)}"
+                + (f", about {format_duration(left)} left" if left is not None else ""))
+
+
+class SeedRunReporter(ConsoleReporter):
+    """What the test stage prints while it retrains: each seed run's start and end (its best
+    epoch by validation and its test scores) and the status heartbeat (Tune callback).
+
+    Args:
+        n_runs: seed runs in the grid.
+        concurrent: runs at once (for the time estimate).
+        label: a run's name from its Tune config (e.g. "trm seed 1").
+        scores: ``(result key, label)`` pairs printed when a run ends, e.g.
+            ``("test_recall_20", "R@20")``; values in percent.
+        status_every_s: seconds without any line after which a status line is printed.
+        stream: where to print (stdout by default).
+    """
+
+    def __init__(self, n_runs: int, concurrent: int, label: Callable[[dict], str],
+                 scores: Sequence[tuple[str, str]] = (), status_every_s: float = STATUS_EVERY_S,
+                 stream: TextIO | None = None):
+        super().__init__("", "max", n_runs, concurrent, [], status_every_s, stream)
+        self.label = label
+        self.scores = tuple(scores)
+
+    def _name(self, trial) -> str:
+        return self.label(trial.config)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._started[trial.trial_id] = time.monotonic()
+        self._print(f"{self._name(trial)} started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._device_warning(trial, result)
+
+    def _ended(self, trial, error: bool) -> None:
+        result = trial.last_result or {}
+        self._outcomes[trial.trial_id] = TrialOutcome.FAILED if error else TrialOutcome.COMPLETED
+        started = self._started.pop(trial.trial_id, None)
+        took = ""
+        if started is not None:
+            self._durations.append(time.monotonic() - started)
+            took = f" in {format_duration(self._durations[-1])}"
+        if error:
+            self._print(f"{self._name(trial)} failed at epoch {result.get('epoch', 0)}: "
+                        f"{_error_line(trial)}")
+            return
+        scores = ", ".join(f"{label} {100 * result[key]:.2f}" for key, label in self.scores
+                           if isinstance(result.get(key), float))
+        self._print(f"{self._name(trial)} done{took}: {result.get('epoch', 0)} epochs, best "
+                    f"{result.get('best_epoch', '?')}" + (f"; test {scores}" if scores else ""))
+
+    def status_line(self, trials) -> str:
+        """The one-line status: runs done / failed / running / to start, time.
+
+        Args:
+            trials: Tune's list of trials (created so far).
+        """
+        done = len(self._outcomes)
+        failed = sum(1 for v in self._outcomes.values() if v is TrialOutcome.FAILED)
+        running = [t for t in trials if t.status == "RUNNING"]
+        to_start = max(0, self.num_samples - done - len(running))
+        now = time.monotonic()
+        ages = [now - self._started.get(t.trial_id, now) for t in running]
+        left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
+        return (f"status: {done} of {self.num_samples} seed runs done ({failed} failed), "
+                f"{len(running)} running, {to_start} to start; elapsed "
                 f"{format_duration(now - self._start)}"
                 + (f", about {format_duration(left)} left" if left is not None else ""))
 

@@ -22,10 +22,12 @@ from ray import tune
 from data import DatasetSource, SessionDataset
 from hpo.ablation import Arm, arm_jobs
 from hpo.cluster import Resources, init_ray
+from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.report import write_report
 from hpo.selection import Selection
 from hpo.stats import DEFAULT_ALPHA, FULL_ARM, METRICS
+from hpo.tables import TABLE_METRICS
 from hpo.tracking import (
     TEST_PREFIXES,
     MLflowTrialLogger,
@@ -35,6 +37,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import TEST_ROWS_FILE, retrain_trial
+from models.metrics import METRIC_LABELS
 from models.persona import persona_groups
 from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
 from models.registry import dataset_needs
@@ -85,11 +88,13 @@ def describe_job(config: dict) -> tuple[dict, dict]:
     return job["config"], {key: job[key] for key in JOB_TAGS}
 
 
-def run_test_stage(plan: TestPlan) -> dict[str, Path]:
+def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
     """Retrain, score test, write the report; returns the report files.
 
     Args:
         plan: the selections, seeds, baseline, arms and statistics options.
+        verbose: Ray Tune's own progress tables and the runs' logs on the console, besides
+            a line per seed run's start and end and a status line (``hpo.console``).
 
     Raises:
         hpo.ablation.AblationError: an arm is invalid with a selected configuration (before Ray).
@@ -103,7 +108,7 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
     out_dir.mkdir(parents=True)
     parent_run_id = _start_parent_run(client, plan, out_dir)
 
-    init_ray(plan.resources.address)
+    init_ray(plan.resources.address, log_to_driver=verbose)
     configs = [(s, FULL_ARM, s.config) for s in plan.selections]
     configs += [(s, arm.name, config) for s, arm, config in ablated]
     jobs = [
@@ -137,10 +142,12 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         run_config=tune.RunConfig(
             name="seeds",
             storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
-            callbacks=[logger],
+            callbacks=[logger, SeedRunReporter(
+                len(jobs), plan.resources.concurrent_trials(), run_label,
+                [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     ).fit()
 
@@ -173,6 +180,17 @@ def run_test_stage(plan: TestPlan) -> dict[str, Path]:
         client.log_artifact(parent_run_id, str(path))
     client.set_terminated(parent_run_id, status="FINISHED")
     return paths
+
+
+def run_label(config: dict) -> str:
+    """A seed run's name on the console: "<space> seed <n>", with its arm unless the full one.
+
+    Args:
+        config: the run's Tune config (``{"job": ...}``).
+    """
+    job = config["job"]
+    arm = "" if job["arm"] == FULL_ARM else f" [{job['arm']}]"
+    return f"{job['space']}{arm} seed {job['seed']}"
 
 
 def train_popularity(dataset: SessionDataset) -> np.ndarray:

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpo.console import ConsoleReporter, estimate_left, format_duration, format_params
+from hpo.console import (
+    ConsoleReporter,
+    SeedRunReporter,
+    estimate_left,
+    format_duration,
+    format_params,
+)
 from hpo.outcome import FINISHED_KEY, META_KEY
 
 METRIC = "best_valid_mrr_20"
@@ -110,3 +116,36 @@ def test_a_trials_device_warning_is_printed_once():
     for epoch in (1, 2):
         console.on_trial_result(0, [a], a, {"device_warning": warning, "epoch": epoch})
     assert lines(stream) == [f"trial 0: {warning}"]
+
+
+def seed_run(trial_id, space, seed, arm="full", status="RUNNING"):
+    job = {"space": space, "variant": space, "arm": arm, "seed": seed}
+    return SimpleNamespace(trial_id=trial_id, config={"job": job}, last_result={},
+                           status=status, error_file=None)
+
+
+def test_the_test_stage_prints_each_seed_run_and_its_test_scores(tmp_path):
+    from hpo.test_stage import run_label
+
+    stream = io.StringIO()
+    console = SeedRunReporter(3, 2, run_label, [("test_recall_20", "R@20")],
+                              status_every_s=1e9, stream=stream)
+    a, b = seed_run("a", "trm", 1), seed_run("b", "da", 2, arm="use_gate=false")
+    console.on_trial_start(0, [a, b], a)
+    console.on_trial_start(0, [a, b], b)
+    console.on_trial_result(0, [a, b], a, {"best_valid_mrr_20": 0.2, "epoch": 1})  # no line
+    a.last_result = {"epoch": 4, "best_epoch": 3, "test_recall_20": 0.17125, FINISHED_KEY: 1}
+    console.on_trial_complete(0, [a, b], a)
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    b.last_result, b.error_file = {"epoch": 2}, str(error)
+    console.on_trial_error(0, [a, b], b)
+    c = seed_run("c", "trm", 2)
+    shown = lines(stream)
+    assert shown[:3] == ["trm seed 1 started", "da [use_gate=false] seed 2 started",
+                         shown[2]]
+    assert shown[2].startswith("trm seed 1 done in ") and shown[2].endswith(
+        ": 4 epochs, best 3; test R@20 17.12")
+    assert shown[3] == "da [use_gate=false] seed 2 failed at epoch 2: RuntimeError: out of memory"
+    assert console.status_line([c]).startswith(
+        "status: 2 of 3 seed runs done (1 failed), 1 running, 0 to start; elapsed ")

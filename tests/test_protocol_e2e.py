@@ -7,6 +7,9 @@ one that every selection already has (not retrained).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +116,16 @@ def test_selection_reads_validation_only_and_refuses_leaks(protocol, monkeypatch
 @pytest.fixture(scope="module")
 def test_stage(protocol):
     client, out, spaces, common, _ = protocol
-    assert launch.main(["--space", *spaces, "--stage", "test", "--baseline", "strongest",
-                        "--ablate", ARM, "--ablate", SAME, "--retrain-max-epochs",
-                        str(RETRAIN_EPOCHS), *common]) == 0
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        assert launch.main(["--space", *spaces, "--stage", "test", "--baseline", "strongest",
+                            "--ablate", ARM, "--ablate", SAME, "--retrain-max-epochs",
+                            str(RETRAIN_EPOCHS), *common]) == 0
     [parent] = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if PARENT_TAG not in r.data.tags]
     children = [r for r in stage_runs(client, f"{LABEL}/test", "test")
                 if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
-    return client, parent, children
+    return client, parent, children, console.getvalue()
 
 
 def strongest(client) -> str:
@@ -131,7 +136,7 @@ def strongest(client) -> str:
 
 
 def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol, test_stage):
-    client, parent, children = test_stage
+    client, parent, children, _ = test_stage
     assert len(children) == 2 * SEEDS + SEEDS  # ave, trm, and trm's one retrained arm
     assert parent.data.tags["dataset"] == LABEL
     assert {(r.data.tags["variant"], r.data.tags["arm"], r.data.tags["seed"])
@@ -156,8 +161,22 @@ def test_test_stage_reads_selection_from_mlflow_and_retrains_each_seed(protocol,
             "posthoc.csv", "ablation.csv"} <= artifacts
 
 
+def test_the_test_stage_prints_a_line_per_seed_run_not_tunes_tables(test_stage):
+    _, _, children, console = test_stage
+    assert "== Status ==" not in console and "Trial status" not in console
+    for run in children:
+        tags, metrics = run.data.tags, run.data.metrics
+        arm = "" if tags["arm"] == "full" else f" [{tags['arm']}]"
+        name = f"{tags['variant']}{arm} seed {tags['seed']}"
+        assert f"] {name} started\n" in console
+        [done] = [line for line in console.splitlines() if f"] {name} done in " in line]
+        assert re.search(rf": {RETRAIN_EPOCHS} epochs, best [1-{RETRAIN_EPOCHS}]; test "
+                         rf"R@20 {100 * metrics['test_recall_20']:.2f}, "
+                         rf"M@20 {100 * metrics['test_mrr_20']:.2f}$", done), done
+
+
 def test_baseline_strongest_is_the_better_validated_baseline_and_recorded(test_stage):
-    client, parent, _ = test_stage
+    client, parent, _, _ = test_stage
     chosen = strongest(client)
     assert parent.data.params["baseline"] == chosen
     assert parent.data.params["baseline_rule"] == "strongest"
@@ -172,7 +191,7 @@ def test_baseline_strongest_is_the_better_validated_baseline_and_recorded(test_s
 
 
 def test_ablation_table_compares_the_arm_with_the_full_model(test_stage):
-    client, parent, children = test_stage
+    client, parent, children, _ = test_stage
     out_dir = Path(parent.data.tags["output_dir"])
     ablation = pd.read_csv(out_dir / "ablation.csv")
     recorded = {(r.data.tags["arm"], int(r.data.tags["seed"])): r.data.metrics["test_recall_20"]
@@ -194,7 +213,7 @@ def test_ablation_table_compares_the_arm_with_the_full_model(test_stage):
 
 
 def test_report_statistics_equal_scipy_on_recorded_values(test_stage):
-    client, parent, children = test_stage
+    client, parent, children, _ = test_stage
     out_dir = Path(parent.data.tags["output_dir"])
     seeds = pd.read_csv(out_dir / "seed_results.csv")
     recorded = {(r.data.tags["variant"], r.data.tags["arm"], int(r.data.tags["seed"])):
