@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
-LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_")
+# aug_: diffaug's generated / kept / added row counts (models.diffusion.COUNTS)
+LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_", "aug_")
 TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
 # Result keys the trainable reports about where it runs -> the run tags that record them.

@@ -154,6 +154,8 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict] = []
         self._rows: dict[str, Rows] = {}
+        # diffaug: what its stages produced (models.diffusion.Augmentation), once they ran.
+        self.augmentation = None
 
     # -- training ---------------------------------------------------------------------------
 
@@ -202,6 +204,9 @@ class Trainer:
         best_valid = metrics if self.best_epoch == self.epoch else self.best_metrics
         metrics.update({f"best_valid_{name}": best_valid[f"valid_{name}"] for name in valid})
         metrics["best_epoch"] = self.best_epoch
+        if self.augmentation is not None:  # diffaug: the rows it added, in every epoch's record
+            metrics.update({f"aug_{name}": count
+                            for name, count in self.augmentation.counts.items()})
         self.history.append(metrics)
         if self.callback is not None:
             self.callback(metrics)
@@ -323,6 +328,7 @@ class Trainer:
                 rows = training_rows(self.config, data, self.dataset.n_items,
                                      name=self.dataset.name, device=self.device)
                 data, weights = rows.split, rows.weights
+                self.augmentation = rows.augmentation
             self._rows[split] = Rows(
                 data, self.config["max_seq_length"], self.device, self.with_users, weights
             )

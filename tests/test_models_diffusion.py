@@ -299,6 +299,26 @@ def test_training_rows_append_generated_rows_with_aug_weight(tmp_path, monkeypat
     assert with_ips.weights[:n].mean() == pytest.approx(1.0) and with_ips.weights[:n].std() > 0
 
 
+def test_every_epoch_records_the_rows_the_augmentation_added_and_mlflow_logs_them(
+    tmp_path, monkeypatch
+):
+    from hpo.tracking import LOGGED_PREFIXES, metric_batch
+    from models.trainer import Trainer
+
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path))
+    dataset = tiny_dataset()
+    trainer = Trainer({**TINY, "epochs": 1}, dataset, device="cpu", num_threads=1)
+    metrics = trainer.run_epoch()
+    counts = trainer.augmentation.counts
+    assert metrics["aug_added"] == len(trainer._split_rows("train")) - len(dataset.train) > 0
+    assert {f"aug_{name}": value for name, value in counts.items()}.items() <= metrics.items()
+    logged = {m.key: m.value for m in metric_batch(metrics, 1, 0, LOGGED_PREFIXES)}
+    assert logged["aug_kept"] == counts["kept"] and logged["aug_generated"] == counts["generated"]
+    plain = Trainer({"model": "trm", "embedding_size": 8, "inner_size": 16, "n_heads": 2,
+                     "epochs": 1}, dataset, device="cpu", num_threads=1)
+    assert not [key for key in plain.run_epoch() if key.startswith("aug_")]
+
+
 def test_the_cache_is_reused_on_the_second_call(tmp_path, monkeypatch):
     calls = {"train_base_vectors": 0, "train_denoiser": 0, "sample_rows": 0}
     for name in calls:
