@@ -192,13 +192,30 @@ class ConsoleReporter(Callback):
             self._warned.add(trial.trial_id)
             self._print(f"{self._name(trial)}: {warning}")
 
+    def _record_end(self, trial, outcome: TrialOutcome) -> float | None:
+        """Books a trial's outcome and duration (for the estimate); returns the duration."""
+        self._outcomes[trial.trial_id] = outcome
+        started = self._started.pop(trial.trial_id, None)
+        if started is None:
+            return None
+        self._durations.append(time.monotonic() - started)
+        return self._durations[-1]
+
+    def _progress(self, trials) -> tuple[int, int, str]:
+        """Trials running and to start, and the time part of a status line."""
+        running = [t for t in trials if t.status == "RUNNING"]
+        to_start = max(0, self.num_samples - len(self._outcomes) - len(running))
+        now = time.monotonic()
+        ages = [now - self._started.get(t.trial_id, now) for t in running]
+        left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
+        return len(running), to_start, (
+            f"elapsed {format_duration(now - self._start)}"
+            + (f", about {format_duration(left)} left" if left is not None else ""))
+
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}
         outcome = trial_outcome(result, error)
-        self._outcomes[trial.trial_id] = outcome
-        started = self._started.pop(trial.trial_id, None)
-        if started is not None:
-            self._durations.append(time.monotonic() - started)
+        self._record_end(trial, outcome)
         epoch = result.get("epoch", 0)
         value = result.get(self.metric)
         score = f": {self.metric} {value:.4f}" if isinstance(value, float) else ""
@@ -216,18 +233,12 @@ class ConsoleReporter(Callback):
             trials: Tune's list of trials (created so far).
         """
         counts = {o: sum(1 for v in self._outcomes.values() if v is o) for o in TrialOutcome}
-        done = sum(counts.values())
-        running = [t for t in trials if t.status == "RUNNING"]
-        to_start = max(0, self.num_samples - done - len(running))
-        now = time.monotonic()
-        ages = [now - self._started.get(t.trial_id, now) for t in running]
-        left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
+        running, to_start, timing = self._progress(trials)
         best = (f"best {self._best[0]:.4f} ({self._best[1]})" if self._best else "no result yet")
-        return (f"status: {done} done ({counts[TrialOutcome.COMPLETED]} completed, "
-                f"{counts[TrialOutcome.STOPPED]} stopped, {counts[TrialOutcome.FAILED]} failed), "
-                f"{len(running)} running, {to_start} to start; {best}; elapsed "
-                f"{format_duration(now - self._start)}"
-                + (f", about {format_duration(left)} left" if left is not None else ""))
+        return (f"status: {sum(counts.values())} done ({counts[TrialOutcome.COMPLETED]} "
+                f"completed, {counts[TrialOutcome.STOPPED]} stopped, "
+                f"{counts[TrialOutcome.FAILED]} failed), {running} running, {to_start} to "
+                f"start; {best}; {timing}")
 
 
 class SeedRunReporter(ConsoleReporter):
@@ -263,12 +274,8 @@ class SeedRunReporter(ConsoleReporter):
 
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}
-        self._outcomes[trial.trial_id] = TrialOutcome.FAILED if error else TrialOutcome.COMPLETED
-        started = self._started.pop(trial.trial_id, None)
-        took = ""
-        if started is not None:
-            self._durations.append(time.monotonic() - started)
-            took = f" in {format_duration(self._durations[-1])}"
+        took = self._record_end(trial, TrialOutcome.FAILED if error else TrialOutcome.COMPLETED)
+        took = f" in {format_duration(took)}" if took is not None else ""
         if error:
             self._print(f"{self._name(trial)} failed at epoch {result.get('epoch', 0)}: "
                         f"{_error_line(trial)}")
@@ -284,17 +291,10 @@ class SeedRunReporter(ConsoleReporter):
         Args:
             trials: Tune's list of trials (created so far).
         """
-        done = len(self._outcomes)
         failed = sum(1 for v in self._outcomes.values() if v is TrialOutcome.FAILED)
-        running = [t for t in trials if t.status == "RUNNING"]
-        to_start = max(0, self.num_samples - done - len(running))
-        now = time.monotonic()
-        ages = [now - self._started.get(t.trial_id, now) for t in running]
-        left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
-        return (f"status: {done} of {self.num_samples} seed runs done ({failed} failed), "
-                f"{len(running)} running, {to_start} to start; elapsed "
-                f"{format_duration(now - self._start)}"
-                + (f", about {format_duration(left)} left" if left is not None else ""))
+        running, to_start, timing = self._progress(trials)
+        return (f"status: {len(self._outcomes)} of {self.num_samples} seed runs done ({failed} "
+                f"failed), {running} running, {to_start} to start; {timing}")
 
 
 def _error_line(trial) -> str:
