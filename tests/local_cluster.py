@@ -90,6 +90,17 @@ def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen |
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
+def wait_exit(process: subprocess.Popen, log: Path, timeout_s: float) -> int:
+    """The exit code of `process`; past the deadline it is killed and the test fails with the
+    end of its `log`."""
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(process)
+        raise AssertionError(f"still running after {timeout_s:.0f} s:\n"
+                             f"{log.read_text()[-3000:]}") from None
+
+
 @dataclass
 class Node:
     name: str

@@ -27,7 +27,14 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from local_cluster import ROOT, free_port, kill_tree, start_mlflow_server, wait_for
+from local_cluster import (
+    ROOT,
+    free_port,
+    kill_tree,
+    start_mlflow_server,
+    wait_exit,
+    wait_for,
+)
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -98,15 +105,6 @@ def wait_marker(hook_dir: Path, point: str, driver: subprocess.Popen, log: Path)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
     return json.loads(marker.read_text())
-
-
-def wait_exit(driver: subprocess.Popen, log: Path) -> int:
-    try:
-        return driver.wait(timeout=DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        kill_tree(driver)
-        raise AssertionError(f"driver still running after {DEADLINE_S} s:\n"
-                             f"{log.read_text()[-3000:]}") from None
 
 
 def search_runs(client: MlflowClient, space: str):
@@ -319,7 +317,7 @@ def test_tracking_server_killed_and_restarted_mid_search(search, tmp_path):
                  "the driver's retry warning", process=driver)
         server, _ = start_mlflow_server(tmp_path, port)
         wait_until_healthy(uri, DEADLINE_S, server)
-        assert wait_exit(driver, log) == 0, log.read_text()[-3000:]
+        assert wait_exit(driver, log, DEADLINE_S) == 0, log.read_text()[-3000:]
         assert "answers again: logging epoch 2" in log.read_text()
         assert_accounted(MlflowClient(uri), out, space.stem)
     finally:
@@ -356,7 +354,7 @@ def test_two_searches_started_at_once_share_one_sqlite_store(tmp_path, tiny_data
             wait_marker(hooks, "stores", driver, log)
         for _, hooks, _, _ in drivers:
             (hooks / "stores.release").touch()
-        codes = [wait_exit(driver, log) for _, _, driver, log in drivers]
+        codes = [wait_exit(driver, log, DEADLINE_S) for _, _, driver, log in drivers]
     finally:
         for _, _, driver, _ in drivers:
             if driver.poll() is None:
@@ -409,7 +407,7 @@ def test_output_directory_unwritable_mid_search(search, tmp_path, immutable_supp
         wait_marker(hooks, "train", driver, log)
         with unwritable(out):
             (hooks / "train.release").touch()
-            code = wait_exit(driver, log)
+            code = wait_exit(driver, log, DEADLINE_S)
     finally:
         if driver.poll() is None:
             kill_tree(driver)

@@ -15,15 +15,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from local_cluster import ROOT, LocalCluster
+from local_cluster import ROOT, LocalCluster, kill_tree, wait_exit, wait_for
 from mlflow.tracking import MlflowClient
 
-import launch
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_tracking import peak_overlap  # noqa: E402
+
+import launch  # noqa: E402
 from hpo.cluster import Resources, validate_resources
+from hpo.faultpoints import DIR_ENV as HOOK_DIR_ENV
+from hpo.faultpoints import ENV as HOOK_ENV
 from hpo.tracking import PARENT_TAG
 from hpo.trainable import CudaUnavailableError, pick_device
 
 TINY = "tiny"
+DEADLINE_S = 240
 
 
 def test_a_trial_without_a_gpu_trains_on_cpu_even_where_cuda_exists():
@@ -74,11 +81,12 @@ def test_launch_rejects_bad_gpu_options(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory):
-    """A CPU-only head and a worker with one (logical) GPU."""
+    """A CPU-only head and a worker with one (logical) GPU and 4 CPUs: only the GPU can limit
+    how many 1-CPU trials asking for a GPU share run there at once."""
     cluster = LocalCluster(tmp_path_factory.mktemp("gpu_cluster"))
     try:
         cluster.start_head(num_cpus=2, resources={"cpu_node": 1})
-        cluster.add_worker("gpu", num_cpus=2, num_gpus=1, resources={"gpu_node": 1})
+        cluster.add_worker("gpu", num_cpus=4, num_gpus=1, resources={"gpu_node": 1})
         cluster.resolve_node_ids()
         yield cluster
     finally:
@@ -87,35 +95,45 @@ def gpu_cluster(tmp_path_factory):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_driver(cluster: LocalCluster, tmp_path: Path, tiny_data_dir: Path, name: str, *extra):
-    """launch.py as a driver joining the cluster with --address HOST:PORT."""
+def start_driver(cluster: LocalCluster, tmp_path: Path, tiny_data_dir: Path, name: str, *extra,
+                 hook: str | None = None) -> tuple[subprocess.Popen, Path, Path]:
+    """launch.py as a driver joining the cluster with --address HOST:PORT; output to a log.
+
+    Returns the process, its log and its output directory. ``hook`` sets the test hook
+    (``hpo.faultpoints``) with its markers in ``tmp_path / "hooks"``.
+    """
     raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
     raw["fixed"] = {"embedding_size": 16, "inner_size": 32, "batch_size": 256}
     space = tmp_path / f"{name}.yaml"
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), "--space", str(space), "--dataset", TINY,
-         "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--address",
-         cluster.address, "--cpus-per-trial", "1", "--max-epochs", "2", "--grace-period", "2",
-         *extra],
-        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300,
-    )
+    env = {k: v for k, v in cluster.env.items() if k not in (HOOK_ENV, HOOK_DIR_ENV)}
+    if hook:
+        env.update({HOOK_ENV: hook, HOOK_DIR_ENV: str(tmp_path / "hooks")})
+    log = tmp_path / f"{name}.log"
+    with open(log, "w") as handle:
+        driver = subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), "--space", str(space), "--dataset", TINY,
+             "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--address",
+             cluster.address, "--cpus-per-trial", "1", "--max-epochs", "2", "--grace-period",
+             "2", *extra],
+            cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return driver, log, out
+
+
+def trial_runs(out: Path, name: str) -> tuple[MlflowClient, list]:
+    """The MLflow client of a driver's output directory and its search's trial runs."""
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(f"{TINY}/{name}")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return done, client, [r for r in runs if PARENT_TAG in r.data.tags]
+    return client, [r for r in runs if PARENT_TAG in r.data.tags]
 
 
 def max_overlap(runs) -> int:
     """Most trials running at once, from the start and end times of their runs."""
-    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs],
-                    key=lambda event: (event[0], event[1]))  # an end before a start at a tie
-    running = most = 0
-    for _, change in events:
-        running += change
-        most = max(most, running)
-    return most
+    return peak_overlap([(r.info.start_time, r.info.end_time) for r in runs])
 
 
 @pytest.mark.slow
@@ -123,32 +141,55 @@ def test_fractional_gpus_pack_two_trials_per_gpu_on_the_gpu_node(
     gpu_cluster, tmp_path, tiny_data_dir
 ):
     # --max-concurrent 4 lets Tune start trials together (with a searcher it otherwise keeps
-    # one pending trial at a time), so only the GPU limits how many run at once.
-    done, _, runs = run_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_gpu",
-                               "--gpus-per-trial", "0.5", "--num-samples", "4",
-                               "--max-concurrent", "4")
-    assert done.returncode == 0, done.stderr[-4000:]
-    output = done.stdout + done.stderr
+    # one pending trial at a time), so only the GPU limits how many run at once. Every trial
+    # waits before its epoch 2 until released: the test releases them once two trials wait
+    # together, so two certainly ran at once however fast a tiny trial is.
+    driver, log, out = start_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_gpu",
+                                    "--gpus-per-trial", "0.5", "--num-samples", "4",
+                                    "--max-concurrent", "4", hook="wait@train::2")
+
+    hooks = tmp_path / "hooks"
+
+    def two_trials_wait():
+        # A trial writes the marker when it is held (so the driver's stores exist by then); a
+        # trial whose epoch 1 is logged and whose run is still open is held before epoch 2.
+        return (hooks / "train.paused").exists() and sum(
+            run.info.status == "RUNNING" and "train_loss" in run.data.metrics
+            for run in trial_runs(out, "trm_gpu")[1]) >= 2
+
+    try:
+        wait_for(two_trials_wait, DEADLINE_S, "two trials held before epoch 2", process=driver)
+    except AssertionError as exc:
+        kill_tree(driver)
+        raise AssertionError(f"{exc}\n{log.read_text()[-4000:]}") from None
+    (hooks / "train.release").touch()
+    code = wait_exit(driver, log, DEADLINE_S)
+    output = log.read_text()
+    assert code == 0, output[-4000:]
     assert "Ray assigned GPU 0 to this trial but torch sees no CUDA device" in output
     assert "falling back to CPU for this trial" in output
+    _, runs = trial_runs(out, "trm_gpu")
     assert len(runs) == 4
     gpu_node = gpu_cluster.nodes[1].node_id
     for run in runs:
         assert run.info.status == "FINISHED"
         tags = run.data.tags
         assert (tags["ray_node_id"], tags["ray_gpu_ids"], tags["device"]) == (gpu_node, "0", "cpu")
-    # 4 CPUs would run all 4 at once; the one GPU at 0.5 per trial allows exactly 2.
+    # The GPU node's 4 CPUs would run all 4 at once; its one GPU at 0.5 per trial allows 2,
+    # and two were held together.
     assert max_overlap(runs) == 2
 
 
 @pytest.mark.slow
 def test_required_cuda_fails_every_trial_clearly(gpu_cluster, tmp_path, tiny_data_dir):
-    done, client, runs = run_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_cuda",
+    driver, log, out = start_driver(gpu_cluster, tmp_path, tiny_data_dir, "trm_cuda",
                                     "--gpus-per-trial", "0.5", "--num-samples", "2",
                                     "--require-cuda")
-    assert done.returncode == 1
-    assert "error: trm_cuda: all 2 trials failed" in done.stderr
-    assert "CudaUnavailableError" in done.stderr and "--require-cuda was given" in done.stderr
+    assert wait_exit(driver, log, DEADLINE_S) == 1
+    output = log.read_text()
+    assert "error: trm_cuda: all 2 trials failed" in output
+    assert "CudaUnavailableError" in output and "--require-cuda was given" in output
+    client, runs = trial_runs(out, "trm_cuda")
     assert len(runs) == 2
     for run in runs:
         assert run.info.status == "FAILED"
