@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -195,16 +194,15 @@ def test_write_dataset_writes_the_items_and_drops_a_stale_file(tmp_path):
     assert load_atomic(tmp_path / "out", "toy").items is None
 
 
-def test_a_40k_item_file_parses_well_under_a_second(tmp_path):
+def test_a_40k_item_file_parses_every_row(tmp_path):
+    # Its speed against pandas reading the same file: benchmarks/bench_load.py.
     n = 40_000
     lines = [f"{i}\tItem number {i} with a title\t{1900 + i % 120}\tDrama Comedy" for i in
              range(1, n)]
     path = write_items(tmp_path / "big.item", lines)
-    start = time.perf_counter()
     table = read_item_file(path, n_items=n)
     texts = table.texts()
-    elapsed = time.perf_counter() - start
     year = 1900 + (n - 1) % 120
     assert texts[n - 1] == f"Item number {n - 1} with a title | {year} | Drama Comedy"
-    assert elapsed < 0.5, elapsed
+    assert texts[1] == "Item number 1 with a title | 1901 | Drama Comedy"
     assert np.all(table.fields["title"][1:] != "")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -29,10 +27,8 @@ def test_same_seed_same_data_other_seed_other_data():
     )
 
 
-def test_tiny_is_fast_and_test_sized():
-    start = time.perf_counter()
+def test_tiny_is_test_sized():
     dataset = make_dataset("tiny")
-    assert time.perf_counter() - start < 1.0
     assert dataset.name == "synthetic-tiny"
     assert 100 <= dataset.n_items <= 201
     assert 1_000 <= len(dataset.train) <= 3_000 and len(dataset.valid) > 100
