@@ -249,20 +249,31 @@ def test_read_only_data_dir_caches_in_the_fallback_folder(tmp_path, encoder_call
 
 def test_two_processes_building_the_same_cache_at_once(tmp_path):
     model = fake_model(tmp_path / "model")
+    meeting = tmp_path.parent / f"{tmp_path.name}-meeting"
+    meeting.mkdir()
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import os, sys, time
+        from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from data import text
         from test_data_text import fake_vectors
 
-        def slow(texts, *args, **kwargs):
-            time.sleep(1.0)  # both processes miss the cache and write it
+        meeting = Path({str(meeting)!r})
+
+        def together(texts, *args, **kwargs):
+            # A barrier: each process is inside the encoder (it missed the cache) until both
+            # are, so both certainly encode and write the cache.
+            (meeting / str(os.getpid())).touch()
+            deadline = time.monotonic() + 60
+            while len(list(meeting.iterdir())) < 2:
+                assert time.monotonic() < deadline, "the other process never arrived"
+                time.sleep(0.05)  # polling interval
             print("encoded", flush=True)
             return fake_vectors(texts)
 
-        text.encode_texts = slow
+        text.encode_texts = together
         texts = [""] + [f"item {{i}}" for i in range(1, 2000)]
         vectors = text.item_vectors(texts, {str(model)!r}, cache_dir={str(tmp_path)!r},
                                     cache_name="c.npz")
@@ -276,6 +287,7 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path):
     ]
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0]
+    assert all("encoded" in output for output in outputs)  # both missed the cache
     assert outputs[0].split()[-1] == outputs[1].split()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "model"]  # no temp files
     with np.load(tmp_path / "c.npz") as stored:
