@@ -64,6 +64,26 @@ class Resources:
         return join_storage(self.storage_path, relative)
 
 
+def tune_experiment_name(kind: str, run_id: str) -> str:
+    """The name of a Tune experiment (its folder under the storage path): ``<kind>-<8 hex>``,
+    from the MLflow parent run it belongs to.
+
+    Ray stages a driver's experiment files in ``<Ray session>/artifacts/<start second>/<name>``
+    on the driver's node, so two drivers on one cluster that start experiments of one name in
+    the same second share that folder and sync each other's experiment state (Ray reports a
+    failed sync, and --resume could restore the other search's trials). A name per parent run
+    keeps them apart.
+
+    Args:
+        kind: what the experiment holds ("trials", "seeds").
+        run_id: the MLflow parent run's id (unique per search or test stage).
+
+    Returns:
+        The name.
+    """
+    return f"{kind}-{run_id[:8]}"
+
+
 def join_storage(storage_path: str, relative: str) -> str:
     """`relative` under a storage path: a cloud URI (s3://, gs://, ...) or a shared directory."""
     if "://" in storage_path:

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from data import DatasetSource
 from hpo import faultpoints
-from hpo.cluster import Resources, init_ray
+from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.console import ConsoleReporter
 from hpo.outcome import OutputUnwritableError
 from hpo.results import plot_history, results_table
@@ -63,8 +63,8 @@ from models.registry import dataset_needs
 
 log = logging.getLogger(__name__)
 
-TRIALS_DIR = "trials"
-RESUME_DIR = "resume"  # beside TRIALS_DIR: each trial's own resume files (hpo.trainable)
+TRIALS_DIR = "trials"  # the Tune experiment's name: trials-<parent run> (tune_experiment_name)
+RESUME_DIR = "resume"  # beside the trials: each trial's own resume files (hpo.trainable)
 STATE_FILE = "search.json"
 SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # seconds between Tune's experiment-state snapshots
 
@@ -227,7 +227,12 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
                 f"{plan.dataset.label!r} started in the same second and writes there; start "
                 "this one again (or continue that one with --resume)") from None
         parent_run_id = _start_parent_run(client, plan)
-        state_path.write_text(json.dumps({"parent_run_id": parent_run_id, **_plan_record(plan)}))
+        state = {"parent_run_id": parent_run_id,
+                 "tune_experiment": tune_experiment_name(TRIALS_DIR, parent_run_id),
+                 **_plan_record(plan)}
+        state_path.write_text(json.dumps(state))
+    # Searches started before experiments were named per search kept theirs in "trials".
+    experiment = state.get("tune_experiment", TRIALS_DIR)
 
     init_ray(plan.resources.address, log_to_driver=verbose)
     trainable = tune.with_resources(
@@ -245,11 +250,11 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
     # actor takes longer to start). Trials no longer force snapshots by checkpointing each
     # epoch (hpo.trainable).
     os.environ.setdefault(SNAPSHOT_ENV, "1")
-    trials_path = f"{plan.trials_storage}/{TRIALS_DIR}"
+    trials_path = f"{plan.trials_storage}/{experiment}"
     if resume and tune.Tuner.can_restore(trials_path):
         tuner = tune.Tuner.restore(trials_path, trainable=trainable, resume_errored=False)
     else:
-        tuner = _new_tuner(plan, trainable, client, parent_run_id, resume, verbose)
+        tuner = _new_tuner(plan, trainable, client, parent_run_id, experiment, resume, verbose)
     try:
         grid = tuner.fit()
     except TuneError as exc:  # Tune wraps what our searcher or callbacks raise
@@ -322,8 +327,8 @@ def _importance(client, plan: SearchPlan, run_id: str, study) -> tuple[pd.DataFr
     return importance, note
 
 
-def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, resume: bool,
-               verbose: bool) -> tune.Tuner:
+def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, experiment: str,
+               resume: bool, verbose: bool) -> tune.Tuner:
     b = plan.budget
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     concurrent = plan.resources.concurrent_trials()
@@ -368,7 +373,7 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, resume: 
             max_concurrent_trials=concurrent,
         ),
         run_config=tune.RunConfig(
-            name=TRIALS_DIR,
+            name=experiment,
             storage_path=plan.trials_storage,
             callbacks=[logger, console],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

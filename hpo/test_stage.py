@@ -21,7 +21,7 @@ from ray import tune
 
 from data import DatasetSource, SessionDataset
 from hpo.ablation import Arm, arm_jobs
-from hpo.cluster import Resources, init_ray
+from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.report import write_report
@@ -140,7 +140,7 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         param_space={"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.concurrent_trials()),
         run_config=tune.RunConfig(
-            name="seeds",
+            name=tune_experiment_name("seeds", parent_run_id),
             storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
             callbacks=[logger, SeedRunReporter(
                 len(jobs), plan.resources.concurrent_trials(), run_label,

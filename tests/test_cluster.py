@@ -143,13 +143,13 @@ def test_search_job_runs_trials_on_both_nodes_and_logs_them_to_the_server(
     assert set(ran_on.values()) == {"head", "worker"}, ran_on
 
     # Checkpoints live in the storage path, not under the output directory.
-    trials_dirs = list((storage / TINY / "trm_cluster").glob("*/trials"))
+    trials_dirs = list((storage / TINY / "trm_cluster").glob("*/trials-*"))
     assert len(trials_dirs) == 1
     for trial_id in children:
         [trial_dir] = trials_dirs[0].glob(f"train_trial_{trial_id}_*")
         assert list(trial_dir.glob("checkpoint_*/trainer.pt")), trial_dir
     [search_dir] = (out / TINY / "trm_cluster").iterdir()
-    assert (search_dir / "trials.csv").is_file() and not (search_dir / "trials").exists()
+    assert (search_dir / "trials.csv").is_file() and not list(search_dir.glob("trials-*"))
 
 
 def test_worker_node_dies_mid_search(servers, tiny_data_dir, tmp_path):
@@ -221,7 +221,8 @@ def test_worker_node_dies_mid_search(servers, tiny_data_dir, tmp_path):
     # the trial's last resume file in the storage path (hpo.trainable) - at least every epoch
     # MLflow held before the kill, and an epoch the worker saved but the driver never received
     # - not from scratch; it first reports that epoch again (logged once).
-    [result_file] = storage.glob(f"{TINY}/trm_kill/*/trials/train_trial_{victim_id}_*/result.json")
+    [result_file] = storage.glob(
+        f"{TINY}/trm_kill/*/trials-*/train_trial_{victim_id}_*/result.json")
     results = [json.loads(line) for line in result_file.read_text().splitlines()]
     reports = [(r["epoch"], r["node_id"]) for r in results]
     on_worker = [epoch for epoch, node in reports if node == worker.node_id]

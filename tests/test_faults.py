@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 import launch
 from hpo.faultpoints import DIR_ENV, ENV
 from hpo.outcome import RESUME_NOTE_KEY, RESUMED_KEY
-from hpo.search import RESUME_DIR
+from hpo.search import RESUME_DIR, STATE_FILE
 from hpo.selection import select_best
 from hpo.study import RAY_TRIAL_ATTR
 from hpo.tracking import (
@@ -340,7 +340,9 @@ def test_tracking_store_that_stays_down_stops_with_a_clear_message(monkeypatch):
 def test_two_searches_started_at_once_share_one_sqlite_store(tmp_path, tiny_data_dir,
                                                              ray_local):
     """Two searches on one output directory (one mlflow.db, one optuna.db), released at the
-    same moment before either opens a store: both complete, neither sees "database is locked"."""
+    same moment before either opens a store: both complete, neither sees "database is locked",
+    and their Tune experiments have names of their own (Ray stages a driver's experiment files
+    by name and start second: one name made both sync each other's state, a "Traceback")."""
     out = tmp_path / "outputs"
     address = ray_local.get_runtime_context().gcs_address
     drivers = []
@@ -364,8 +366,16 @@ def test_two_searches_started_at_once_share_one_sqlite_store(tmp_path, tiny_data
     for text in texts:
         assert "database is locked" not in text and "Traceback" not in text
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiments = []
     for name, *_ in drivers:
         assert_accounted(client, out, name)
+        [state_file] = (out / TINY / name).glob(f"*/{STATE_FILE}")
+        state = json.loads(state_file.read_text())
+        experiments.append(state["tune_experiment"])
+        assert state["tune_experiment"] == f"trials-{state['parent_run_id'][:8]}"
+        folder = state_file.parent / state["tune_experiment"]
+        assert list(folder.glob("experiment_state-*.json")), sorted(folder.parent.iterdir())
+    assert len(set(experiments)) == 2
 
 
 @contextlib.contextmanager
