@@ -135,15 +135,16 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         metric_prefixes=TEST_PREFIXES,
         checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
     )
+    concurrent = plan.resources.concurrent_trials()
     grid = tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.resources.concurrent_trials()),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=tune_experiment_name("seeds", parent_run_id),
             storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
             callbacks=[logger, SeedRunReporter(
-                len(jobs), plan.resources.concurrent_trials(), run_label,
+                len(jobs), concurrent, run_label,
                 [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),

@@ -90,6 +90,23 @@ def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen |
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
+def launch_driver(args: list[str], workdir: Path, env: dict[str, str], hook: str | None = None,
+                  hook_dir: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """``launch.py ARGS`` in its own session with ``env``, output to a log file in `workdir`;
+    ``hook`` sets the test hook (``hpo.faultpoints``), its markers in `hook_dir`."""
+    from hpo.faultpoints import DIR_ENV, ENV
+
+    environment = {k: v for k, v in env.items() if k not in (ENV, DIR_ENV)}
+    if hook:
+        environment.update({ENV: hook, DIR_ENV: str(hook_dir)})
+    log = workdir / f"driver-{secrets.token_hex(3)}.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=workdir,
+                                   env=environment, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    return process, log
+
+
 def wait_exit(process: subprocess.Popen, log: Path, timeout_s: float) -> int:
     """The exit code of `process`; past the deadline it is killed and the test fails with the
     end of its `log`."""

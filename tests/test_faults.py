@@ -19,8 +19,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import optuna
@@ -31,6 +29,7 @@ from local_cluster import (
     ROOT,
     free_port,
     kill_tree,
+    launch_driver,
     start_mlflow_server,
     wait_exit,
     wait_for,
@@ -40,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import launch
-from hpo.faultpoints import DIR_ENV, ENV
+from hpo.faultpoints import ENV
 from hpo.outcome import RESUME_NOTE_KEY, RESUMED_KEY
 from hpo.search import RESUME_DIR, STATE_FILE
 from hpo.selection import select_best
@@ -85,16 +84,7 @@ def start_driver(args: list[str], workdir: Path, ray_address: str, hook: str | N
                  hook_dir: Path | None = None, **env: str) -> tuple[subprocess.Popen, Path]:
     """``launch.py`` in its own session, on the session's Ray instance; output to a log file."""
     environment = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(ROOT), **env}
-    environment.pop(ENV, None)
-    if hook:
-        environment[ENV] = hook
-        environment[DIR_ENV] = str(hook_dir)
-    log = workdir / f"driver-{uuid.uuid4().hex[:6]}.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=workdir,
-                                   env=environment, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    return process, log
+    return launch_driver(args, workdir, environment, hook, hook_dir)
 
 
 def wait_marker(hook_dir: Path, point: str, driver: subprocess.Popen, log: Path) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from local_cluster import ROOT, LocalCluster, kill_tree, wait_exit, wait_for
+from local_cluster import ROOT, LocalCluster, kill_tree, launch_driver, wait_exit, wait_for
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -24,8 +24,6 @@ from bench_tracking import peak_overlap  # noqa: E402
 
 import launch  # noqa: E402
 from hpo.cluster import Resources, validate_resources
-from hpo.faultpoints import DIR_ENV as HOOK_DIR_ENV
-from hpo.faultpoints import ENV as HOOK_ENV
 from hpo.tracking import PARENT_TAG
 from hpo.trainable import CudaUnavailableError, pick_device
 
@@ -107,19 +105,12 @@ def start_driver(cluster: LocalCluster, tmp_path: Path, tiny_data_dir: Path, nam
     space = tmp_path / f"{name}.yaml"
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
-    env = {k: v for k, v in cluster.env.items() if k not in (HOOK_ENV, HOOK_DIR_ENV)}
-    if hook:
-        env.update({HOOK_ENV: hook, HOOK_DIR_ENV: str(tmp_path / "hooks")})
-    log = tmp_path / f"{name}.log"
-    with open(log, "w") as handle:
-        driver = subprocess.Popen(
-            [sys.executable, str(ROOT / "launch.py"), "--space", str(space), "--dataset", TINY,
-             "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--address",
-             cluster.address, "--cpus-per-trial", "1", "--max-epochs", "2", "--grace-period",
-             "2", *extra],
-            cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    driver, log = launch_driver(
+        ["--space", str(space), "--dataset", TINY, "--data-dir", str(tiny_data_dir),
+         "--output-dir", str(out), "--address", cluster.address, "--cpus-per-trial", "1",
+         "--max-epochs", "2", "--grace-period", "2", *extra],
+        tmp_path, cluster.env, hook, tmp_path / "hooks",
+    )
     return driver, log, out
 
 
