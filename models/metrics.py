@@ -4,8 +4,12 @@ The one place that names the metrics (``METRIC_NAMES``; validation and test resu
 ``valid_`` / ``test_`` prefix) and turns target ranks into them (``row_metrics``): training,
 search, selection and the test-stage statistics all read them from here.
 
-A target's rank is 1 + the number of items with a strictly higher score, so ties are resolved
-in the target's favour and no sort is needed. Items already in the session are not masked.
+A target's rank is the number of items scoring at least as high as it (itself included):
+items tied with the target count against it (pessimistic ranks, the same rule for every model),
+so a target that a model cannot score (a kNN model's zero, shared by thousands of items) is a
+miss, never a lucky rank among the ties. CORE's scores are continuous, so exact ties there are
+rare and this changes nothing measurable. No sort is needed. Items already in the session are
+not masked.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ def rank_and_top_(
     times faster on CPU than reducing a boolean comparison)."""
     top = scores.topk(k, dim=1).indices if k else None
     target_scores = scores.gather(1, targets[:, None])
-    higher = scores.gt_(target_scores).sum(dim=1)
-    return higher.long() + 1, top
+    at_least = scores.ge_(target_scores).sum(dim=1)  # the target itself included
+    return at_least.long().clamp_(min=1), top
 
 
 def row_metrics(ranks, k: int) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from models.metrics import METRIC_NAMES, metrics_from_ranks, rank_and_top_
 def brute_force(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list[int], dict]:
     ranks = []
     for row, target in zip(scores.tolist(), targets.tolist(), strict=True):
-        ranks.append(1 + sum(s > row[target] for s in row))
+        ranks.append(sum(s >= row[target] for s in row))
     metrics = {}
     for k in (10, 20):
         metrics[f"recall_{k}"] = sum(r <= k for r in ranks) / len(ranks)
@@ -54,3 +54,14 @@ def test_padding_column_never_counts_as_higher():
     ranks, top = rank_and_top_(scores, torch.tensor([2]), k=3)
     assert ranks.item() == 3
     assert top.tolist() == [[3, 1, 2]]
+
+
+def test_ties_count_against_the_target():
+    # A target scored 0 like most of the catalog (a kNN model that cannot score it) ranks last
+    # among the ties, not first: 1 item above it, 3 tied with it (itself included).
+    scores = torch.tensor([[float("-inf"), 0.0, 0.7, 0.0, 0.0]])
+    ranks, _ = rank_and_top_(scores, torch.tensor([3]), k=2)
+    assert ranks.item() == 4
+    # A unique score keeps the usual rank.
+    ranks, _ = rank_and_top_(torch.tensor([[float("-inf"), 0.0, 0.7, 0.1]]), torch.tensor([3]), None)
+    assert ranks.item() == 2

@@ -245,9 +245,9 @@ def test_registry_validates_the_loss_keys(key, value):
 
 
 def dense_ranks(scores, targets):
-    """1 + the number of items scoring strictly higher than the target (ties: target's favour)."""
+    """The number of items scoring at least as high as the target (ties count against it)."""
     target_scores = scores.gather(1, targets[:, None])
-    return (scores > target_scores).sum(dim=1) + 1
+    return (scores >= target_scores).sum(dim=1)
 
 
 def test_block_wise_evaluation_ranks_equal_a_dense_ranking_with_ties(monkeypatch):
