@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
     budget.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
     budget.add_argument("--metric", choices=METRICS, help="validation metric to optimise")
+    parser.add_argument("--allow-unequal-spaces", action="store_true",
+                        help="compare spaces that search a knob they share differently (or with "
+                             "different budgets); refused by default, and the report says so")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the TPE sampler and of every trial's training")
     parser.add_argument("--optuna-storage", default=None, metavar="URL",

@@ -14,6 +14,7 @@ from pathlib import Path
 from data import DatasetSource
 from hpo.ablation import parse_arms, validate_arms
 from hpo.cluster import Resources, in_ray_job, validate_resources
+from hpo.fairness import check_fair_arms
 from hpo.search import SearchPlan, latest_search_dir, new_search_dir
 from hpo.selection import (
     BASELINE_VARIANTS,
@@ -39,6 +40,9 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
 
     Raises:
         SpaceError: a space file or budget is invalid.
+        hpo.fairness.UnequalSpacesError: several spaces searched with ``--stage search|all``
+            search a knob they share differently, or have different budgets (unless
+            ``--allow-unequal-spaces``).
         ValueError, FileNotFoundError: the dataset or resources are.
     """
     text_model = str(args.text_model) if getattr(args, "text_model", None) else None
@@ -58,7 +62,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
     if in_ray_job() and relative:
         log.warning("%s: relative to the Ray job's working directory (%s), a temporary copy Ray "
                     "deletes: pass absolute paths", ", ".join(relative), Path.cwd())
-    plans = []
+    plans, budgets = [], []
     for name, space in zip(args.space, spaces, strict=True):
         overrides = {
             "num_samples": args.num_samples,
@@ -76,6 +80,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
             if args.resume
             else new_search_dir(output_dir, dataset.label, space.name)
         )
+        budgets.append(budget)
         plans.append(
             SearchPlan(
                 space=space,
@@ -90,7 +95,27 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
                 optuna_storage=getattr(args, "optuna_storage", None),
             )
         )
+    if args.stage in ("search", "all") and len(spaces) > 1:
+        differences = check_fair_arms(spaces, budgets,
+                                      allow=getattr(args, "allow_unequal_spaces", False))
+        for difference in differences:
+            log.warning("unequal arms (--allow-unequal-spaces): %s", difference)
     return plans
+
+
+def unequal_arms_note(args: argparse.Namespace, plans: list[SearchPlan]) -> str:
+    """What the report says when ``--allow-unequal-spaces`` let unequal arms be compared: each
+    difference in one sentence ("" when the arms are equal or the check was not overridden).
+
+    Args:
+        args: launch.py's parsed arguments.
+        plans: the search plans of the compared spaces.
+    """
+    if not getattr(args, "allow_unequal_spaces", False) or len(plans) < 2:
+        return ""
+    differences = check_fair_arms([plan.space for plan in plans],
+                                  [plan.budget for plan in plans], allow=True)
+    return "; ".join(map(str, differences))
 
 
 def check_test_stage_args(args: argparse.Namespace, plans: list[SearchPlan]) -> None:
@@ -191,4 +216,5 @@ def make_test_plan(
         alpha=args.alpha,
         resample_seed=args.seed,
         max_epochs=args.retrain_max_epochs,
+        unequal_arms=unequal_arms_note(args, plans),
     )

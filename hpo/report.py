@@ -79,6 +79,7 @@ def write_report(
     n_resamples: int = N_RESAMPLES,
     skipped_arms: Mapping[tuple[str, str, str], str] | None = None,
     row_groups_by_dataset: Mapping[str, np.ndarray] | None = None,
+    protocol_notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the report's files; return their paths by name.
 
@@ -102,6 +103,8 @@ def write_report(
         skipped_arms: (dataset, variant, arm) -> why the arm was not retrained.
         row_groups_by_dataset: a group label per test row (the session's user: known / few /
             unknown), for datasets with users; with per_row, adds user_groups.csv and its table.
+        protocol_notes: further lines for the report's opening list (how the results were
+            made: a training-row cut, arms compared although unequal, ...).
 
     Returns:
         results_md, results_csv, seed_results_csv, anova_csv, posthoc_csv,
@@ -134,7 +137,7 @@ def write_report(
     sections = [
         "# Test results (selection-then-test)",
         protocol_markdown(list(dict.fromkeys(full["dataset"])), baseline, baseline_note,
-                          n_seeds, correction, alpha),
+                          n_seeds, correction, alpha, protocol_notes),
         results_table_markdown(full, tests, baseline),
         comparisons_markdown(tests),
         anova_markdown(omnibus),

@@ -6,6 +6,7 @@ A space file looks like::
     model: dahn                   # a variant of models.registry.VARIANTS
     description: ...
     fixed: {n_layers: 2}          # config keys set for every trial
+    about: [pos_encoding]         # shared config keys this arm is about (hpo.fairness)
     budget: {num_samples: 20, max_epochs: 30, grace_period: 2, reduction_factor: 3,
              metric: valid_mrr_20, mode: max}
     dataset_budgets:              # per-dataset changes to the budget above
@@ -50,7 +51,7 @@ DISTRIBUTIONS = {
 }
 COMMON_SPEC_KEYS = {"type", "condition"}
 TOP_LEVEL_KEYS = {
-    "name", "model", "description", "fixed", "budget", "dataset_budgets", "parameters"
+    "name", "model", "description", "fixed", "about", "budget", "dataset_budgets", "parameters"
 }
 # Keys the search owns: a space may not fix or sample them, the CLI sets them.
 RESERVED_KEYS = {"model", "seed", "epochs"}
@@ -135,6 +136,13 @@ class SearchSpace:
     budget: Budget
     parameters: tuple[Parameter, ...]
     dataset_budgets: dict[str, Budget] = field(default_factory=dict)
+    # Config keys every variant has (dropouts, lr, positions, ...) that this arm is about, so
+    # it may search or fix them unlike the other arms of a comparison (``hpo.fairness``).
+    about: frozenset[str] = frozenset()
+
+    def parameter(self, name: str) -> Parameter | None:
+        """The searched parameter ``name``, or None when the space does not search it."""
+        return next((p for p in self.parameters if p.name == name), None)
 
     def budget_for(self, dataset: str) -> Budget:
         return self.dataset_budgets.get(dataset, self.budget)
@@ -224,6 +232,11 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
             raise fail(f"parameter {name!r} is both fixed and searched")
         parameters.append(_parse_parameter(name, spec, parameters, fail))
     check_values(model, fixed, parameters, fail)
+    about = raw.get("about") or []
+    if not isinstance(about, list) or not all(isinstance(key, str) for key in about):
+        raise fail("'about' must be a list of config keys")
+    for key in about:
+        _check_config_key(key, allowed, model, "'about' key", fail)
 
     return SearchSpace(
         name=str(raw.get("name") or path.stem),
@@ -234,6 +247,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         budget=budget,
         parameters=tuple(parameters),
         dataset_budgets=dataset_budgets,
+        about=frozenset(about),
     )
 
 

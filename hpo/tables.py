@@ -189,7 +189,7 @@ def _tests_for(seed_results: pd.DataFrame, tests: pd.DataFrame | None, baseline:
 
 def protocol_markdown(
     datasets: Sequence[str], baseline: str, baseline_note: str, n_seeds: int,
-    correction: str, alpha: float,
+    correction: str, alpha: float, notes: Sequence[str] = (),
 ) -> str:
     """The report's opening lines: dataset(s), baseline and why, seeds, level and correction.
 
@@ -200,6 +200,7 @@ def protocol_markdown(
         n_seeds: seeds per variant.
         correction: one of ``hpo.stats.CORRECTIONS``.
         alpha: the significance level.
+        notes: further lines on how the results were made (training rows, unequal arms, ...).
     """
     why = baseline_note or "given with --baseline"
     return "\n".join([
@@ -212,6 +213,7 @@ def protocol_markdown(
         "per-comparison level the correction guarantees (alpha / family size), from the "
         "standard deviation of the paired differences; given for results that are not "
         "significant. An MDE larger than the differences that matter means: use more seeds.",
+        *(f"- {note}" for note in notes),
     ])
 
 

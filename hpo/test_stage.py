@@ -72,6 +72,9 @@ class TestPlan:
     # Epoch budget of a retraining (the config's patience stops it earlier): the CORE protocol's
     # 300 by default, not the search's per-trial budget.
     max_epochs: int = DEFAULT_RETRAIN_MAX_EPOCHS
+    # The differences between the compared spaces that --allow-unequal-spaces let through
+    # (hpo.fairness), for the report; "" when the arms were searched alike.
+    unequal_arms: str = ""
 
     @property
     def experiment_name(self) -> str:
@@ -176,6 +179,8 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         row_groups_by_dataset=(
             {label: persona_groups(dataset, "test")} if dataset.test.users is not None else None
         ),
+        protocol_notes=[f"Unequal arms, compared with --allow-unequal-spaces: {plan.unequal_arms}"]
+        if plan.unequal_arms else (),
     )
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path))

@@ -34,6 +34,7 @@ from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
 if TYPE_CHECKING:
     from data.dataset import SessionDataset
 
+KNN_VARIANTS = ("sknn", "vsknn", "stan", "vstan")
 VARIANTS = (
     "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f", "persona",
     "diffaug",
@@ -256,6 +257,16 @@ _RANGES = {
 # Keys whose value names a set: a list, or a comma-separated string; parsed (ValueError when
 # invalid) and resolved to the canonical comma-separated string.
 _SETS = {"cl_augmentations": parse_augmentations}
+
+
+def fits_once(variant: str) -> bool:
+    """Whether ``variant`` is fitted in one pass (the kNN baselines) rather than trained epoch
+    by epoch: a search trial of it reports one validation result, and ASHA has nothing to stop.
+
+    Args:
+        variant: a variant name.
+    """
+    return variant in KNN_VARIANTS
 
 
 def _check_variant(variant: str) -> None:
