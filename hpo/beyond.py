@@ -104,17 +104,36 @@ def group_metrics(
     return out
 
 
-def catalog_coverage(topk, n_items: int) -> float:
+def exposure_counts(topk, n_items: int, k: int = 20) -> np.ndarray:
+    """How many top-k slots each item id holds over all rows of one seed: what every list
+    metric of the report (coverage, ARP, tail share, exposure Gini) is computed from, and what a
+    study keeps of the lists (``hpo.studies``), instead of the lists themselves.
+
+    Args:
+        topk: recommended item ids, [n_rows, >= k] (0 = padding).
+        n_items: catalog size including the padding id 0.
+        k: the cut-off.
+
+    Returns:
+        int64 [n_items]: slots per item id; index 0 counts padding slots (never an item).
+
+    Raises:
+        ValueError: an id outside [0, n_items - 1].
+    """
+    top = np.asarray(topk)[:, :k].ravel()
+    if top.size and (top.min() < 0 or top.max() >= n_items):
+        raise ValueError(f"top-k ids must lie in [0, {n_items - 1}]")
+    return np.bincount(top, minlength=n_items).astype(np.int64)
+
+
+def catalog_coverage(exposure) -> float:
     """Share of the catalog (ids 1..n_items-1) that appears in at least one top-k list.
 
     Args:
-        topk: recommended item ids, [n_rows, k] (0 = padding, ignored).
-        n_items: catalog size including the padding id 0.
+        exposure: top-k slots per item id, [n_items] (``exposure_counts``; index 0 ignored).
     """
-    seen = np.unique(np.asarray(topk))
-    if seen.size and (seen.min() < 0 or seen.max() >= n_items):
-        raise ValueError(f"top-k ids must lie in [0, {n_items - 1}]")
-    return float(np.count_nonzero(seen >= 1) / (n_items - 1))
+    exposure = np.asarray(exposure)
+    return float(np.count_nonzero(exposure[1:]) / (len(exposure) - 1))
 
 
 def beyond_mean_table(
@@ -130,7 +149,8 @@ def beyond_mean_table(
     and t-interval of the mean over seeds, with the groups' row and item counts.
 
     Args:
-        per_row: (dataset, variant) -> one (ranks [n_rows], topk [n_rows, >= k]) pair per seed.
+        per_row: (dataset, variant) -> one (ranks [n_rows], exposure [n_items]) pair per seed
+            (``exposure_counts`` at cut-off ``k``).
         targets_by_dataset: the test targets of each dataset.
         popularity_by_dataset: training-target counts of each dataset, [n_items].
         n_items_by_dataset: catalog size (with padding) of each dataset.
@@ -158,9 +178,9 @@ def beyond_mean_table(
         per_seed = pd.DataFrame(
             {
                 **group_metrics(ranks, targets_by_dataset[dataset], popularity, head_fraction, k),
-                f"coverage_{k}": catalog_coverage(np.asarray(topk)[:, :k], n_items),
+                f"coverage_{k}": catalog_coverage(_exposure(exposure, n_items)),
             }
-            for ranks, topk in seeds
+            for ranks, exposure in seeds
         )
         row = {"dataset": dataset, "variant": variant, "n_seeds": len(per_seed)}
         for name in (*measured, f"coverage_{k}"):
@@ -175,6 +195,14 @@ def beyond_mean_table(
     return pd.DataFrame(rows)
 
 
+def _exposure(exposure, n_items: int) -> np.ndarray:
+    """``exposure`` checked against the catalog size."""
+    exposure = np.asarray(exposure)
+    if exposure.shape != (n_items,):
+        raise ValueError(f"exposure counts must be [n_items={n_items}], got {exposure.shape}")
+    return exposure
+
+
 def row_group_table(
     per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
     groups_by_dataset: Mapping[str, np.ndarray],
@@ -185,7 +213,7 @@ def row_group_table(
     training rows, unknown), per (dataset, variant): mean, std and interval over seeds.
 
     Args:
-        per_row: (dataset, variant) -> one (ranks [n_rows], topk) pair per seed.
+        per_row: (dataset, variant) -> one (ranks [n_rows], exposure) pair per seed.
         groups_by_dataset: one group label per test row of each dataset; datasets without an
             entry are left out.
         k: the metrics' cut-off.

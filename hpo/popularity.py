@@ -1,12 +1,14 @@
 """The popularity view of the test report: how much each variant recommends what is already
 popular, and whether it does better on tail targets.
 
-From each seed's top-k lists (k = 20) and the training-target counts (``train_popularity``, the
+From each seed's top-k lists (k = 20), kept as the number of slots each item holds
+(``hpo.beyond.exposure_counts``), and the training-target counts (``train_popularity``, the
 same counts ``hpo.beyond`` groups items by):
 
 - ARP, average recommendation popularity (Abdollahpouri et al. 2019, "Managing Popularity Bias
-  in Recommender Systems with Personalized Re-ranking"): the mean over test rows of the mean
-  training-target count of the row's top-k items;
+  in Recommender Systems with Personalized Re-ranking"): the mean training-target count of the
+  items in all top-k slots, which is the paper's mean over test rows of each list's mean when
+  every list holds k real items (always here: only padding scores -inf);
 - tail share: the share of all top-k slots that hold a tail item (``hpo.beyond.item_groups``:
   an item that occurs as a training target and is not head; the same items as the tail rows of
   the beyond-the-mean table);
@@ -34,40 +36,44 @@ from hpo.stats import CONFIDENCE, mean_interval, session_tests
 POPULARITY_METRICS = ("arp", "tail_share", "gini")
 
 
-def average_recommendation_popularity(topk, train_popularity, k: int = 20) -> float:
-    """ARP: mean over rows of the mean training-target count of the row's top-k items.
+def average_recommendation_popularity(exposure, train_popularity) -> float:
+    """ARP: the mean training-target count of the items in the top-k slots (padding slots, at
+    index 0, are not items).
 
     Args:
-        topk: recommended item ids [n_rows, >= k], best first (padding 0 is not an item: a
-            row's mean is over its real items).
+        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
         train_popularity: training-target count per item id [n_items] (padding at 0).
-        k: the cut-off.
 
     Returns:
-        ARP in training rows (nan without rows).
+        ARP in training rows (nan without a slot).
     """
-    top = np.asarray(topk)[:, :k]
-    popularity = np.asarray(train_popularity, dtype=np.float64)
-    real = top >= 1
-    per_row = (popularity[top] * real).sum(axis=1) / np.maximum(real.sum(axis=1), 1)
-    return float(per_row.mean()) if len(per_row) else float("nan")
+    slots = _exposure(exposure, len(train_popularity))[1:].astype(np.float64)
+    popularity = np.asarray(train_popularity, dtype=np.float64)[1:]
+    total = slots.sum()
+    return float(slots @ popularity / total) if total else float("nan")
 
 
-def tail_share(topk, tail_mask, k: int = 20) -> float:
+def tail_share(exposure, tail_mask) -> float:
     """The share of top-k slots (padding excluded) that hold a tail item.
 
     Args:
-        topk: recommended item ids [n_rows, >= k].
+        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
         tail_mask: boolean [n_items], True for tail items.
-        k: the cut-off.
 
     Returns:
         A fraction in [0, 1] (nan when there is no slot).
     """
-    top = np.asarray(topk)[:, :k]
-    real = top >= 1
-    n = int(real.sum())
-    return float((np.asarray(tail_mask)[top] & real).sum() / n) if n else float("nan")
+    tail_mask = np.asarray(tail_mask)
+    slots = _exposure(exposure, len(tail_mask))
+    total = slots[1:].sum()
+    return float(slots[1:][tail_mask[1:]].sum() / total) if total else float("nan")
+
+
+def _exposure(exposure, n_items: int) -> np.ndarray:
+    exposure = np.asarray(exposure)
+    if exposure.shape != (n_items,):
+        raise ValueError(f"exposure counts must be [n_items={n_items}], got {exposure.shape}")
+    return exposure
 
 
 def gini(values) -> float:
@@ -92,33 +98,26 @@ def gini(values) -> float:
     return float(((2 * rank - n - 1) * x).sum() / (n * total))
 
 
-def exposure_gini(topk, n_items: int, k: int = 20) -> float:
+def exposure_gini(exposure) -> float:
     """Gini index of how many top-k slots each catalog item (ids 1..n_items-1) holds.
 
     Args:
-        topk: recommended item ids [n_rows, >= k] (padding 0 ignored).
-        n_items: catalog size including padding.
-        k: the cut-off.
+        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``; padding
+            at 0 ignored).
 
     Returns:
         The Gini index (``gini``) of the exposure counts.
     """
-    top = np.asarray(topk)[:, :k].ravel()
-    if top.size and (top.min() < 0 or top.max() >= n_items):
-        raise ValueError(f"top-k ids must lie in [0, {n_items - 1}]")
-    return gini(np.bincount(top, minlength=n_items)[1:])
+    return gini(np.asarray(exposure)[1:])
 
 
-def popularity_metrics(
-    topk, train_popularity, head_fraction: float = 0.2, k: int = 20
-) -> dict[str, float]:
+def popularity_metrics(exposure, train_popularity, head_fraction: float = 0.2) -> dict[str, float]:
     """ARP, tail share and exposure Gini of one seed's top-k lists.
 
     Args:
-        topk: recommended item ids [n_rows, >= k].
+        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
         train_popularity: training-target count per item id [n_items].
         head_fraction: the head's share of the catalog (``hpo.beyond.head_item_mask``).
-        k: the cut-off.
 
     Returns:
         ``{"arp": ..., "tail_share": ..., "gini": ...}``.
@@ -126,9 +125,9 @@ def popularity_metrics(
     popularity = np.asarray(train_popularity)
     tail = item_groups(popularity, head_fraction)["tail"]
     return {
-        "arp": average_recommendation_popularity(topk, popularity, k),
-        "tail_share": tail_share(topk, tail, k),
-        "gini": exposure_gini(topk, len(popularity), k),
+        "arp": average_recommendation_popularity(exposure, popularity),
+        "tail_share": tail_share(exposure, tail),
+        "gini": exposure_gini(_exposure(exposure, len(popularity))),
     }
 
 
@@ -143,10 +142,11 @@ def popularity_table(
     sample std and t-interval over seeds.
 
     Args:
-        per_row: (dataset, variant) -> one (ranks, topk [n_rows, >= k]) pair per seed.
+        per_row: (dataset, variant) -> one (ranks, exposure [n_items]) pair per seed
+            (``hpo.beyond.exposure_counts`` at cut-off ``k``).
         popularity_by_dataset: training-target counts of each dataset [n_items].
         head_fraction: see ``hpo.beyond.head_item_mask``.
-        k: the cut-off.
+        k: the cut-off the exposure was counted at (names the columns).
         confidence: confidence level of the intervals.
 
     Returns:
@@ -159,7 +159,7 @@ def popularity_table(
     for (dataset, variant), seeds in per_row.items():
         popularity = np.asarray(popularity_by_dataset[dataset])
         per_seed = pd.DataFrame(
-            popularity_metrics(topk, popularity, head_fraction, k) for _, topk in seeds
+            popularity_metrics(exposure, popularity, head_fraction) for _, exposure in seeds
         )
         tail = item_groups(popularity, head_fraction)["tail"]
         row = {"dataset": dataset, "variant": variant, "n_seeds": len(per_seed)}
@@ -191,7 +191,7 @@ def tail_session_tests(
     (variants x metrics), on that subset of rows.
 
     Args:
-        per_row: (dataset, variant) -> one (ranks [n_rows], topk) pair per seed.
+        per_row: (dataset, variant) -> one (ranks [n_rows], exposure) pair per seed.
         targets_by_dataset: the test targets of each dataset [n_rows].
         popularity_by_dataset: training-target counts of each dataset [n_items].
         baseline: the variant compared with.
@@ -211,7 +211,7 @@ def tail_session_tests(
         if tail.sum() < 2:
             continue
         subset[(dataset, variant)] = [
-            (np.asarray(ranks)[tail], np.asarray(topk)[tail]) for ranks, topk in seeds
+            (np.asarray(ranks)[tail], None) for ranks, _ in seeds  # the tests use ranks only
         ]
     if not subset:
         return pd.DataFrame(columns=["dataset", "subset"])

@@ -88,7 +88,7 @@ def write_report(
         seed_results: one row per (dataset, variant, seed) with every metric; an ``arm`` column
             (``FULL_ARM`` for the selected configurations) adds the ablation table.
         baseline: the variant every other one is compared with.
-        per_row: (dataset, variant) -> one (ranks, topk) pair per seed of the selected
+        per_row: (dataset, variant) -> one (ranks, exposure) pair per seed of the selected
             configuration: adds the session-level tests, the beyond-the-mean table and the
             popularity view (ARP, tail share, exposure Gini; tests on the tail-target rows).
         targets_by_dataset: test targets per dataset (with per_row).

@@ -804,7 +804,8 @@ def session_tests(
     """``row_level_tests`` for each dataset in ``per_row``, seeds of a variant stacked.
 
     Args:
-        per_row: (dataset, variant) -> one (ranks, topk) pair per seed.
+        per_row: (dataset, variant) -> one (ranks, exposure) pair per seed (only the ranks
+            are used here).
         baseline: the variant compared with.
         k: the metrics' cut-off.
         **options: alpha, correction, n_resamples, seed, confidence, power of

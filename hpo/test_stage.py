@@ -22,6 +22,7 @@ from ray import tune
 from data import DatasetSource, SessionDataset
 from hpo.ablation import Arm, arm_jobs
 from hpo.cluster import Resources, init_ray, tune_experiment_name
+from hpo.beyond import exposure_counts
 from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.report import write_report
@@ -162,7 +163,8 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
             f"{len(failed)} of {len(jobs)} seed runs failed (first: {failed[0].error}); "
             f"see {out_dir}"
         )
-    seed_results, per_row = _collect(grid, label, [(s.space, arm) for s, arm, _ in configs])
+    seed_results, per_row = _collect(grid, label, [(s.space, arm) for s, arm, _ in configs],
+                                     dataset.n_items)
     paths = write_report(
         out_dir,
         seed_results,
@@ -208,9 +210,11 @@ def train_popularity(dataset: SessionDataset) -> np.ndarray:
     return np.bincount(dataset.train.targets, minlength=dataset.n_items)
 
 
-def _collect(grid, dataset_name: str, order: list[tuple[str, str]]) -> tuple[pd.DataFrame, dict]:
+def _collect(
+    grid, dataset_name: str, order: list[tuple[str, str]], n_items: int
+) -> tuple[pd.DataFrame, dict]:
     """Per-seed results (in ``order`` of (variant, arm), then seed) and the per-row ranks and
-    top-k lists of the full configurations."""
+    top-k exposure counts (``hpo.beyond.exposure_counts``) of the full configurations."""
     rows, per_row = [], {}
     for result in grid:
         job, metrics = result.config["job"], result.metrics
@@ -224,7 +228,7 @@ def _collect(grid, dataset_name: str, order: list[tuple[str, str]]) -> tuple[pd.
             continue
         with result.checkpoint.as_directory() as directory:
             with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
-                entry = (arrays["ranks"], arrays["topk"])
+                entry = (arrays["ranks"], exposure_counts(arrays["topk"], n_items))
         per_row.setdefault((dataset_name, job["variant"]), []).append((job["seed"], entry))
     ordered = {
         key: [entry for _, entry in sorted(seeds, key=lambda pair: pair[0])]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from data.dataset import SessionDataset, Split
-from hpo.beyond import item_groups
+from hpo.beyond import exposure_counts, item_groups
 from hpo.popularity import (
     average_recommendation_popularity,
     exposure_gini,
@@ -106,21 +106,27 @@ def test_the_trainer_passes_the_ips_weights_to_the_loss():
 POPULARITY = np.array([0, 5, 1, 9, 1, 0, 3, 3, 2, 7, 4], dtype=np.int64)
 
 
+def arp(topk, k):
+    return average_recommendation_popularity(exposure_counts(topk, len(POPULARITY), k),
+                                             POPULARITY)
+
+
 def test_arp_is_the_mean_of_each_lists_mean_training_popularity():
     topk = np.array([[3, 9], [2, 5]])
     # row 1: (9 + 7) / 2 = 8; row 2: (1 + 0) / 2 = 0.5
-    assert average_recommendation_popularity(topk, POPULARITY, k=2) == pytest.approx(4.25)
-    assert average_recommendation_popularity(topk, POPULARITY, k=1) == pytest.approx(5.0)
+    assert arp(topk, k=2) == pytest.approx(4.25)
+    assert arp(topk, k=1) == pytest.approx(5.0)
     # padding is not an item: a list [3, 0] has mean popularity 9
-    assert average_recommendation_popularity(np.array([[3, 0]]), POPULARITY, 2) == 9.0
+    assert arp(np.array([[3, 0]]), 2) == 9.0
+    assert np.isnan(average_recommendation_popularity(np.zeros(11, int), POPULARITY))
 
 
 def test_tail_share_counts_tail_slots():
     tail = item_groups(POPULARITY)["tail"]
     assert tail[[1, 2, 4, 6, 7, 8, 10]].all() and not tail[[3, 9, 5]].any()
     topk = np.array([[3, 1, 5, 2], [9, 3, 10, 0]])  # tail items: 1, 2, 10 of 7 real slots
-    assert tail_share(topk, tail, k=4) == pytest.approx(3 / 7)
-    assert tail_share(topk, tail, k=1) == 0.0
+    assert tail_share(exposure_counts(topk, 11, k=4), tail) == pytest.approx(3 / 7)
+    assert tail_share(exposure_counts(topk, 11, k=1), tail) == 0.0
 
 
 def test_gini_on_hand_computed_cases():
@@ -136,19 +142,19 @@ def test_gini_on_hand_computed_cases():
 def test_exposure_gini_is_zero_for_uniform_exposure_and_near_one_for_one_item():
     n_items = 101  # 100 catalog items
     uniform = np.arange(1, 101).reshape(10, 10)  # every item in exactly one list
-    assert exposure_gini(uniform, n_items, k=10) == pytest.approx(0.0)
+    assert exposure_gini(exposure_counts(uniform, n_items, k=10)) == pytest.approx(0.0)
     one_item = np.ones((50, 1), dtype=np.int64)
-    assert exposure_gini(one_item, n_items, k=1) == pytest.approx(0.99)
+    assert exposure_gini(exposure_counts(one_item, n_items, k=1)) == pytest.approx(0.99)
     # never-recommended items count as zero exposure
-    assert exposure_gini(np.arange(1, 51).reshape(5, 10), n_items, k=10) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        exposure_gini(np.array([[101]]), n_items)
+    half = exposure_counts(np.arange(1, 51).reshape(5, 10), n_items, k=10)
+    assert exposure_gini(half) == pytest.approx(0.5)
 
 
 def per_row_for(variants, n_rows=60, n_seeds=3):
     rng = np.random.default_rng(5)
     return {
-        ("d", v): [(rng.integers(1, 40, size=n_rows), rng.integers(1, 11, size=(n_rows, 20)))
+        ("d", v): [(rng.integers(1, 40, size=n_rows),
+                    exposure_counts(rng.integers(1, 11, size=(n_rows, 20)), 11))
                    for _ in range(n_seeds)]
         for v in variants
     }
@@ -160,7 +166,7 @@ def test_popularity_table_averages_each_metric_over_seeds():
     assert len(table) == 2 and (table["n_seeds"] == 3).all()
     for (_, variant), seeds in per_row.items():
         row = table[table["variant"] == variant].iloc[0]
-        values = pd.DataFrame(popularity_metrics(topk, POPULARITY) for _, topk in seeds)
+        values = pd.DataFrame(popularity_metrics(exposure, POPULARITY) for _, exposure in seeds)
         for name in ("arp", "tail_share", "gini"):
             assert row[f"{name}_20"] == pytest.approx(values[name].mean())
             assert row[f"{name}_20_std"] == pytest.approx(values[name].std(ddof=1))

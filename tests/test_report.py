@@ -12,6 +12,7 @@ from statsmodels.stats.multitest import multipletests
 from hpo.beyond import (
     beyond_mean_table,
     catalog_coverage,
+    exposure_counts,
     group_metrics,
     head_item_mask,
     item_groups,
@@ -114,17 +115,19 @@ def test_group_metrics_on_hand_made_rows():
 
 def test_catalog_coverage_counts_distinct_real_items():
     topk = np.array([[1, 2, 3], [2, 3, 4], [0, 1, 2]], dtype=np.int32)  # 0 = padding
-    assert catalog_coverage(topk, n_items=11) == pytest.approx(4 / 10)
+    exposure = exposure_counts(topk, n_items=11, k=3)
+    assert exposure.tolist() == [1, 2, 3, 2, 1, 0, 0, 0, 0, 0, 0]
+    assert catalog_coverage(exposure) == pytest.approx(4 / 10)
+    assert catalog_coverage(exposure_counts(topk, n_items=11, k=1)) == pytest.approx(2 / 10)
     with pytest.raises(ValueError, match="top-k ids"):
-        catalog_coverage(np.array([[1, 11]]), n_items=11)
+        exposure_counts(np.array([[1, 11]]), n_items=11)
 
 
 def test_beyond_mean_table_averages_seeds_with_intervals_and_counts():
     targets = np.array([3, 9, 2, 5, 3])
     seeds = [
-        (np.array([1, 25, 4, 2, 10]), np.tile(np.arange(20) % 10 + 1, (5, 1))),
-        (np.array([2, 2, 30, 1, 1]), np.tile(np.arange(20) % 5 + 1, (5, 1))),
-        (np.array([3, 30, 1, 40, 2]), np.tile(np.arange(20) % 8 + 1, (5, 1))),
+        (np.array(ranks), exposure_counts(np.tile(np.arange(20) % m + 1, (5, 1)), 11))
+        for ranks, m in (([1, 25, 4, 2, 10], 10), ([2, 2, 30, 1, 1], 5), ([3, 30, 1, 40, 2], 8))
     ]
     table = beyond_mean_table(
         {("d", "trm"): seeds}, {"d": targets}, {"d": POPULARITY}, {"d": 11}, head_fraction=0.2
@@ -216,7 +219,8 @@ def per_row_for(variants, n_rows=40, n_seeds=2, seed=2):
     rng = np.random.default_rng(seed)
     return {
         ("diginetica", v): [
-            (rng.integers(1, 30, size=n_rows), rng.integers(1, 11, size=(n_rows, 20)))
+            (rng.integers(1, 30, size=n_rows),
+             exposure_counts(rng.integers(1, 11, size=(n_rows, 20)), 11))
             for _ in range(n_seeds)
         ]
         for v in variants
@@ -327,8 +331,8 @@ def test_row_group_table_averages_each_user_group_over_seeds():
     from hpo.beyond import row_group_table
 
     groups = np.array(["known", "unknown", "known", "few"], dtype=object)
-    seeds = [(np.array([1, 30, 2, 5]), np.zeros((4, 20), dtype=int)),
-             (np.array([3, 1, 40, 5]), np.zeros((4, 20), dtype=int))]
+    seeds = [(np.array([1, 30, 2, 5]), np.zeros(11, dtype=int)),
+             (np.array([3, 1, 40, 5]), np.zeros(11, dtype=int))]
     table = row_group_table({("d", "trm"): seeds}, {"d": groups}).set_index("group")
     assert list(table.index) == ["known", "unknown", "few"]
     assert table.loc["known", "n_rows"] == 2 and table.loc["known", "row_fraction"] == 0.5
