@@ -21,8 +21,8 @@ from ray import tune
 
 from data import DatasetSource, SessionDataset
 from hpo.ablation import Arm, arm_jobs
-from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.beyond import exposure_counts
+from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.report import write_report
