@@ -216,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     from hpo.ablation import AblationError
+    from hpo.optuna_study import StudyStorageError
     from hpo.outcome import OutputUnwritableError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
     from hpo.search import SearchFailedError, SearchInProgressError, run_search
     from hpo.selection import SelectionError
     from hpo.space import SpaceError
-    from hpo.study import StudyStorageError
     from hpo.test_stage import TestStageError, run_test_stage
     from hpo.tracking import TrackingUnavailableError
 

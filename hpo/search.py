@@ -1,4 +1,4 @@
-"""One hyperparameter search: a Ray Tune Tuner with an Optuna study (``hpo.study``) proposing
+"""One hyperparameter search: a Ray Tune Tuner with an Optuna study (``hpo.optuna_study``) proposing
 configurations and ASHA stopping trials early, recorded in MLflow and in a persisted study.
 
 Order matters for failing early: the tracking store, the study storage and the dataset are
@@ -34,10 +34,7 @@ from data import DatasetSource
 from hpo import faultpoints
 from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.console import ConsoleReporter
-from hpo.outcome import OutputUnwritableError
-from hpo.results import plot_history, results_table
-from hpo.space import Budget, SearchSpace
-from hpo.study import (
+from hpo.optuna_study import (
     StudySearcher,
     StudyStorageError,
     check_study_storage,
@@ -48,6 +45,9 @@ from hpo.study import (
     sampler_settings,
     storage_label,
 )
+from hpo.outcome import OutputUnwritableError
+from hpo.results import plot_history, results_table
+from hpo.space import Budget, SearchSpace
 from hpo.tracking import (
     NOTE_TAG,
     MLflowTrialLogger,

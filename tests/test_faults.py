@@ -40,10 +40,10 @@ from optuna.trial import TrialState
 
 import launch
 from hpo.faultpoints import ENV
+from hpo.optuna_study import RAY_TRIAL_ATTR
 from hpo.outcome import RESUME_NOTE_KEY, RESUMED_KEY
 from hpo.search import RESUME_DIR, STATE_FILE
 from hpo.selection import select_best
-from hpo.study import RAY_TRIAL_ATTR
 from hpo.tracking import (
     PARENT_TAG,
     RETRY_ENV,

@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import launch
+from hpo.optuna_study import PUBLISHED, RAY_TRIAL_ATTR, published_params
 from hpo.outcome import RESUMED_KEY
 from hpo.space import load_space
-from hpo.study import PUBLISHED, RAY_TRIAL_ATTR, published_params
 from hpo.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_tracking  # noqa: E402
 
-from hpo.study import RAY_TRIAL_ATTR  # noqa: E402
+from hpo.optuna_study import RAY_TRIAL_ATTR  # noqa: E402
 from hpo.tracking import PARENT_TAG, TRIAL_TAG  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.outcome import FINISHED_KEY, META_KEY, TrialOutcome, trial_outcome
-from hpo.space import load_space, parse_space
-from hpo.study import (
+from hpo.optuna_study import (
     ORPHANED,
     PUBLISHED,
     RAY_TRIAL_ATTR,
@@ -24,6 +22,8 @@ from hpo.study import (
     published_params,
     sampler_settings,
 )
+from hpo.outcome import FINISHED_KEY, META_KEY, TrialOutcome, trial_outcome
+from hpo.space import load_space, parse_space
 from models.registry import default_config
 
 METRIC = "best_valid_mrr_20"
