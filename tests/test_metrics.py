@@ -63,5 +63,6 @@ def test_ties_count_against_the_target():
     ranks, _ = rank_and_top_(scores, torch.tensor([3]), k=2)
     assert ranks.item() == 4
     # A unique score keeps the usual rank.
-    ranks, _ = rank_and_top_(torch.tensor([[float("-inf"), 0.0, 0.7, 0.1]]), torch.tensor([3]), None)
+    scores = torch.tensor([[float("-inf"), 0.0, 0.7, 0.1]])
+    ranks, _ = rank_and_top_(scores, torch.tensor([3]), None)
     assert ranks.item() == 2
