@@ -1,10 +1,12 @@
 """Readers for the five benchmarks' raw logs: each turns its own format into the event frame
 (``session``, ``item``, ``time`` [, ``session_time``]) of ``data.pipeline``, applying only the
-dataset-specific rules of SPEC §1; everything shared happens in the pipeline.
+dataset-specific rules of SPEC §1; everything shared happens in the pipeline. A log may be
+gzip-compressed (``.gz``: pandas infers the compression from the file name).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,13 @@ from data.errors import DataError
 
 TMALL_MAX_SESSION_ID = 120_000
 YOOCHOOSE_RECENT_FRACTION = 0.25
-_MS_PER_DAY = 86_400_000
+_MS_PER_HOUR = 3_600_000
+_MS_PER_DAY = 24 * _MS_PER_HOUR
+# RetailRocket session rules: "gap" reproduces CORE's released split byte for byte, "day" is
+# CORE's published script (the paper's statistics table).
+SESSION_RULES = ("gap", "day")
+DEFAULT_SESSION_RULE = "gap"
+DEFAULT_SESSION_GAP_HOURS = 8.0
 
 
 def read_diginetica(path: Path) -> pd.DataFrame:
@@ -31,16 +39,81 @@ def read_diginetica(path: Path) -> pd.DataFrame:
     )
 
 
-def read_retailrocket(path: Path) -> pd.DataFrame:
-    """``events.csv``: ``view`` events only; a session is one visitor's views of one UTC day."""
+def read_retailrocket(
+    path: Path, rule: str = DEFAULT_SESSION_RULE, gap_hours: float | None = None
+) -> pd.DataFrame:
+    """``events.csv`` (or ``events.csv.gz``): ``view`` events only, cut into sessions per visitor.
+
+    ``gap`` (default): a visitor's views, in time order (ties keep the file's order), start a new
+    session after MORE than ``gap_hours`` without a view (8 h: exactly 8 h stays one session).
+    Sessions are dated by their last view before any filtering (``session_time``), and sessions
+    that end at the same millisecond keep the order of their visitors' first views in the file.
+    With 8 h this reproduces CORE's released split byte for byte.
+
+    ``day``: one session per visitor and UTC calendar day, dated by its last surviving view
+    (CORE's published script; it gives the paper's statistics table, not the released files).
+
+    Args:
+        path: the raw log (``timestamp`` in ms since the epoch, ``visitorid``, ``event``,
+            ``itemid``; other columns are ignored).
+        rule: ``gap`` or ``day``.
+        gap_hours: the ``gap`` rule's threshold in hours (default 8); not allowed with ``day``.
+
+    Returns:
+        The event frame of ``data.pipeline`` (``session``, ``item``, ``time`` and, for ``gap``,
+        ``session_time``).
+    """
+    if rule not in SESSION_RULES:
+        raise DataError(f"unknown session rule {rule!r}; known: {', '.join(SESSION_RULES)}")
+    if rule == "day" and gap_hours is not None:
+        raise DataError("a session gap applies to the 'gap' session rule only, not to 'day'")
+    gap_hours = DEFAULT_SESSION_GAP_HOURS if gap_hours is None else gap_hours
+    if not np.isfinite(gap_hours) or gap_hours <= 0:
+        raise DataError(f"the session gap must be a positive number of hours, not {gap_hours}")
     raw = _read(path, sep=",", columns=["timestamp", "visitorid", "event", "itemid"])
     raw = raw[raw["event"] == "view"]
     stamp = _numeric(raw["timestamp"], path, "timestamp")
-    day = stamp // _MS_PER_DAY
-    session = pd.DataFrame({"visitor": raw["visitorid"], "day": day}).groupby(
-        ["visitor", "day"], sort=True
+    if rule == "day":
+        day = stamp // _MS_PER_DAY
+        session = pd.DataFrame({"visitor": raw["visitorid"], "day": day}).groupby(
+            ["visitor", "day"], sort=True
+        )
+        return pd.DataFrame({"session": session.ngroup(), "item": raw["itemid"], "time": stamp})
+    known = raw["visitorid"].notna().to_numpy() & stamp.notna().to_numpy()
+    return _gap_sessions(
+        raw["visitorid"].to_numpy()[known],
+        stamp.to_numpy()[known],
+        raw["itemid"].to_numpy()[known],
+        gap_hours * _MS_PER_HOUR,
     )
-    return pd.DataFrame({"session": session.ngroup(), "item": raw["itemid"], "time": stamp})
+
+
+def _gap_sessions(
+    visitor: np.ndarray, stamp: np.ndarray, item: np.ndarray, gap: float
+) -> pd.DataFrame:
+    """Sessions of the ``gap`` rule, numbered in the order that dates tie in: visitors by their
+    first view in the file, then each visitor's sessions in time order.
+
+    Args:
+        visitor: visitor id per view, in file order (no missing values).
+        stamp: time per view (no missing values).
+        item: item id per view (missing ones are left to the pipeline to drop).
+        gap: a larger difference between a visitor's consecutive views starts a new session.
+
+    Returns:
+        The event frame sorted by session then time (ties in file order), with ``session_time``
+        = the session's last view.
+    """
+    first_seen = pd.factorize(visitor)[0]  # 0, 1, ... in order of first appearance
+    order = np.lexsort((stamp, first_seen))  # stable: equal times keep the file's order
+    visitor, stamp, item = first_seen[order], stamp[order], item[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (visitor[1:] != visitor[:-1]) | (np.diff(stamp) > gap)
+    session = np.cumsum(starts) - 1
+    is_last = np.append(starts[1:], True)[: len(order)]  # each session's last view
+    return pd.DataFrame(
+        {"session": session, "item": item, "time": stamp, "session_time": stamp[is_last][session]}
+    )
 
 
 def read_yoochoose(path: Path) -> pd.DataFrame:
@@ -73,7 +146,8 @@ def read_nowplaying(path: Path) -> pd.DataFrame:
     return _read_session_item_time(path)
 
 
-RAW_READERS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
+# name -> (raw log file name, reader(path, **options)); any of them may be gzip-compressed.
+RAW_READERS: dict[str, tuple[str, Callable[..., pd.DataFrame]]] = {
     "diginetica": ("train-item-views.csv", read_diginetica),
     "retailrocket": ("events.csv", read_retailrocket),
     "yoochoose": ("yoochoose-clicks.dat", read_yoochoose),
@@ -89,15 +163,24 @@ RAW_FOLDERS: dict[str, str] = {
 }
 
 
-def read_events(dataset: str, path: str | Path) -> pd.DataFrame:
-    """Event frame of a raw log, with errors that name the expected file and columns."""
+def read_events(dataset: str, path: str | Path, **options) -> pd.DataFrame:
+    """Event frame of a raw log, with errors that name the expected file and columns.
+
+    Args:
+        dataset: a name of ``RAW_READERS``.
+        path: the raw log (a ``.gz`` file is decompressed on the fly).
+        **options: passed to the dataset's reader (retailrocket: ``rule``, ``gap_hours``).
+
+    Returns:
+        The event frame of ``data.pipeline``.
+    """
     if dataset not in RAW_READERS:
         raise DataError(f"no raw reader for {dataset!r}; known: {sorted(RAW_READERS)}")
     expected, reader = RAW_READERS[dataset]
     path = Path(path)
     if not path.is_file():
         raise DataError(f"raw file {path} not found (for {dataset}, expected {expected})")
-    return reader(path)
+    return reader(path, **options)
 
 
 def _read_session_item_time(path: Path) -> pd.DataFrame:
@@ -109,19 +192,24 @@ def _read_session_item_time(path: Path) -> pd.DataFrame:
 
 
 def _read(path: Path, *, sep: str, columns: list[str], names: list[str] | None = None):
-    """Read only the needed columns with the C parser; missing columns are a clear DataError."""
+    """Read only the needed columns with the C parser (``.gz`` and other compressions inferred
+    from the name); missing columns and unreadable files are a clear DataError."""
+    header_row = None if names else 0
     try:
-        header = pd.read_csv(path, sep=sep, nrows=0, names=names, header=None if names else 0)
+        header = pd.read_csv(path, sep=sep, nrows=0, names=names, header=header_row)
+        missing = [column for column in columns if column not in header.columns]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {missing}; found {list(header.columns)} "
+                f"(separator {sep!r})"
+            )
+        return pd.read_csv(
+            path, sep=sep, usecols=columns, names=names, header=header_row, engine="c"
+        )
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read as {sep!r}-separated text: {error}") from error
-    missing = [column for column in columns if column not in header.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {missing}; found {list(header.columns)} (separator {sep!r})"
-        )
-    return pd.read_csv(
-        path, sep=sep, usecols=columns, names=names, header=None if names else 0, engine="c"
-    )
+    except (OSError, EOFError, zlib.error) as error:  # e.g. a broken or truncated .gz
+        raise DataError(f"{path}: cannot read: {error}") from error
 
 
 def _numeric(values: pd.Series, path: Path, column: str) -> pd.Series:
