@@ -1,4 +1,4 @@
-"""What a search prints while it runs: one line per trial event and a status heartbeat (and,
+"""What a search prints while it runs: one line per trial event and a status line (and,
 ``SeedRunReporter``, what the test stage prints while it retrains).
 
 Ray Tune's own progress tables, per-trial logs and checkpoint messages are for ``-v``; by default a
@@ -11,16 +11,28 @@ search prints only this reporter's lines, so an 8-trial search fits on one scree
            0.1523 (trial 0); elapsed 1:10, about 1:20 left
 
 An epoch result is printed when it makes its trial the search's best and the best was another
-trial's (a trial improving its own lead shows in the status line and its end line); the status
-line comes after ``status_every_s`` seconds without any line, so a busy search is not flooded.
+trial's (a trial improving its own lead shows in the status line and its end line). Event lines
+are printed at once. The status line depends on where the output goes:
+
+- a terminal (the stream's ``isatty()``): one live line at the bottom, rewritten in place every
+  second (``LiveLine``), cleared before each event line and drawn again below it, and left on
+  screen with a newline when the run ends;
+- a log file, a pipe, a Ray job's output: a plain status line after a stretch without any line
+  that grows as the run goes on (``StatusSchedule``: 30 s, then 1, 2, 5 and 10 minutes, then
+  every 10 minutes; an event restarts the wait, not the backoff) and at least every 30 minutes
+  however busy the run, so a run of any length prints a bounded number of them (15 at most in
+  two hours, 27 in four) and a busy search is not flooded.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -33,8 +45,11 @@ from hpo.outcome import (
     trial_outcome,
 )
 
-STATUS_EVERY_S = 30.0
+STATUS_INTERVALS_S = (30.0, 60.0, 120.0, 300.0, 600.0)
+STATUS_AT_LEAST_EVERY_S = 1800.0
+LIVE_EVERY_S = 1.0
 MAX_ERROR_CHARS = 200
+CLEAR_LINE = "\r\x1b[K"  # carriage return, then erase to the end of the line (ANSI)
 
 
 def format_duration(seconds: float) -> str:
@@ -88,8 +103,213 @@ def estimate_left(
     return running + queued
 
 
+class StatusSchedule:
+    """When a status line is due: after a stretch without any line that grows with each status
+    line printed (``STATUS_INTERVALS_S``: 30 s, then 1, 2, 5 and 10 minutes, the last repeating),
+    and at the latest ``at_least_every_s`` (30 minutes) after the last status line.
+
+    The n-th status line of a run comes after ``intervals[n]`` seconds without a line, so a run
+    of ``T`` seconds prints at most ``max_lines(T)`` of them whatever its events: 2 in a 3-minute
+    run, 15 in two hours, 27 in four (``len(intervals) - 1`` plus one per ``intervals[-1]``). An
+    event (any other line) restarts the quiet stretch but keeps the interval reached: were it to
+    go back to 30 s, a run with an event every few minutes would print a status line after each,
+    the chatter the backoff removes (an event line says what changed anyway). A run whose events
+    never leave it quiet that long still gets a status line (its estimate of the time left) every
+    ``at_least_every_s``; that stays within the bound, being longer than every interval.
+    ``start`` goes back to the first interval, e.g. for another piece of work.
+
+    Usage (``now`` defaults to the clock)::
+
+        schedule = StatusSchedule()
+        ...
+        print(event_line); schedule.event()
+        ...
+        if schedule.due():  # polled, e.g. at each step of a loop
+            print(status_line); schedule.printed()
+
+    Args:
+        intervals: seconds without a line before each status line, the last one repeating
+            (at least one, none negative).
+        clock: seconds from any origin (``time.monotonic``; a fake one in tests).
+        at_least_every_s: seconds after the last status line (or the start) when the next one
+            is due, however busy the run (None, or less than the longest interval: only after
+            quiet stretches).
+    """
+
+    def __init__(self, intervals: Sequence[float] = STATUS_INTERVALS_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 at_least_every_s: float | None = STATUS_AT_LEAST_EVERY_S):
+        if not intervals or any(i < 0 for i in intervals):
+            raise ValueError(f"status intervals must be >= 0 and at least one: {intervals!r}")
+        self.intervals = tuple(float(i) for i in intervals)
+        if at_least_every_s is not None and at_least_every_s < max(self.intervals):
+            at_least_every_s = None  # e.g. intervals that mean "never": they win
+        self.at_least_every_s = at_least_every_s
+        self.clock = clock
+        self.start()
+
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else now
+
+    def start(self, now: float | None = None) -> None:
+        """Starts over: the first interval, quiet from ``now``.
+
+        Args:
+            now: the clock's time (read from it by default).
+        """
+        self.count = 0  # status lines printed since the start
+        self.quiet_since = self.last_status = self._now(now)
+
+    @property
+    def interval(self) -> float:
+        """Seconds without a line before the next status line."""
+        return self.intervals[min(self.count, len(self.intervals) - 1)]
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether a status line is due (nothing changes: call ``printed`` once it is printed).
+
+        Args:
+            now: the clock's time (read from it by default).
+
+        Returns:
+            True when ``interval`` seconds have passed without a line, or ``at_least_every_s``
+            since the last status line.
+        """
+        now = self._now(now)
+        return (now - self.quiet_since >= self.interval
+                or (self.at_least_every_s is not None
+                    and now - self.last_status >= self.at_least_every_s))
+
+    def event(self, now: float | None = None) -> None:
+        """Books a line that is not a status line: the quiet stretch restarts, the interval
+        stays.
+
+        Args:
+            now: the clock's time (read from it by default).
+        """
+        self.quiet_since = self._now(now)
+
+    def printed(self, now: float | None = None) -> None:
+        """Books a status line: the quiet stretch restarts and the interval moves to the next.
+
+        Args:
+            now: the clock's time (read from it by default).
+        """
+        self.quiet_since = self.last_status = self._now(now)
+        self.count += 1
+
+    def max_lines(self, seconds: float) -> int:
+        """The most status lines a run of ``seconds`` can print, whatever its events (each comes
+        at least its interval after the one before).
+
+        Args:
+            seconds: the run's length.
+
+        Returns:
+            The bound.
+
+        Raises:
+            ValueError: when the last interval is 0 (no bound).
+        """
+        last = self.intervals[-1]
+        if last <= 0:
+            raise ValueError("a last status interval of 0 s puts no bound on the status lines")
+        fixed = [t for t in accumulate(self.intervals[:-1]) if t <= seconds]
+        spent = fixed[-1] if fixed else 0.0
+        if len(fixed) < len(self.intervals) - 1:
+            return len(fixed)
+        return len(fixed) + int((seconds - spent) // last)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether a stream is a terminal that can rewrite a line in place.
+
+    Args:
+        stream: where lines go.
+
+    Returns:
+        True for a TTY (``isatty()``), unless ``TERM`` is "dumb"; False for files and pipes.
+    """
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+    return tty and os.environ.get("TERM") != "dumb"
+
+
+class LiveLine:
+    """One line rewritten in place at the bottom of a terminal, with other lines printed above
+    it.
+
+    ``show`` draws the line after a carriage return, erasing what was there; ``print`` erases
+    it, prints a line in its place and draws it again below; ``end`` leaves it on screen, ended
+    by a newline, so that what follows starts on a line of its own. The text is cut to the
+    terminal's width: a line that wrapped could no longer be rewritten.
+
+    Args:
+        stream: the terminal (stdout, looked up at each write, by default).
+        width: its columns (the terminal's, looked up at each write, by default).
+    """
+
+    def __init__(self, stream: TextIO | None = None, width: int | None = None):
+        self._stream = stream
+        self.width = width
+        self.text: str | None = None  # what the line shows, None when not drawn
+
+    @property
+    def stream(self) -> TextIO:
+        """Where the line is drawn."""
+        return self._stream or sys.stdout
+
+    def _fit(self, text: str) -> str:
+        width = self.width or shutil.get_terminal_size().columns
+        room = max(4, width - 1)  # the last column would wrap on some terminals
+        return text if len(text) <= room else text[:room - 3] + "..."
+
+    def _draw(self) -> None:
+        if self.text is not None:
+            self.stream.write(CLEAR_LINE + self._fit(self.text))
+
+    def show(self, text: str) -> None:
+        """Draws the line, or rewrites it.
+
+        Args:
+            text: its new text (one line).
+        """
+        self.text = text
+        self._draw()
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erases the line (the cursor stays on it; ``show`` draws it again)."""
+        if self.text is not None:
+            self.stream.write(CLEAR_LINE)
+            self.stream.flush()
+            self.text = None
+
+    def print(self, line: str) -> None:
+        """Prints a line above the live line (which is drawn again below it).
+
+        Args:
+            line: the line, without its newline.
+        """
+        if self.text is not None:
+            self.stream.write(CLEAR_LINE)
+        self.stream.write(line + "\n")
+        self._draw()
+        self.stream.flush()
+
+    def end(self) -> None:
+        """Ends the live line with a newline, leaving it on screen (nothing if not drawn)."""
+        if self.text is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.text = None
+
+
 class ConsoleReporter(Callback):
-    """Prints trial events and a status line every ``status_every_s`` seconds (Tune callback).
+    """Prints trial events at once and a status line: live on a terminal, at backed-off
+    intervals elsewhere (Tune callback; see the module's description).
 
     Args:
         metric: the result key the search optimises (best-so-far per trial).
@@ -97,25 +317,35 @@ class ConsoleReporter(Callback):
         num_samples: the search's number of trials.
         concurrent: trials that run at once (for the time estimate).
         parameters: names of the searched parameters (printed when a trial starts).
-        status_every_s: seconds without any line after which a status line is printed.
+        status_intervals_s: seconds without any line before each plain status line, the last
+            one repeating (``StatusSchedule``).
         stream: where to print (stdout by default).
+        live: whether the status is one line rewritten in place (by default when the stream is
+            a terminal).
+        clock: seconds from any origin (``time.monotonic``; a fake one in tests).
     """
 
     def __init__(self, metric: str, mode: str, num_samples: int, concurrent: int,
-                 parameters: list[str], status_every_s: float = STATUS_EVERY_S,
-                 stream: TextIO | None = None):
+                 parameters: list[str],
+                 status_intervals_s: Sequence[float] = STATUS_INTERVALS_S,
+                 stream: TextIO | None = None, live: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.metric = metric
         self.mode = mode
         self.num_samples = num_samples
         self.concurrent = concurrent
         self.parameters = list(parameters)
-        self.status_every_s = status_every_s
+        self.status_intervals_s = tuple(status_intervals_s)
+        self.live = live
+        self.clock = clock
         self._stream = stream
         self._reset()
 
     def _reset(self) -> None:
-        self._start = time.monotonic()
-        self._last_line = self._start
+        self._start = self.clock()
+        self._schedule = StatusSchedule(self.status_intervals_s, self.clock)
+        self._live_line = LiveLine(self._stream)
+        self._live_at: float | None = None  # when the live line was last drawn
         self._started: dict[str, float] = {}
         self._durations: list[float] = []
         self._outcomes: dict[str, TrialOutcome] = {}
@@ -126,7 +356,7 @@ class ConsoleReporter(Callback):
     def __getstate__(self):
         # Pickled into Tune's experiment state: no stream, fresh counters on restore.
         state = self.__dict__.copy()
-        state["_stream"] = None
+        state.update(_stream=None, _schedule=None, _live_line=None)
         return state
 
     def __setstate__(self, state):
@@ -135,11 +365,22 @@ class ConsoleReporter(Callback):
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _is_live(self) -> bool:
+        return self.live if self.live is not None else is_terminal(self._live_line.stream)
+
+    def _write(self, text: str, now: float) -> None:
+        line = f"[{format_duration(now - self._start)}] {text}"
+        if self._is_live():
+            self._live_line.print(line)
+            self._live_at = None  # its counts changed: drawn again at the next step
+        else:
+            print(line, file=self._live_line.stream, flush=True)
+
     def _print(self, text: str) -> None:
-        stream = self._stream or sys.stdout
-        self._last_line = time.monotonic()
-        print(f"[{format_duration(self._last_line - self._start)}] {text}", file=stream,
-              flush=True)
+        """Prints an event line at once."""
+        now = self.clock()
+        self._schedule.event(now)
+        self._write(text, now)
 
     def _name(self, trial) -> str:
         if trial.trial_id not in self._names:
@@ -156,7 +397,7 @@ class ConsoleReporter(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config, meta = split_meta(trial.config)
-        self._started[trial.trial_id] = time.monotonic()
+        self._started[trial.trial_id] = self.clock()
         source = f" ({meta['source']})" if meta.get("source") else ""
         params = {k: config[k] for k in self.parameters if k in config}
         self._print(f"{self._name(trial)} started{source}: {format_params(params)}")
@@ -180,8 +421,22 @@ class ConsoleReporter(Callback):
         self._ended(trial, error=True)
 
     def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self._last_line >= self.status_every_s:
-            self._print(self.status_line(trials))
+        now = self.clock()
+        if self._is_live():
+            if self._live_at is None or now - self._live_at >= LIVE_EVERY_S:
+                self._show_live(trials, now)
+        elif self._schedule.due(now):
+            self._write(self.status_line(trials), now)
+            self._schedule.printed(now)
+
+    def on_experiment_end(self, trials, **info):
+        if self._live_line.text is not None:  # the final counts stay on screen
+            self._show_live(trials, self.clock())
+            self._live_line.end()
+
+    def _show_live(self, trials, now: float) -> None:
+        self._live_line.show(f"[{format_duration(now - self._start)}] {self.live_text(trials)}")
+        self._live_at = now
 
     # -- lines -----------------------------------------------------------------------------
 
@@ -198,19 +453,24 @@ class ConsoleReporter(Callback):
         started = self._started.pop(trial.trial_id, None)
         if started is None:
             return None
-        self._durations.append(time.monotonic() - started)
+        self._durations.append(self.clock() - started)
         return self._durations[-1]
 
-    def _progress(self, trials) -> tuple[int, int, str]:
-        """Trials running and to start, and the time part of a status line."""
+    def _progress(self, trials) -> tuple[int, int, float, float | None]:
+        """Trials running and to start, seconds elapsed and the estimate of those left."""
         running = [t for t in trials if t.status == "RUNNING"]
         to_start = max(0, self.num_samples - len(self._outcomes) - len(running))
-        now = time.monotonic()
+        now = self.clock()
         ages = [now - self._started.get(t.trial_id, now) for t in running]
         left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
-        return len(running), to_start, (
-            f"elapsed {format_duration(now - self._start)}"
-            + (f", about {format_duration(left)} left" if left is not None else ""))
+        return len(running), to_start, now - self._start, left
+
+    @staticmethod
+    def _timing(elapsed: float | None, left: float | None) -> str:
+        """The time part of a status line: elapsed (unless None), about how long is left."""
+        parts = [f"elapsed {format_duration(elapsed)}"] if elapsed is not None else []
+        parts += [f"about {format_duration(left)} left"] if left is not None else []
+        return ", ".join(parts)
 
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}
@@ -233,17 +493,32 @@ class ConsoleReporter(Callback):
             trials: Tune's list of trials (created so far).
         """
         counts = {o: sum(1 for v in self._outcomes.values() if v is o) for o in TrialOutcome}
-        running, to_start, timing = self._progress(trials)
-        best = (f"best {self._best[0]:.4f} ({self._best[1]})" if self._best else "no result yet")
+        running, to_start, elapsed, left = self._progress(trials)
         return (f"status: {sum(counts.values())} done ({counts[TrialOutcome.COMPLETED]} "
                 f"completed, {counts[TrialOutcome.STOPPED]} stopped, "
                 f"{counts[TrialOutcome.FAILED]} failed), {running} running, {to_start} to "
-                f"start; {best}; {timing}")
+                f"start; {self._best_text()}; {self._timing(elapsed, left)}")
+
+    def _best_text(self) -> str:
+        return f"best {self._best[0]:.4f} ({self._best[1]})" if self._best else "no result yet"
+
+    def live_text(self, trials) -> str:
+        """The live status line's text (short, to fit a terminal; the elapsed time is its
+        prefix): trials done / running / to start, best so far, time left.
+
+        Args:
+            trials: Tune's list of trials (created so far).
+        """
+        running, to_start, _, left = self._progress(trials)
+        return "; ".join(filter(None, (
+            f"{len(self._outcomes)} done, {running} running, {to_start} to start",
+            self._best_text(), self._timing(None, left))))
 
 
 class SeedRunReporter(ConsoleReporter):
     """What the test stage prints while it retrains: each seed run's start and end (its best
-    epoch by validation and its test scores) and the status heartbeat (Tune callback).
+    epoch by validation and its test scores) and the status line, live on a terminal and at
+    backed-off intervals elsewhere (Tune callback).
 
     Args:
         n_runs: seed runs in the grid.
@@ -251,14 +526,21 @@ class SeedRunReporter(ConsoleReporter):
         label: a run's name from its Tune config (e.g. "trm seed 1").
         scores: ``(result key, label)`` pairs printed when a run ends, e.g.
             ``("test_recall_20", "R@20")``; values in percent.
-        status_every_s: seconds without any line after which a status line is printed.
+        status_intervals_s: seconds without any line before each plain status line, the last
+            one repeating (``StatusSchedule``).
         stream: where to print (stdout by default).
+        live: whether the status is one line rewritten in place (by default when the stream is
+            a terminal).
+        clock: seconds from any origin (``time.monotonic``; a fake one in tests).
     """
 
     def __init__(self, n_runs: int, concurrent: int, label: Callable[[dict], str],
-                 scores: Sequence[tuple[str, str]] = (), status_every_s: float = STATUS_EVERY_S,
-                 stream: TextIO | None = None):
-        super().__init__("", "max", n_runs, concurrent, [], status_every_s, stream)
+                 scores: Sequence[tuple[str, str]] = (),
+                 status_intervals_s: Sequence[float] = STATUS_INTERVALS_S,
+                 stream: TextIO | None = None, live: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__("", "max", n_runs, concurrent, [], status_intervals_s, stream, live,
+                         clock)
         self.label = label
         self.scores = tuple(scores)
 
@@ -266,7 +548,7 @@ class SeedRunReporter(ConsoleReporter):
         return self.label(trial.config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._started[trial.trial_id] = time.monotonic()
+        self._started[trial.trial_id] = self.clock()
         self._print(f"{self._name(trial)} started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -291,10 +573,24 @@ class SeedRunReporter(ConsoleReporter):
         Args:
             trials: Tune's list of trials (created so far).
         """
+        running, to_start, elapsed, left = self._progress(trials)
+        return f"status: {self._runs_text(running, to_start)}; {self._timing(elapsed, left)}"
+
+    def _runs_text(self, running: int, to_start: int) -> str:
         failed = sum(1 for v in self._outcomes.values() if v is TrialOutcome.FAILED)
-        running, to_start, timing = self._progress(trials)
-        return (f"status: {len(self._outcomes)} of {self.num_samples} seed runs done ({failed} "
-                f"failed), {running} running, {to_start} to start; {timing}")
+        return (f"{len(self._outcomes)} of {self.num_samples} seed runs done ({failed} failed), "
+                f"{running} running, {to_start} to start")
+
+    def live_text(self, trials) -> str:
+        """The live status line's text (the elapsed time is its prefix): runs done / failed /
+        running / to start, time left.
+
+        Args:
+            trials: Tune's list of trials (created so far).
+        """
+        running, to_start, _, left = self._progress(trials)
+        return "; ".join(filter(None, (self._runs_text(running, to_start),
+                                       self._timing(None, left))))
 
 
 def _error_line(trial) -> str:
