@@ -1,4 +1,5 @@
-"""Hyperparameter searches over CORE variants: `python launch.py --space dahn.yaml`.
+"""Hyperparameter searches over CORE variants: `python launch.py --space dahn.yaml`, or a whole
+study, piece by piece: `python launch.py --study studies/table1.yaml`.
 
 The same command runs locally, on an existing Ray cluster (--address) or as a Ray job
 (`ray job submit --working-dir . -- python launch.py ...`).
@@ -52,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
         epilog=_available(),
     )
-    parser.add_argument("--space", nargs="+", required=True, metavar="SPACE",
-                        help="search-space file(s): a name in search_spaces/ (dahn.yaml) or a path")
-    parser.add_argument("--dataset", default="synthetic",
-                        help="dataset name resolved in --data-dir; 'synthetic' is generated")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", nargs="+", metavar="SPACE",
+                      help="search-space file(s): a name in search_spaces/ (dahn.yaml) or a path")
+    what.add_argument("--study", type=Path, metavar="FILE",
+                      help="a study file (studies/table1.yaml): its datasets, spaces, budget, "
+                           "seeds and arms, run piece by piece, each piece's results exported "
+                           "under studies/<name>/ (see --only, --max-hours, --commit, --report)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name resolved in --data-dir; 'synthetic' is generated "
+                             "(default: synthetic)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where datasets live (default: $CORE_DATA_DIR or ./datasets)")
     parser.add_argument("--text-model", type=Path, default=None, metavar="PATH",
@@ -141,7 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted search of each space")
     parser.add_argument("--dry-run", action="store_true",
-                        help="validate the spaces and print the plan without running anything")
+                        help="validate the spaces (or the study) and print the plan and what it "
+                             "will cost here (timed from a few batches) without running it")
+    study = parser.add_argument_group("studies (--study)")
+    study.add_argument("--only", nargs="+", metavar="GLOB",
+                       help="run only the pieces whose id matches one of these globs, e.g. "
+                            "'*/search/*knn*' or 'tmall/seed/*' (ids: see --dry-run)")
+    study.add_argument("--max-hours", type=float, default=None, metavar="H",
+                       help="start no piece after H hours (the running piece finishes)")
+    study.add_argument("--commit", action="store_true",
+                       help="git-commit the study's results folder after each finished piece")
+    study.add_argument("--report", action="store_true",
+                       help="rebuild the reports and Table 1 from the study's files alone "
+                            "(and README's Table 1 block), run nothing")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="the whole plan, Ray Tune's progress tables and the trials' own "
                              "logs, debug logging (default: one line per trial event)")
@@ -211,10 +230,23 @@ def _configure_logging(verbose: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
+# Options a study file sets for itself: given with --study they are refused.
+STUDY_SETS = ("dataset", "train_rows", "stage", "num_samples", "max_epochs", "grace_period",
+              "reduction_factor", "metric", "ablate", "resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    if args.study is not None:
+        return _main_study(args, parser, argv)
+    study_only = [f"--{name.replace('_', '-')}" for name in ("only", "max_hours", "report")
+                  if getattr(args, name)] + (["--commit"] if args.commit else [])
+    if study_only:
+        parser.error(f"{', '.join(study_only)}: only with --study")
+    args.dataset = args.dataset or "synthetic"
     from hpo.ablation import AblationError
     from hpo.optuna_study import StudyStorageError
     from hpo.outcome import OutputUnwritableError
@@ -230,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         plans = make_plans(args, command_line)
         check_test_stage_args(args, plans)
         if args.dry_run:
+            from hpo.cost import search_cost_lines
+
             for plan in plans:
-                print(plan.describe(), end="\n\n")
+                lines = search_cost_lines(plan) if args.stage != "test" else []
+                print("\n".join([plan.describe(), *lines]), end="\n\n")
             if args.stage != "search":
                 print(describe_test_stage(args))
             return 0
@@ -255,6 +290,69 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a write the output directory refused (full, read-only, ...)
         print(f"error: {exc}. If the output directory stopped accepting writes, make it "
               "writable again and continue with --resume", file=sys.stderr)
+        return 2
+    except SearchFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                argv: list[str]) -> int:
+    """``--study``: check the study, then print its plan, rebuild its reports or run it."""
+    given = [f"--{name.replace('_', '-')}" for name in STUDY_SETS
+             if getattr(args, name) not in (None, False, "search")]
+    if given:
+        parser.error(f"{', '.join(given)}: set in the study file, not with --study")
+    from data import DatasetSource
+    from data.errors import DataError
+    from hpo.cluster import Resources, validate_resources
+    from hpo.outcome import OutputUnwritableError
+    from hpo.search import SearchFailedError
+    from hpo.studies import (
+        StudyError,
+        StudyRun,
+        describe_study,
+        load_study,
+        run_study,
+        update_readme,
+        write_reports,
+    )
+    from hpo.tracking import TrackingUnavailableError
+    from models.registry import dataset_needs
+
+    try:
+        study = load_study(args.study)
+        if args.report:
+            for label, folder in write_reports(study).items():
+                print(f"{label}: report rebuilt from {study.results_dir / label} in {folder}")
+            print((study.results_dir / "table1.md").read_text())
+            if update_readme(study):
+                print("README.md: Table 1 block updated")
+            return 0
+        resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
+                              args.address, storage_path=args.storage_path,
+                              max_failures=args.max_failures, require_cuda=args.require_cuda)
+        validate_resources(resources)
+        text_model = str(args.text_model) if args.text_model else None
+        needs = dataset_needs([space.model for space in study.spaces])
+        for dataset in study.datasets:  # a missing dataset is refused before anything runs
+            DatasetSource(dataset.name, args.data_dir, dataset.train_rows, text_model).check(
+                **needs)
+        run = StudyRun(study, output_dir=args.output_dir, data_dir=args.data_dir,
+                       text_model=text_model, resources=resources, mlflow_uri=args.mlflow_uri,
+                       optuna_storage=args.optuna_storage, verbose=args.verbose,
+                       commit=args.commit,
+                       command_line=shlex.join(["python", "launch.py", *argv]))
+        if args.dry_run:
+            print(describe_study(run, args.only))
+            return 0
+        ran = run_study(run, args.only, args.max_hours)
+        print(f"study {study.name}: {len(ran)} piece(s) ran this time; results in "
+              f"{study.results_dir}")
+    except (StudyError, DataError, TrackingUnavailableError, OutputUnwritableError,
+            FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except SearchFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)

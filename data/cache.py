@@ -57,9 +57,14 @@ def fingerprint(sources: list[Path], version: int) -> str:
     return json.dumps({"version": version, "sources": entries})
 
 
+def cache_root() -> Path:
+    """The project's cache folder: ``$CORE_CACHE_DIR``, default ``~/.cache/core-hpo``."""
+    return Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "core-hpo")
+
+
 def cache_dirs(data_dir: Path) -> list[Path]:
     """Next to the data first, then the fallback folder for read-only data directories."""
-    root = Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "core-hpo")
+    root = cache_root()
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
     return [data_dir, root / digest]
 

@@ -112,6 +112,55 @@ def results_table_markdown(
     return markdown_table(header, body) + "\n\n" + _footnote(frame, tests, baseline) + "\n"
 
 
+def study_table_markdown(
+    parts: Sequence[tuple[str, pd.DataFrame, pd.DataFrame, str]], *, alpha: float,
+    correction: str,
+) -> str:
+    """A study's Table 1: one row per arm, one column per dataset, each cell test
+    "R@20 / M@20" in percent as mean ± std over seeds; the best per dataset and metric in bold;
+    † / ‡ where an arm is significantly better / worse than that dataset's baseline (paired
+    t-test over seeds, corrected within the dataset); (b) marks the baseline.
+
+    Args:
+        parts: per dataset, (label, seed results of the full arms, ``hpo.stats.paired_tests``
+            against its baseline, the baseline).
+        alpha: the significance level of the tests.
+        correction: their correction (``hpo.stats.CORRECTIONS``).
+    """
+    if not parts:
+        return "No dataset of the study is complete yet."
+    cells: dict[tuple[str, str], str] = {}
+    variants: list[str] = []
+    seeds = set()
+    for label, seed_results, tests, baseline in parts:
+        frame = results_table_frame(seed_results, tests, baseline, TABLE_METRICS)
+        for variant in dict.fromkeys(frame["variant"]):
+            if variant not in variants:
+                variants.append(variant)
+            rows = {r.metric: r for r in frame[frame["variant"] == variant].itertuples()}
+            texts = []
+            for metric in TABLE_METRICS:
+                r = rows[metric]
+                text = f"{pct(r.mean)} ± {pct(r.std)}"
+                text = f"**{text}**" if r.best else text
+                if r.significant:
+                    text += BETTER if r.mean_diff > 0 else WORSE
+                texts.append(text)
+                seeds.add(int(r.n_seeds))
+            mark = " (b)" if variant == baseline else ""
+            cells[(label, variant)] = " / ".join(texts) + mark
+    header = ["Arm", *[f"{label} R@20 / M@20" for label, *_ in parts]]
+    body = [[variant_label(v), *[cells.get((label, v), MISSING) for label, *_ in parts]]
+            for v in variants]
+    n_seeds = "–".join(map(str, sorted({min(seeds), max(seeds)})))
+    note = (f"Test {' / '.join(METRIC_LABELS[m] for m in TABLE_METRICS)} in percent, mean ± std "
+            f"over {n_seeds} seeds. **Bold**: best per dataset and metric. (b): the dataset's "
+            f"baseline. {BETTER} / {WORSE}: significantly better / worse than it (paired "
+            f"t-test over seeds, {_adjusted_label(correction)} p < {alpha:g} within the "
+            "dataset); no mark: not significant.")
+    return markdown_table(header, body) + "\n\n" + note
+
+
 def _cell(row) -> str:
     if row is None:
         return MISSING

@@ -116,45 +116,17 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
     configs = [(s, FULL_ARM, s.config) for s in plan.selections]
     configs += [(s, arm.name, config) for s, arm, config in ablated]
     jobs = [
-        {
-            "variant": s.space, "space": s.space, "arm": arm, "seed": seed,
-            "selected_from": s.trial_run_id,
-            "config": {**config, "seed": seed, "epochs": plan.max_epochs},
-        }
+        seed_job(space=s.space, arm=arm, seed=seed, selected_from=s.trial_run_id,
+                 config=config, max_epochs=plan.max_epochs)
         for s, arm, config in configs
         for seed in plan.seeds
     ]
-    trainable = tune.with_resources(
-        tune.with_parameters(retrain_trial, dataset=dataset,
-                             num_threads=plan.resources.torch_threads,
-                             require_cuda=plan.resources.require_cuda),
-        plan.resources.per_trial(),
-    )
-    logger = MLflowTrialLogger(
-        plan.tracking_uri,
-        client.get_run(parent_run_id).info.experiment_id,
-        parent_run_id,
-        tags={"stage": "test", "dataset": label},
-        describe=describe_job,
-        metric_prefixes=TEST_PREFIXES,
-        checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
-    )
-    concurrent = plan.resources.concurrent_trials()
-    grid = tune.Tuner(
-        trainable,
-        param_space={"job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(
-            name=tune_experiment_name("seeds", parent_run_id),
-            storage_path=plan.resources.trials_location(out_dir, plan.output_dir),
-            callbacks=[logger, SeedRunReporter(
-                len(jobs), concurrent, run_label,
-                [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=plan.resources.max_failures),
-            verbose=1 if verbose else 0,
-        ),
-    ).fit()
+    grid = run_seed_jobs(
+        jobs, dataset, resources=plan.resources, tracking_uri=plan.tracking_uri,
+        parent_run_id=parent_run_id,
+        storage=plan.resources.trials_location(out_dir, plan.output_dir),
+        name=tune_experiment_name("seeds", parent_run_id), tags={"dataset": label},
+        verbose=verbose)
 
     failed = [r for r in grid if r.error is not None]
     if failed:
@@ -188,6 +160,87 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         client.log_artifact(parent_run_id, str(path))
     client.set_terminated(parent_run_id, status="FINISHED")
     return paths
+
+
+def seed_job(
+    *, space: str, arm: str, seed: int, selected_from: str, config: dict, max_epochs: int
+) -> dict:
+    """One seed run of the test stage: the selected configuration (or an ablation arm of it)
+    with its seed and the retraining's epoch budget, and what its MLflow run is tagged with.
+
+    Args:
+        space: the space (its report name) the configuration was selected from.
+        arm: ``FULL_ARM`` or the ablation arm's name.
+        seed: the training seed.
+        selected_from: the trial it was selected from (an MLflow run id or a trial id).
+        config: the configuration (the arm's change applied).
+        max_epochs: the retraining's epoch budget (patience stops it earlier).
+    """
+    return {"variant": space, "space": space, "arm": arm, "seed": seed,
+            "selected_from": selected_from,
+            "config": {**config, "seed": seed, "epochs": max_epochs}}
+
+
+def run_seed_jobs(
+    jobs: list[dict], dataset: SessionDataset, *, resources: Resources, tracking_uri: str,
+    parent_run_id: str, storage: str, name: str, tags: dict | None = None,
+    verbose: bool = False, restore: bool = False,
+):
+    """Retrain ``jobs`` (``seed_job``) as one Ray Tune experiment, each logged to MLflow as a
+    child of ``parent_run_id``, each scoring test once with its best-validation checkpoint.
+
+    Args:
+        jobs: the seed runs.
+        dataset: the dataset, test split included.
+        resources: per-trial resources and concurrency.
+        tracking_uri: the MLflow store.
+        parent_run_id: the test stage's parent run.
+        storage: where Tune keeps the experiment.
+        name: the experiment's name (unique per driver: ``tune_experiment_name``).
+        tags: tags of every seed run besides ``stage`` and the job's own.
+        verbose: Ray Tune's own tables and the runs' logs on the console.
+        restore: continue the experiment at ``storage/name`` (a run interrupted with its
+            driver resumes from its last epoch).
+
+    Returns:
+        Tune's ``ResultGrid``.
+    """
+    trainable = tune.with_resources(
+        tune.with_parameters(retrain_trial, dataset=dataset,
+                             num_threads=resources.torch_threads,
+                             require_cuda=resources.require_cuda),
+        resources.per_trial(),
+    )
+    path = f"{storage}/{name}"
+    if restore and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True).fit()
+    client = check_tracking(tracking_uri)
+    logger = MLflowTrialLogger(
+        tracking_uri,
+        client.get_run(parent_run_id).info.experiment_id,
+        parent_run_id,
+        tags={"stage": "test", **(tags or {})},
+        describe=describe_job,
+        metric_prefixes=TEST_PREFIXES,
+        checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
+    )
+    concurrent = resources.concurrent_trials()
+    return tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[logger, SeedRunReporter(
+                len(jobs), concurrent, run_label,
+                [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            verbose=1 if verbose else 0,
+        ),
+    ).fit()
 
 
 def run_label(config: dict) -> str:

@@ -65,7 +65,7 @@ from hpo.outcome import (
     split_meta,
 )
 from models.recommend import MODEL_FILE, save_bundle
-from models.trainer import Trainer
+from models.trainer import Trainer, make_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 TEST_ROWS_FILE = "test_rows.npz"
@@ -273,7 +273,7 @@ def _train_reporting(
         "gpu_ids": ",".join(gpu_ids),
         DEVICE_WARNING_KEY: device_warning,
     }
-    trainer = Trainer(config, dataset, device=device, num_threads=num_threads)
+    trainer = make_trainer(config, dataset, device=device, num_threads=num_threads)
     resumed, note = store.restore(trainer) if store is not None else (0, None)
     if note:
         log.warning("trial %s: %s", tune.get_context().get_trial_id(), note)

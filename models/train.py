@@ -15,7 +15,7 @@ import yaml
 
 from data import DatasetSource
 from models.registry import VARIANTS, dataset_needs
-from models.trainer import Trainer
+from models.trainer import make_trainer
 
 
 def _assignment(text: str) -> tuple[str, object]:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = dataset.without_test()
     print(dataset.summary(), flush=True)
     start = time.perf_counter()
-    trainer = Trainer(config, dataset, num_threads=args.threads)
+    trainer = make_trainer(config, dataset, num_threads=args.threads)
     print(f"config: {trainer.config} | device {trainer.device} | model built in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     n_train = len(dataset.train)

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from data.dataset import SessionDataset
 from models.batches import Rows
 from models.ema import WeightEMA
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
-from models.registry import build_model_for, default_config, resolve_config
+from models.registry import build_model_for, default_config, fits_once, resolve_config
 from models.weighting import training_rows
 
 SELECTION_METRIC = "mrr_20"
@@ -107,6 +108,22 @@ def default_device() -> torch.device:
 def _at_least_as_good(value: float, best: float) -> bool:
     """Whether a checkpoint scoring ``value`` replaces the best one (see SELECTION_DECIMALS)."""
     return round(value, SELECTION_DECIMALS) >= round(best, SELECTION_DECIMALS)
+
+
+def make_trainer(config: dict, dataset: SessionDataset, **options):
+    """The trainer of ``config["model"]``: ``Trainer`` for the CORE variants, ``KnnTrainer``
+    (one fit, then validation) for the kNN baselines; both serve the same calls.
+
+    Args:
+        config: the run's config (a "model" key and any of its keys).
+        dataset: the dataset it trains on.
+        **options: ``device``, ``callback``, ``num_threads`` (see ``Trainer``).
+    """
+    if fits_once(config.get("model", "")):
+        from models.knn_trainer import KnnTrainer
+
+        return KnnTrainer(config, dataset, **options)
+    return Trainer(config, dataset, **options)
 
 
 class Trainer:
@@ -217,27 +234,68 @@ class Trainer:
         order = torch.from_numpy(self.rng.permutation(len(rows))).to(self.device)
         size = self.config["batch_size"]
         n_batches = -(-len(rows) // size)
-        bf16 = self.config["precision"] == "bf16"
         self.model.train()
         total = 0.0
         for batch in range(n_batches):
             index = order[batch * size : (batch + 1) * size]
-            items, targets, *users = rows.batch(index)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = self.model(items, targets, *users, **rows.row_weights(index))
-            value = loss.item()
-            if not np.isfinite(value):
-                raise NonFiniteLossError(
-                    f"training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}"
-                    f"/{n_batches}; config: {self.config}"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            total += value * len(targets)
+            value = self._train_step(rows, index, batch, n_batches)
+            total += value * len(index)
         return total / len(rows)
+
+    def _train_step(self, rows: Rows, index: torch.Tensor, batch: int, n_batches: int) -> float:
+        """One optimiser step on the training rows ``index``; returns the batch's loss."""
+        items, targets, *users = rows.batch(index)
+        bf16 = self.config["precision"] == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = self.model(items, targets, *users, **rows.row_weights(index))
+        value = loss.item()
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}"
+                f"/{n_batches}; config: {self.config}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return value
+
+    def time_epoch(self, batches: int = 3) -> dict:
+        """An estimate of one epoch's time on this trainer's device from a few batches: one
+        untimed warm-up step, ``batches`` timed training steps (they change the weights: time a
+        throwaway trainer) and ``batches`` validation batches. Stages a variant runs before its
+        first epoch (diffaug's diffusion, persona's HDGI) are not included.
+
+        Args:
+            batches: timed batches of each kind.
+
+        Returns:
+            ``train_batch_s`` and ``valid_batch_s`` (seconds per batch), ``train_batches`` and
+            ``valid_batches`` (per epoch) and ``epoch_s``, the estimate of a whole epoch.
+        """
+        rows = self._split_rows("train")
+        size = self.config["batch_size"]
+        n_train = -(-len(rows) // size)
+        order = torch.from_numpy(self.rng.permutation(len(rows))).to(self.device)
+        self.model.train()
+        self._train_step(rows, order[:size], 0, n_train)  # warm-up: allocations, kernels
+        start = time.perf_counter()
+        for batch in range(1, batches + 1):
+            index = order[(batch % n_train) * size : (batch % n_train + 1) * size]
+            self._train_step(rows, index, batch, n_train)
+        train_s = (time.perf_counter() - start) / batches
+        valid = self.dataset.split("valid")
+        eval_size = self.config["eval_batch_size"]
+        n_valid = -(-len(valid) // eval_size)
+        cut = self.dataset.valid.subset(slice(0, min(len(valid), batches * eval_size)))
+        timed = replace(self.dataset, valid=cut)
+        start = time.perf_counter()
+        self._rank_rows(Rows(timed.valid, self.config["max_seq_length"], self.device,
+                             self.with_users), use_best=False, top_k=None)
+        valid_s = (time.perf_counter() - start) / max(1, -(-len(cut) // eval_size))
+        return {"train_batch_s": train_s, "valid_batch_s": valid_s, "train_batches": n_train,
+                "valid_batches": n_valid, "epoch_s": train_s * n_train + valid_s * n_valid}
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -259,7 +317,12 @@ class Trainer:
         """Target ranks (and top-k lists) of every row, scoring the catalog ``SCORE_BLOCK``
         rows at a time into one reused buffer: small enough to stay in cache for the rank
         count, and never re-allocated (a fresh block would be page-faulted in every time)."""
-        rows = self._split_rows(split)
+        return self._rank_rows(self._split_rows(split), use_best, top_k)
+
+    def _rank_rows(
+        self, rows: Rows, use_best: bool, top_k: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_rank`` of the given rows."""
         if self.with_users:
             return self._rank_with_users(rows, use_best, top_k)
         size = self.config["eval_batch_size"]
