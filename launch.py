@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "default, as in the CORE protocol) stops it earlier")
     protocol.add_argument("--baseline", default="trm",
                           help="space every other space is compared with (paired tests), or "
-                               f"'{STRONGEST}': of the ave and trm spaces, the one with the "
-                               "better validation score of its selected trial")
+                               f"'{STRONGEST}': of the ave, trm and kNN spaces, the one with the "
+                               "best validation score of its selected trial")
     protocol.add_argument("--correction", choices=CORRECTIONS, default="holm",
                           help="multiple-comparison correction within each table's family of "
                                "comparisons (e.g. variants x metrics)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo.space import RESERVED_KEYS, Budget, Parameter, SearchSpace
-from models.registry import config_keys, default_config, fits_once
+from models.registry import NEUTRAL_KEYS, config_keys, default_config, fits_once
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,15 @@ def describe_treatment(space: SearchSpace, key: str) -> str:
 
 def shared_keys(first: SearchSpace, second: SearchSpace) -> list[str]:
     """The config keys the two arms must search alike: those both variants have, less the
-    search's own keys (seed, epochs) and the keys either space says it is about.
+    search's own keys (seed, epochs), the keys that do not change results
+    (``models.registry.NEUTRAL_KEYS``: the evaluation batch size) and the keys either space
+    says it is about.
 
     Args:
         first, second: two search spaces.
     """
     common = config_keys(first.model) & config_keys(second.model)
-    return sorted(common - RESERVED_KEYS - first.about - second.about)
+    return sorted(common - RESERVED_KEYS - NEUTRAL_KEYS - first.about - second.about)
 
 
 def space_differences(first: SearchSpace, second: SearchSpace) -> list[Difference]:

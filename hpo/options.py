@@ -12,7 +12,8 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 METRICS = tuple(f"valid_{name}" for name in METRIC_NAMES)  # what a search may optimise
 CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")  # multiple-comparison corrections
 DEFAULT_ALPHA = 0.01
-BASELINE_VARIANTS = ("ave", "trm")  # what --baseline strongest chooses between
+# What --baseline strongest chooses between: CORE's own two and the tuned kNN baselines.
+BASELINE_VARIANTS = ("ave", "trm", "sknn", "vsknn", "stan", "vstan")
 STRONGEST = "strongest"
 DEFAULT_RETRAIN_MAX_EPOCHS = 300  # the CORE protocol's training budget (patience stops it)
 

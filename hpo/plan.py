@@ -140,9 +140,10 @@ def check_test_stage_args(args: argparse.Namespace, plans: list[SearchPlan]) -> 
     names = [plan.space.name for plan in plans]
     if args.baseline == STRONGEST:
         if not any(plan.space.model in BASELINE_VARIANTS for plan in plans):
-            raise SpaceError(f"--baseline {STRONGEST} picks the better of the ave and trm "
-                             f"spaces, and none is among the spaces {names}: add ave.yaml and/or "
-                             "trm.yaml to --space, or name the baseline")
+            raise SpaceError(f"--baseline {STRONGEST} picks the best of the ave, trm and kNN "
+                             f"spaces, and none is among the spaces {names}: add ave.yaml, "
+                             "trm.yaml or a kNN space (sknn.yaml, ...) to --space, or name the "
+                             "baseline")
     elif args.baseline not in names:
         raise SpaceError(f"--baseline {args.baseline!r} is not among the spaces {names}: add its "
                          "space file to --space (the test stage compares every space with it)")

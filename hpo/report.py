@@ -20,6 +20,7 @@ from hpo.popularity import popularity_table, tail_session_tests
 from hpo.stats import (
     DEFAULT_ALPHA,
     FULL_ARM,
+    METRICS,
     N_RESAMPLES,
     ablation_tests,
     anova,
@@ -41,9 +42,28 @@ from hpo.tables import (
     results_table_markdown,
     row_groups_markdown,
     session_markdown,
+    variant_label,
 )
 
 PerRow = Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]]
+
+
+def deterministic_notes(seed_results: pd.DataFrame) -> list[str]:
+    """A sentence naming the variants whose seed runs agree exactly on every metric (nothing in
+    them is random: a kNN model with "recent" sampling), for the report's opening lines: their
+    spread is 0, and a paired test between two of them is undefined, not significant.
+
+    Args:
+        seed_results: one row per (dataset, variant, seed) with every metric.
+    """
+    fixed = [f"{variant_label(v)} ({d})" for (d, v), rows in
+             seed_results.groupby(["dataset", "variant"], sort=False)
+             if len(rows) > 1 and (rows[list(METRICS)].nunique() == 1).all()]
+    if not fixed:
+        return []
+    return ["Deterministic: the seed runs of " + ", ".join(fixed) + " agree exactly (nothing "
+            "in them depends on the seed), so their spread is 0; a paired t-test between two "
+            "such arms is undefined and reported as such."]
 
 
 def split_arms(seed_results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -134,6 +154,7 @@ def write_report(
     omnibus.to_csv(paths["anova_csv"], index=False)
     posthoc.to_csv(paths["posthoc_csv"], index=False)
     n_seeds = int(full.groupby(["dataset", "variant"]).size().max())
+    protocol_notes = [*protocol_notes, *deterministic_notes(full)]
     sections = [
         "# Test results (selection-then-test)",
         protocol_markdown(list(dict.fromkeys(full["dataset"])), baseline, baseline_note,

@@ -59,7 +59,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import train_trial
-from models.registry import dataset_needs
+from models.registry import dataset_needs, fits_once
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,22 @@ class SearchPlan:
         """The metric at each trial's selected (best-so-far) checkpoint: what selection uses."""
         return f"best_{self.budget.metric}"
 
+    @property
+    def schedule(self) -> str:
+        """How trials are run and stopped, in words: the epoch budget and ASHA's settings, or,
+        for a kNN baseline, one fit per trial (ASHA has nothing to stop)."""
+        b = self.budget
+        if fits_once(self.space.model):
+            return f"{b.num_samples} trials, one fit each (a kNN model: ASHA has nothing to stop)"
+        return (f"{b.num_samples} trials x <= {b.max_epochs} epochs, ASHA grace "
+                f"{b.grace_period}, reduction factor {b.reduction_factor}")
+
     def headline(self) -> str:
         """Three lines saying what runs and where results go (the default console header)."""
         b = self.budget
         return "\n".join([
             f"search {self.space.name} (variant {self.space.model}) on {self.dataset.label}: "
-            f"{b.num_samples} trials x <= {b.max_epochs} epochs, ASHA grace {b.grace_period}, "
-            f"reduction factor {b.reduction_factor}; {b.mode} {b.metric}",
+            f"{self.schedule}; {b.mode} {b.metric}",
             f"tracking {self.tracking_uri} (experiment {self.experiment_name!r}); "
             f"study {self.study_name!r} in {storage_label(self.study_storage)}",
             f"output {self.search_dir}",
@@ -128,8 +137,7 @@ class SearchPlan:
             f"dataset     {self.dataset.label} (data dir {self.dataset.data_dir or 'default'}"
             + (f", last {self.dataset.train_rows:,} training rows only"
                if self.dataset.train_rows else "") + ")",
-            f"budget      {b.num_samples} trials x <= {b.max_epochs} epochs; ASHA grace "
-            f"{b.grace_period}, reduction factor {b.reduction_factor}; {b.mode} {b.metric}",
+            f"budget      {self.schedule}; {b.mode} {b.metric}",
             f"seed        {self.seed} (TPE sampler and every trial's training)",
             f"resources   {r.cpus_per_trial} CPU + {r.gpus_per_trial} GPU per trial"
             + (" (CUDA required)" if r.require_cuda else "")
@@ -411,7 +419,7 @@ def _start_parent_run(client, plan: SearchPlan) -> str:
         run_name=f"{plan.space.name}-{plan.search_dir.name}",
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name,
               "dataset": plan.dataset.label, "search_dir": str(plan.search_dir),
-              NOTE_TAG: _description(plan)},
+              "schedule": plan.schedule, NOTE_TAG: _description(plan)},
     )
     run_id = run.info.run_id
     record = _plan_record(plan)
@@ -431,8 +439,7 @@ def _description(plan: SearchPlan) -> str:
         f"**Search** of `{plan.space.name}` (variant `{plan.space.model}`, space file "
         f"`{plan.space.path.name}`) on **{plan.dataset.label}**.",
         "",
-        f"- budget: {b.num_samples} trials x <= {b.max_epochs} epochs; ASHA grace period "
-        f"{b.grace_period}, reduction factor {b.reduction_factor}; {b.mode} `{b.metric}`",
+        f"- budget: {plan.schedule}; {b.mode} `{b.metric}`",
         f"- Optuna study `{plan.study_name}` in `{storage_label(plan.study_storage)}`; the "
         "first trial is the variant's published configuration",
         f"- seed {plan.seed}",

@@ -136,7 +136,8 @@ def _search_run(client: MlflowClient, dataset: str, space: str, run_id: str | No
 
 
 def strongest_baseline(selections, mode: str = "max") -> tuple[str, str]:
-    """The baseline space for ``--baseline strongest``: of the ave and trm spaces, the one whose
+    """The baseline space for ``--baseline strongest``: of the ave, trm and kNN spaces
+    (``hpo.options.BASELINE_VARIANTS``), the one whose
     selected trial scored better on validation (``Selection.value``); a tie goes to trm.
 
     Args:
@@ -147,13 +148,13 @@ def strongest_baseline(selections, mode: str = "max") -> tuple[str, str]:
         (space name, a sentence saying how it was chosen, with the scores).
 
     Raises:
-        SelectionError: no ave or trm space is compared, or their selections used different
+        SelectionError: no such space is compared, or their selections used different
             metrics (their values cannot be compared).
     """
     candidates = [s for s in selections if s.variant in BASELINE_VARIANTS]
     if not candidates:
         raise SelectionError(
-            f"--baseline {STRONGEST} needs an ave or trm space among "
+            f"--baseline {STRONGEST} needs an ave, trm or kNN space among "
             f"{[s.space for s in selections]}"
         )
     metrics = sorted({s.metric for s in candidates})

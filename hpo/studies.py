@@ -829,7 +829,7 @@ def study_baseline(study: Study, dataset: StudyDataset) -> tuple[str, str]:
                      f"{scored[0][2]} of the selected trial)")
 
 
-def _protocol_notes(study: Study, dataset: StudyDataset, seed_results) -> list[str]:
+def _protocol_notes(study: Study, dataset: StudyDataset) -> list[str]:
     b = dataset.budget
     notes = [
         f"Study {study.name} ({study.path.name}); training split: "
@@ -841,13 +841,6 @@ def _protocol_notes(study: Study, dataset: StudyDataset, seed_results) -> list[s
         "Rebuilt from the study's exported files alone (hpo.study_results): ranks clipped at "
         "21, top-20 lists as per-item slot counts.",
     ]
-    full = seed_results[seed_results["arm"] == FULL_ARM]
-    fixed = [variant for variant, rows in full.groupby("variant", sort=False)
-             if len(rows) > 1 and (rows[["recall_20", "mrr_20"]].nunique() == 1).all()]
-    if fixed:
-        notes.append("Deterministic: the seed runs of " + ", ".join(fixed) + " agree exactly "
-                     "(nothing in them is random), so their spread is 0 and a paired test "
-                     "between two of them is undefined.")
     if study.unequal:
         notes.append("Unequal arms, allowed by the study file: " + "; ".join(study.unequal))
     return notes
@@ -882,7 +875,7 @@ def write_reports(study: Study, datasets: list[StudyDataset] | None = None) -> d
                      n_items_by_dataset={dataset.label: n_items}, alpha=study.alpha,
                      correction=study.correction, baseline_note=note,
                      resample_seed=study.seed, skipped_arms=skipped or None,
-                     protocol_notes=_protocol_notes(study, dataset, seed_results))
+                     protocol_notes=_protocol_notes(study, dataset))
         out[dataset.label] = folder
     (study.results_dir / "table1.md").write_text(study_table(study) + "\n")
     return out

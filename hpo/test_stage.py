@@ -37,7 +37,7 @@ from hpo.tracking import (
     get_or_create_experiment,
     log_params,
 )
-from hpo.trainable import TEST_ROWS_FILE, retrain_trial
+from hpo.trainable import TEST_ROWS_FILE, has_model_bundle, retrain_trial
 from models.metrics import METRIC_LABELS
 from models.persona import persona_groups
 from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
@@ -224,6 +224,7 @@ def run_seed_jobs(
         describe=describe_job,
         metric_prefixes=TEST_PREFIXES,
         checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
+        artifacts_for=has_model_bundle,  # not the kNN baselines'
     )
     concurrent = resources.concurrent_trials()
     return tune.Tuner(

@@ -290,6 +290,7 @@ class MLflowTrialLogger(Callback):
         describe: Callable[[dict], tuple[dict, dict]] = config_as_params,
         metric_prefixes: tuple[str, ...] = LOGGED_PREFIXES,
         checkpoint_artifacts: dict[str, str] | None = None,
+        artifacts_for: Callable[[dict], bool] | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -299,6 +300,8 @@ class MLflowTrialLogger(Callback):
         self.metric_prefixes = metric_prefixes
         # File in a completed trial's last checkpoint -> the artifact directory it is logged to.
         self.checkpoint_artifacts = dict(checkpoint_artifacts or {})
+        # Which trials (by config) leave them; None: every trial (a missing file is warned).
+        self.artifacts_for = artifacts_for
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._placement: dict[str, dict[str, str]] = {}
@@ -395,6 +398,9 @@ class MLflowTrialLogger(Callback):
         test stage's model bundle); a missing file is a warning, not a failed search."""
         wanted = getattr(self, "checkpoint_artifacts", None)  # absent in a restored callback
         if not wanted:
+            return
+        chooser = getattr(self, "artifacts_for", None)
+        if chooser is not None and not chooser(trial.config):
             return
         checkpoint = trial.checkpoint
         if checkpoint is None:

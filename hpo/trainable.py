@@ -65,6 +65,7 @@ from hpo.outcome import (
     split_meta,
 )
 from models.recommend import MODEL_FILE, save_bundle
+from models.registry import fits_once
 from models.trainer import Trainer, make_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -326,6 +327,17 @@ def _report_storage_error(metrics: dict, what: str, exc: OSError) -> None:
     raise exc  # reached only under a driver that did not stop the search
 
 
+def has_model_bundle(config: dict) -> bool:
+    """Whether a run of ``config`` leaves a model bundle (``models.recommend``): the CORE
+    variants; a kNN baseline is its training data and is not bundled.
+
+    Args:
+        config: a run's config, or a test-stage trial's (``{"job": {"config": ...}}``).
+    """
+    config = config.get("job", {}).get("config", config)
+    return not fits_once(config["model"])
+
+
 def _score_test(trainer: Trainer, directory: Path) -> dict:
     """Score the selected (best-validation) checkpoint on test, once; keep per-row results and
     the model bundle of that checkpoint (``models.recommend``, logged to MLflow as
@@ -333,5 +345,6 @@ def _score_test(trainer: Trainer, directory: Path) -> dict:
     metrics, ranks, topk = trainer.evaluate_detailed("test", use_best=True)
     np.savez_compressed(directory / TEST_ROWS_FILE, ranks=ranks, topk=topk)
     (directory / TEST_METRICS_FILE).write_text(json.dumps(metrics))
-    save_bundle(trainer, directory / MODEL_FILE)
+    if has_model_bundle(trainer.config):
+        save_bundle(trainer, directory / MODEL_FILE)
     return {f"test_{name}": value for name, value in metrics.items()}

@@ -6,7 +6,6 @@ variant needs: its users, item table and graph side files)."""
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from models.augment import parse_augmentations
 from models.catalog_loss import LOSS_IMPLS
+from models.config_types import coerce
 from models.core import CORE, Objective
 from models.diffusion import BETA_SCHEDULES, HEAD_FRACTION
 from models.encoders import (
@@ -27,6 +27,7 @@ from models.encoders import (
     Transformer,
     TrmEncoder,
 )
+from models.knn import KNN_DEFAULTS, KNN_RANGES, KNN_VARIANTS, check_knn_params
 from models.persona import METAPATH_KEYS, settings_from_config, train_personas
 from models.persona.model import PERSONA_FUSIONS, PersonaCORE
 from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
@@ -34,10 +35,9 @@ from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
 if TYPE_CHECKING:
     from data.dataset import SessionDataset
 
-KNN_VARIANTS = ("sknn", "vsknn", "stan", "vstan")
 VARIANTS = (
     "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f", "persona",
-    "diffaug",
+    "diffaug", *KNN_VARIANTS,
 )
 # How reports name each variant.
 LABELS = {
@@ -54,6 +54,11 @@ LABELS = {
     "diffaug": "DiffAug (guided-diffusion counterfactuals, CORE-trm)",
     # Not a variant: the bundled search space ips.yaml (CORE-trm with pop_weighting=ips).
     "ips": "CORE-trm + IPS",
+    # The session-kNN baselines (models.knn): fitted once, no training epochs.
+    "sknn": "SKNN",
+    "vsknn": "V-SKNN",
+    "stan": "STAN",
+    "vstan": "VSTAN",
 }
 # Variants whose items need semantic vectors made from item text (``data.text``).
 SEMANTIC_VARIANTS = ("semsr_i", "semsr_f", "persona")
@@ -104,6 +109,13 @@ _TRANSFORMER = {
     "attn_dropout": 0.5,
     "pos_encoding": "absolute",  # absolute | relative | none (models.encoders.Transformer)
 }
+# What a kNN baseline has besides its hyperparameters (models.knn.KNN_DEFAULTS): the seed (of
+# "random" sampling), the epoch budget a search or test stage sets (a fit is one pass, so it is
+# unused) and how many rows are scored at a time.
+_KNN_COMMON = {"seed": 2020, "epochs": 1, "eval_batch_size": 1024}
+# Keys that change how a run is computed, not what it computes (scores are the same at any
+# evaluation batch size): left out when arms are compared for fairness (hpo.fairness).
+NEUTRAL_KEYS = frozenset({"eval_batch_size"})
 _HN = {"hn_k": 64, "hn_lambda": 0.2}
 # da_scorer "mlp" scores [f_i; f_last] with an MLP (the paper's DA); "linear" scores f_i as
 # CORE-trm does, so DA with every switch off and a linear scorer is exactly CORE-trm.
@@ -253,6 +265,7 @@ _RANGES = {
     "persona_fusion": (lambda v: v in PERSONA_FUSIONS, f"one of {PERSONA_FUSIONS}"),
     "pos_encoding": (lambda v: v in POS_ENCODINGS, f"one of {POS_ENCODINGS}"),
     "layer_aggregation": (lambda v: v in LAYER_AGGREGATIONS, f"one of {LAYER_AGGREGATIONS}"),
+    **KNN_RANGES,
 }
 # Keys whose value names a set: a list, or a comma-separated string; parsed (ValueError when
 # invalid) and resolved to the canonical comma-separated string.
@@ -277,6 +290,8 @@ def _check_variant(variant: str) -> None:
 def default_config(variant: str) -> dict:
     """Every key of ``variant`` with its spec default, including "model"."""
     _check_variant(variant)
+    if variant in KNN_VARIANTS:
+        return {"model": variant, **_KNN_COMMON, **KNN_DEFAULTS[variant]}
     config = {"model": variant, **_COMMON}
     for group in _GROUPS[variant]:
         config.update(group)
@@ -313,25 +328,6 @@ def dataset_needs(variants) -> dict[str, bool]:
     }
 
 
-def _coerce(key: str, value: object, default: object) -> object:
-    """``value`` converted to the type of ``default`` (ints accepted for floats, numpy scalars
-    for Python ones), or TypeError."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool | np.bool_)
-        kind = bool
-    elif isinstance(default, int):
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        kind = int
-    elif isinstance(default, float):
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        kind = float
-    else:
-        ok, kind = isinstance(value, str), str
-    if not ok:
-        raise TypeError(f"config key {key!r} expects {kind.__name__}, got {value!r}")
-    return kind(value)
-
-
 def _canonical_set(key: str, value: object) -> object:
     """A set-valued key's value as its canonical comma-separated string (other types are left
     to ``_coerce``'s type error)."""
@@ -363,10 +359,12 @@ def resolve_config(overrides: dict) -> dict:
     for key, value in overrides.items():
         if key in _SETS:
             value = _canonical_set(key, value)
-        config[key] = _coerce(key, value, config[key])
+        config[key] = coerce(key, value, config[key])
     for key, (check, description) in _RANGES.items():
         if key in config and not check(config[key]):
             raise ValueError(f"config key {key!r} must be {description}, got {config[key]!r}")
+    if config["model"] in KNN_VARIANTS:
+        check_knn_params(config["model"], config)
     if "n_heads" in config and config["embedding_size"] % config["n_heads"]:
         raise ValueError("embedding_size must be a multiple of n_heads")
     if "mp_ui" in config and not any(config[key] for key in METAPATH_KEYS.values()):
@@ -444,6 +442,9 @@ def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = No
         raise ValueError(f"build_model needs a resolved config (resolve_config); missing {missing}")
     if needs_dataset(variant):
         raise ValueError(f"model {variant!r} is built from its dataset: use build_model_for")
+    if fits_once(variant):
+        raise ValueError(f"model {variant!r} is a kNN baseline, fitted by "
+                         "models.knn.KnnTrainer (models.trainer.make_trainer), not trained")
     if variant == "diffaug":  # the backbone; the generated rows are the trainer's
         return build_model({**config, "model": config["base"]}, n_items, item_vectors)
     if needs_item_text(variant) and item_vectors is None:

@@ -14,7 +14,7 @@ import time
 import yaml
 
 from data import DatasetSource
-from models.registry import VARIANTS, dataset_needs
+from models.registry import VARIANTS, dataset_needs, fits_once
 from models.trainer import make_trainer
 
 
@@ -92,17 +92,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"config: {trainer.config} | device {trainer.device} | model built in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     n_train = len(dataset.train)
+    once = fits_once(args.model)
     while not trainer.should_stop:
         m = trainer.run_epoch()
+        valid_s = m["epoch_time"] - m["train_time"]
+        if once:  # a kNN baseline: one fit, one validation
+            print(f"fit {m['train_time']:6.1f} s ({n_train:,} training rows) | valid "
+                  f"{valid_s:5.1f} s {len(dataset.valid) / valid_s:7,.0f} rows/s "
+                  f"{_percent(m, 'valid_')}", flush=True)
+            continue
         print(
             f"epoch {m['epoch']:3d} | train {m['train_time']:6.1f} s "
             f"{n_train / m['train_time']:7,.0f} rows/s loss {m['train_loss']:.4f} | "
-            f"valid {m['epoch_time'] - m['train_time']:5.1f} s {_percent(m, 'valid_')} | "
+            f"valid {valid_s:5.1f} s {_percent(m, 'valid_')} | "
             f"best epoch {m['best_epoch']}",
             flush=True,
         )
     best = trainer.best_metrics
-    print(f"best epoch {best['epoch']}: valid {_percent(best, 'valid_')}", flush=True)
+    print(f"{'fitted' if once else 'best epoch ' + str(best['epoch'])}: valid "
+          f"{_percent(best, 'valid_')}; {time.perf_counter() - start:.1f} s in all", flush=True)
     result = dict(best)
     if args.test:
         test = trainer.evaluate("test")

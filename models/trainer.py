@@ -120,7 +120,7 @@ def make_trainer(config: dict, dataset: SessionDataset, **options):
         **options: ``device``, ``callback``, ``num_threads`` (see ``Trainer``).
     """
     if fits_once(config.get("model", "")):
-        from models.knn_trainer import KnnTrainer
+        from models.knn.trainer import KnnTrainer
 
         return KnnTrainer(config, dataset, **options)
     return Trainer(config, dataset, **options)

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from models.knn import KNN_DEFAULTS
 from models.registry import (
     SEMANTIC_VARIANTS,
     VARIANTS,
     build_model,
     config_keys,
     default_config,
+    fits_once,
     needs_dataset,
     needs_item_text,
     resolve_config,
@@ -68,13 +70,34 @@ EXTRA = {
 def test_variants_and_keys_follow_the_contract():
     assert VARIANTS == (
         "ave", "trm", "da", "hn", "dahn", "enhanced", "contrastive", "semsr_i", "semsr_f",
-        "persona", "diffaug",
+        "persona", "diffaug", "sknn", "vsknn", "stan", "vstan",
     )
     for variant in VARIANTS:
-        assert config_keys(variant) == frozenset(COMMON | EXTRA[variant])
+        if fits_once(variant):  # a kNN baseline: its hyperparameters, no training keys
+            assert config_keys(variant) == frozenset(
+                {"model", "seed", "epochs", "eval_batch_size", *KNN_DEFAULTS[variant]})
+        else:
+            assert config_keys(variant) == frozenset(COMMON | EXTRA[variant])
         assert default_config(variant)["model"] == variant
     assert [v for v in VARIANTS if needs_dataset(v)] == ["persona"]  # built by build_model_for
     assert needs_item_text("persona") and not needs_item_text("trm")
+
+
+def test_knn_configs_are_resolved_and_checked_like_the_others():
+    config = resolve_config({"model": "vstan", "k": 50, "lambda_idf": 0})
+    assert config["k"] == 50 and config["lambda_idf"] == 0.0  # an int taken for a float
+    assert config["sample_size"] == KNN_DEFAULTS["vstan"]["sample_size"]
+    with pytest.raises(ValueError, match="'k' must be >= 1"):
+        resolve_config({"model": "sknn", "k": 0})
+    with pytest.raises(ValueError, match="similarity"):
+        resolve_config({"model": "sknn", "similarity": "vec"})  # V-SKNN's, not SKNN's
+    with pytest.raises(ValueError, match="unknown config key"):
+        resolve_config({"model": "sknn", "lambda_spw": 1.0})  # STAN's
+    with pytest.raises(TypeError, match="sampling"):
+        resolve_config({"model": "stan", "sampling": 1})
+    with pytest.raises(ValueError, match="kNN baseline"):
+        build_model(config, n_items=10)
+    assert fits_once("stan") and not fits_once("trm")
 
 
 def test_spec_defaults():
@@ -129,8 +152,10 @@ def test_resolve_config_merges_coerces_and_validates():
             resolve_config({"model": "hn", **bad})
 
 
-# The persona variant is built from a dataset (tests/test_models_persona.py).
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if not needs_dataset(v)])
+# The persona variant is built from a dataset (tests/test_models_persona.py), the kNN baselines
+# are fitted, not trained (tests/test_models_knn.py).
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if not needs_dataset(v) and not fits_once(v)])
 def test_every_variant_trains_and_predicts(variant):
     torch.manual_seed(0)
     config = {"model": variant, "embedding_size": 16}

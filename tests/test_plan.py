@@ -42,7 +42,7 @@ def test_strongest_baseline_is_the_better_validation_score_of_ave_and_trm():
     assert strongest_baseline([selection("ave", 0.3), selection("trm", 0.3)])[0] == "trm"  # tie
     assert strongest_baseline([selection("ave", 0.2), selection("trm", 0.3)], "min")[0] == "ave"
     assert strongest_baseline([selection("ave", 0.2), selection("da", 0.3)])[0] == "ave"
-    with pytest.raises(SelectionError, match="needs an ave or trm space"):
+    with pytest.raises(SelectionError, match="needs an ave, trm or kNN space"):
         strongest_baseline([selection("da", 0.2), selection("hn", 0.3)])
     with pytest.raises(SelectionError, match="different metrics"):
         strongest_baseline([selection("ave", 0.2), selection("trm", 0.3, metric="valid_r")])

@@ -21,6 +21,7 @@ from models.knn.config import (
     SAMPLINGS,
     SIMILARITIES,
     WEIGHTINGS,
+    check_knn_params,
     days_to_time,
     resolve_knn_params,
 )
@@ -35,8 +36,8 @@ MODELS: dict[str, type[SessionKNN]] = {"sknn": SKNN, "vsknn": VSKNN, "stan": STA
 __all__ = [
     "BLOCK_CELLS", "KNN_DEFAULTS", "KNN_RANGES", "KNN_VARIANTS", "MODELS", "REFERENCE_SPAN_DAYS",
     "SAMPLINGS", "SIMILARITIES", "SKNN", "STAN", "VSKNN", "VSTAN", "WEIGHTINGS", "Neighbours",
-    "SessionIndex", "SessionKNN", "build_knn", "days_to_time", "rebuild_sessions",
-    "resolve_knn_params",
+    "SessionIndex", "SessionKNN", "build_knn", "check_knn_params", "days_to_time",
+    "rebuild_sessions", "resolve_knn_params",
 ]
 
 

@@ -18,7 +18,8 @@ accepts an int for a float.
 from __future__ import annotations
 
 import math
-import numbers
+
+from models.config_types import coerce
 
 KNN_VARIANTS = ("sknn", "vsknn", "stan", "vstan")
 
@@ -108,19 +109,6 @@ KNN_RANGES: dict[str, tuple] = {
 }
 
 
-def _coerce(key: str, value: object, default: object) -> object:
-    """``value`` as the type of ``default`` (an int is accepted for a float), or TypeError."""
-    if isinstance(default, int):
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise TypeError(f"kNN key {key!r} expects {type(default).__name__}, got {value!r}")
-    return type(default)(value)
-
-
 def resolve_knn_params(variant: str, config: dict) -> dict:
     """The hyperparameters of ``variant``: its defaults overridden by ``config``'s values,
     type- and range-checked.
@@ -145,13 +133,26 @@ def resolve_knn_params(variant: str, config: dict) -> dict:
     if foreign:
         raise ValueError(f"{variant} has no hyperparameter(s) {foreign}; "
                          f"its keys are {sorted(defaults)}")
-    params = {key: _coerce(key, config.get(key, default), default)
+    params = {key: coerce(key, config.get(key, default), default)
               for key, default in defaults.items()}
     for key, value in params.items():
         check, description = KNN_RANGES[key]
         if not check(value):
             raise ValueError(f"{variant} key {key!r} must be {description}, got {value!r}")
+    check_knn_params(variant, params)
+    return params
+
+
+def check_knn_params(variant: str, params: dict) -> None:
+    """The rules beyond each key's own range: a similarity the variant offers.
+
+    Args:
+        variant: one of ``KNN_VARIANTS``.
+        params: its (type-checked) hyperparameters.
+
+    Raises:
+        ValueError: naming the key and the allowed values.
+    """
     if "similarity" in params and params["similarity"] not in SIMILARITIES[variant]:
         raise ValueError(f"{variant} key 'similarity' must be one of {SIMILARITIES[variant]}, "
                          f"got {params['similarity']!r}")
-    return params
