@@ -213,12 +213,12 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     for key in fixed:
         _check_config_key(key, allowed, model, "fixed key", fail)
 
-    budget = _parse_budget(raw.get("budget") or {}, Budget(), fail)
+    budget = parse_budget(raw.get("budget") or {}, Budget(), fail)
     per_dataset = raw.get("dataset_budgets") or {}
     if not isinstance(per_dataset, dict):
         raise fail("'dataset_budgets' must map dataset names to budget changes")
     dataset_budgets = {
-        str(name): _parse_budget(changes or {}, budget, fail, f"dataset_budgets.{name}")
+        str(name): parse_budget(changes or {}, budget, fail, f"dataset_budgets.{name}")
         for name, changes in per_dataset.items()
     }
 
@@ -251,7 +251,15 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     )
 
 
-def _parse_budget(raw: Any, base: Budget, fail, where: str = "budget") -> Budget:
+def parse_budget(raw: Any, base: Budget, fail, where: str = "budget") -> Budget:
+    """A budget from a mapping of some of its fields (the rest from ``base``), checked.
+
+    Args:
+        raw: the mapping (a space file's ``budget``, a study's per-dataset budget).
+        base: the budget the fields change.
+        fail: makes the exception to raise from a message.
+        where: the mapping's name in messages.
+    """
     if not isinstance(raw, dict):
         raise fail(f"'{where}' must be a mapping")
     _reject_unknown(raw, set(Budget.__dataclass_fields__), f"{where} key", fail)

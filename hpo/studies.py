@@ -54,7 +54,7 @@ from hpo.ablation import AblationError, Arm, arm_jobs, parse_arm, value_text
 from hpo.cluster import Resources
 from hpo.fairness import check_fair_arms
 from hpo.options import BASELINE_VARIANTS, CORRECTIONS, DEFAULT_ALPHA, STRONGEST
-from hpo.space import Budget, SearchSpace, SpaceError, load_space, validate_budget
+from hpo.space import Budget, SearchSpace, SpaceError, load_space, parse_budget
 from hpo.stats import FULL_ARM
 from hpo.study_results import StudyResults
 
@@ -228,15 +228,7 @@ def _parse_datasets(raw: Any, fail) -> tuple[StudyDataset, ...]:
         rows = entry.get("train_rows")
         if rows is not None:
             rows = _integer(rows, f"datasets.{name}.train_rows", fail)
-        budget_raw = entry.get("budget") or {}
-        if not isinstance(budget_raw, dict) or set(budget_raw) - set(Budget.__dataclass_fields__):
-            raise fail(f"datasets.{name}.budget must map some of "
-                       f"{sorted(Budget.__dataclass_fields__)} to values")
-        try:
-            budget = Budget(**budget_raw)
-        except TypeError as exc:
-            raise fail(f"datasets.{name}.budget: {exc}") from None
-        validate_budget(budget, lambda problem, n=name: fail(f"datasets.{n}.budget: {problem}"))
+        budget = parse_budget(entry.get("budget") or {}, Budget(), fail, f"datasets.{name}.budget")
         out.append(StudyDataset(str(name), budget, rows))
     return tuple(out)
 

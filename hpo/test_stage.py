@@ -20,6 +20,7 @@ from mlflow.entities import RunTag
 from ray import tune
 
 from data import DatasetSource, SessionDataset
+from hpo import faultpoints
 from hpo.ablation import Arm, arm_jobs
 from hpo.beyond import exposure_counts
 from hpo.cluster import Resources, init_ray, tune_experiment_name
@@ -208,7 +209,8 @@ def run_seed_jobs(
     trainable = tune.with_resources(
         tune.with_parameters(retrain_trial, dataset=dataset,
                              num_threads=resources.torch_threads,
-                             require_cuda=resources.require_cuda),
+                             require_cuda=resources.require_cuda,
+                             faults=faultpoints.FaultPoints.from_env()),
         resources.per_trial(),
     )
     path = f"{storage}/{name}"

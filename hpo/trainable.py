@@ -101,11 +101,21 @@ def train_trial(
 
 
 def retrain_trial(
-    config: dict, dataset, num_threads: int = 1, require_cuda: bool = False
+    config: dict, dataset, num_threads: int = 1, require_cuda: bool = False,
+    faults: FaultPoints | None = None,
 ) -> None:
-    """A test-stage trial: `config["job"]` holds the selected configuration with its seed."""
+    """A test-stage trial: `config["job"]` holds the selected configuration with its seed.
+
+    Args:
+        config: the Tune trial's config (``{"job": ...}``, see ``hpo.test_stage.seed_job``).
+        dataset: the dataset, test split included (scored once, at the end).
+        num_threads: torch threads.
+        require_cuda: fail instead of training on CPU when a GPU was given but CUDA is unusable.
+        faults: the fault suite's test hooks (their TRIAL field matches no seed run: leave it
+            out), none by default.
+    """
     _train_reporting(config["job"]["config"], dataset, num_threads,
-                     require_cuda, on_last_epoch=_score_test)
+                     require_cuda, on_last_epoch=_score_test, faults=faults)
 
 
 def pick_device(

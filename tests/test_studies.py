@@ -1,0 +1,281 @@
+"""Study files (hpo.studies): checked whole before anything runs, run piece by piece, resumed
+after a kill, exported as small files, and the report rebuilt from those files alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from local_cluster import kill_tree, launch_driver, wait_exit
+from mlflow.tracking import MlflowClient
+
+import launch
+from hpo.studies import (
+    DONE,
+    PARTIAL,
+    SKIPPED,
+    TODO,
+    WAITING,
+    StudyError,
+    load_study,
+    pieces,
+    readme_markers,
+    study_table,
+    update_readme,
+    write_reports,
+)
+from hpo.study_results import CLIPPED_RANK, StudyResults
+from hpo.tracking import PARENT_TAG
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tiny"  # written by the tiny_data_dir fixture
+SMALL = {"embedding_size": 16, "batch_size": 256}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    """A small study file in ``folder/studies/`` (its results go beside it)."""
+    raw = {
+        "description": "a small study",
+        "spaces": ["ave.yaml", "sknn.yaml"],
+        "datasets": {TINY: {"budget": {"num_samples": 2, "max_epochs": 2, "grace_period": 1,
+                                       "reduction_factor": 2}}},
+        "seeds": 2,
+        "retrain_max_epochs": 2,
+        "baseline": "strongest",
+        "ablate": [{"set": {"sess_dropout": 0.0}, "spaces": ["ave"]}],
+    }
+    raw.update(changes)
+    path = folder / "studies" / "mini.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_launch(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = launch.main(args)
+    return rc, out.getvalue()
+
+
+# ---------------------------------------------------------------- the file, checked whole
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"spaces": ["ave.yaml"]}, "at least two"),
+    ({"spaces": ["ave.yaml", "nope.yaml"]}, "nope.yaml"),
+    ({"seeds": 1}, "'seeds' must be an integer >= 2"),
+    ({"baseline": "trm"}, "'baseline' 'trm' is not one of the spaces"),
+    ({"ablate": [{"set": {"hn_k": 8}}]}, "no space of the study has its keys"),
+    ({"ablate": [{"set": {"sess_dropout": 2.0}}]}, "sess_dropout"),
+    ({"datasets": {TINY: {"budget": {"num_samples": 0}}}}, "num_samples"),
+    ({"correction": "sidak"}, "'correction' must be one of"),
+    ({"colour": "blue"}, "unknown key"),
+])
+def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, change, message):
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(write_study(tmp_path, **change))
+
+
+def test_unfair_arms_are_refused_unless_the_study_allows_them(tmp_path):
+    raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
+    raw["parameters"]["lr"]["high"] = 0.01
+    (tmp_path / "trm_wide.yaml").write_text(yaml.safe_dump(raw))
+    spaces = ["ave.yaml", str(tmp_path / "trm_wide.yaml")]
+    with pytest.raises(StudyError, match=r"lr: .*trm\.yaml.*trm_wide\.yaml|lr: .*ave\.yaml"):
+        load_study(write_study(tmp_path, spaces=spaces))
+    study = load_study(write_study(tmp_path, spaces=spaces, allow_unequal_spaces=True))
+    assert any("lr" in text for text in study.unequal)
+
+
+def test_table1_study_is_valid_and_fair():
+    study = load_study(ROOT / "studies" / "table1.yaml")
+    assert [d.name for d in study.datasets] == ["tmall", "diginetica", "retailrocket"]
+    assert {s.model for s in study.spaces} >= {"ave", "trm", "da", "hn", "dahn", "sknn",
+                                                "vsknn", "stan", "vstan"}
+    assert len(study.seeds) >= 5 and study.unequal == ()
+    assert {d.budget for d in study.datasets} == {study.datasets[0].budget}  # same budget
+    assert study.datasets[0].train_rows is None  # tmall: the full training split
+
+
+# ---------------------------------------------------------------- pieces and their states
+
+
+def fake_search(results: StudyResults, label: str, space: str, variant: str, config: dict,
+                value: float) -> None:
+    trials = pd.DataFrame({"trial_id": ["t0"], "outcome": ["completed"], "epochs": [2],
+                           "best_epoch": [2], "best_valid_mrr_20": [value]})
+    results.write_search(label, space, selection={
+        "space": space, "variant": variant, "trial_id": "t0", "metric": "valid_mrr_20",
+        "value": value, "max_epochs": 2, "config": config}, trials=trials, meta={})
+
+
+def fake_seed(results: StudyResults, label: str, space: str, arm: str, seed: int,
+              rng: np.random.Generator, n_rows: int = 50, n_items: int = 30) -> None:
+    ranks = rng.integers(1, 40, size=n_rows)
+    metrics = {f"test_{name}_{k}": float(rng.random()) for k in (10, 20)
+               for name in ("recall", "mrr", "ndcg")}
+    exposure = np.bincount(rng.integers(1, n_items, size=n_rows * 20), minlength=n_items)
+    results.write_seed(label, space, arm, seed, record={
+        "best_epoch": 1, "epochs": 2, "selected_from": "t0", **metrics},
+        ranks=ranks, exposure=exposure)
+
+
+def test_pieces_follow_the_exports(tmp_path):
+    study = load_study(write_study(tmp_path))
+    states = {s.piece.id: s.state for s in pieces(study)}
+    assert states[f"{TINY}/search/ave"] == TODO
+    assert states[f"{TINY}/seed/ave/full/1"] == WAITING
+    assert states[f"{TINY}/seed/ave/sess_dropout=0.0/2"] == WAITING
+    assert f"{TINY}/seed/sknn/sess_dropout=0.0/1" not in states  # the arm is ave's only
+    results = StudyResults(study.results_dir)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave", "sess_dropout": 0.3}, 0.1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn", "k": 50}, 0.2)
+    fake_seed(results, TINY, "ave", "full", 1, np.random.default_rng(0))
+    by_id = {s.piece.id: s for s in pieces(study, tmp_path / "out")}
+    assert by_id[f"{TINY}/search/ave"].state == DONE
+    assert by_id[f"{TINY}/seed/ave/full/1"].state == DONE
+    assert by_id[f"{TINY}/seed/ave/full/2"].state == TODO
+    arm = by_id[f"{TINY}/seed/ave/sess_dropout=0.0/1"]
+    assert arm.state == TODO and arm.config["sess_dropout"] == 0.0
+    # an interrupted seed run left its folder: it resumes
+    from hpo.studies import seed_dir
+
+    seed_dir(study, tmp_path / "out", arm.piece).mkdir(parents=True)
+    assert {s.piece.id: s.state for s in pieces(study, tmp_path / "out")}[arm.piece.id] == PARTIAL
+    # a selection that already is the arm: the arm is skipped, with the reason
+    fake_search(results, TINY, "ave", "ave", {"model": "ave", "sess_dropout": 0.0}, 0.1)
+    skipped = {s.piece.id: s for s in pieces(study)}[arm.piece.id]
+    assert skipped.state == SKIPPED and "already has sess_dropout=0.0" in skipped.note
+
+
+def test_seed_export_round_trip_is_compact_and_exact(tmp_path):
+    results = StudyResults(tmp_path)
+    ranks = np.array([1, 5, 20, 21, 500, 37_000])
+    exposure = np.zeros(40_000, dtype=np.int64)
+    exposure[[3, 17, 39_999]] = [5, 1, 14]
+    results.write_seed("d", "trm", "full", 1, record={"x": 1}, ranks=ranks, exposure=exposure)
+    run = results.seed("d", "trm", "full", 1)
+    assert run.ranks.tolist() == [1, 5, 20, 21, CLIPPED_RANK, CLIPPED_RANK]
+    assert np.array_equal(run.exposure, exposure) and run.record == {"x": 1}
+    assert results.seed_files("d", "trm", "full", 1)[1].stat().st_size < 2_000
+
+
+def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = StudyResults(study.results_dir)
+    rng = np.random.default_rng(3)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
+    results.write_dataset(TINY, targets=rng.integers(1, 30, size=50),
+                          popularity=np.arange(30), n_items=30, summary="tiny")
+    for space, arm in (("ave", "full"), ("ave", "sess_dropout=0.0"), ("sknn", "full")):
+        for seed in study.seeds:
+            fake_seed(results, TINY, space, arm, seed, rng)
+    assert all(s.state in (DONE, SKIPPED) for s in pieces(study))
+    paths = write_reports(study)
+    report = paths[TINY] / "results.md"
+    text = report.read_text()
+    assert "Baseline: SKNN (strongest baseline on validation: ave 0.1000, sknn 0.2000" in text
+    assert "the last" not in text and "all rows" in text  # the training split, stated
+    assert (paths[TINY] / "ablation.csv").is_file() and (paths[TINY] / "popularity.csv").is_file()
+    table = (study.results_dir / "table1.md").read_text()
+    seeds = results.seed_results(TINY, [("ave", "full", s) for s in study.seeds])[0]
+    mean = 100 * seeds["recall_20"].mean()
+    assert f"{mean:.2f} ±" in table and "(b)" in table
+    # the README block is the table, and only it is rewritten
+    readme = tmp_path / "README.md"
+    start, end = readme_markers(study)
+    readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nafter\n")
+    assert update_readme(study, readme)
+    assert readme.read_text() == f"# x\n\n{start}\n{table.strip()}\n{end}\n\nafter\n"
+
+
+def test_readme_table1_equals_the_study_files():
+    """Every number of README's Table 1 is the one the committed study files give."""
+    study = load_study(ROOT / "studies" / "table1.yaml")
+    start, end = readme_markers(study)
+    text = (ROOT / "README.md").read_text()
+    assert start in text and end in text, "README.md has no Table 1 block"
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == study_table(study).strip()
+    numbers = re.findall(r"\d+\.\d\d", block)
+    assert numbers == re.findall(r"\d+\.\d\d", study_table(study))
+
+
+# ---------------------------------------------------------------- end to end, with a kill
+
+
+@pytest.mark.slow
+def test_a_study_runs_resumes_a_killed_piece_and_rebuilds_its_report(tmp_path, tiny_data_dir):
+    path = write_study(tmp_path)
+    fixed = yaml.safe_load((ROOT / "search_spaces" / "ave.yaml").read_text())
+    fixed["fixed"] = SMALL
+    (tmp_path / "ave_small.yaml").write_text(yaml.safe_dump(fixed))
+    raw = yaml.safe_load(path.read_text())
+    raw["spaces"] = [str(tmp_path / "ave_small.yaml"), "sknn.yaml"]
+    raw["ablate"] = [{"set": {"sess_dropout": 0.0}, "spaces": ["ave_small"]}]
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    common = ["--study", str(path), "--data-dir", str(tiny_data_dir), "--output-dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    # The searches, then the first seed run killed while it trains its second epoch.
+    driver, log = launch_driver([*common, "--only", "*/search/*"], tmp_path, env)
+    assert wait_exit(driver, log, 600) == 0, log.read_text()[-3000:]
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    driver, log = launch_driver([*common, "--only", "*/seed/ave_small/full/1"], tmp_path, env,
+                                hook="pause@train::2", hook_dir=hooks)
+    deadline = time.monotonic() + 600
+    while not (hooks / "train.paused").exists():
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert json.loads((hooks / "train.paused").read_text())["epoch"] == 2
+    kill_tree(driver)  # the driver and its Ray workers, as a lost machine would
+    study = load_study(path)
+    first = f"{TINY}/seed/ave_small/full/1"
+    assert {s.piece.id: s.state for s in pieces(study, out)}[first] == PARTIAL
+
+    # Rerun: the killed piece resumes from its last epoch; the rest runs; reports are written.
+    rc, console = run_launch(common)
+    assert rc == 0, console
+    assert f"piece {first} (partial) starts" in console
+    assert all(s.state in (DONE, SKIPPED) for s in pieces(study, out))
+    results = StudyResults(study.results_dir)
+    record = results.seed(TINY, "ave_small", "full", 1).record
+    assert record["epochs"] == 2
+    client = MlflowClient(f"sqlite:///{out / 'studies' / 'mini' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"{TINY}/test")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string="tags.seed = '1' and tags.space = 'ave_small' "
+                                            "and tags.arm = 'full'")
+    assert len(runs) == 1 and PARENT_TAG in runs[0].data.tags
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == [1, 2]  # epoch 1 trained once, before the kill; epoch 2 after it
+
+    # The kNN seed runs agree (nothing in them is random) and the report says so.
+    knn = [results.seed(TINY, "sknn", "full", s).record["test_mrr_20"] for s in study.seeds]
+    assert len(set(knn)) == 1
+    report = study.results_dir / TINY / "report"
+    written = {p.name: p.read_bytes() for p in report.iterdir() if p.suffix in (".md", ".csv")}
+    assert "Deterministic: the seed runs of SKNN" in written["results.md"].decode()
+
+    # Without the MLflow store or any working state, --report rebuilds the same report.
+    shutil.rmtree(out)
+    shutil.rmtree(report)
+    rc, console = run_launch(["--study", str(path), "--report"])
+    assert rc == 0, console
+    rebuilt = {p.name: p.read_bytes() for p in report.iterdir() if p.suffix in (".md", ".csv")}
+    assert rebuilt == written
