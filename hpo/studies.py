@@ -869,6 +869,7 @@ def write_reports(study: Study, datasets: list[StudyDataset] | None = None) -> d
                      resample_seed=study.seed, skipped_arms=skipped or None,
                      protocol_notes=_protocol_notes(study, dataset))
         out[dataset.label] = folder
+    study.results_dir.mkdir(parents=True, exist_ok=True)
     (study.results_dir / "table1.md").write_text(study_table(study) + "\n")
     return out
 
@@ -882,16 +883,25 @@ def study_table(study: Study) -> str:
         study: the study.
     """
     from hpo.stats import paired_tests
-    from hpo.tables import study_table_markdown
+    from hpo.tables import progress_table_markdown, study_table_markdown
 
     results = StudyResults(study.results_dir)
     states = pieces(study)
-    parts, pending = [], []
+    parts, pending, progress = [], [], []
     for dataset in study.datasets:
         mine = [s for s in states if s.piece.dataset.label == dataset.label]
         if not dataset_complete(states, dataset):
             done = sum(s.state in (DONE, SKIPPED) for s in mine)
             pending.append(f"{dataset.label}: {done} of {len(mine)} pieces done")
+            finished = [space.name for space in study.spaces
+                        if all(s.state == DONE for s in mine if s.piece.kind == "seed"
+                               and s.piece.space.name == space.name and s.piece.arm == FULL_ARM)
+                        and any(s.piece.kind == "seed" and s.piece.space.name == space.name
+                                for s in mine)]
+            if finished:
+                runs = [(space, FULL_ARM, seed) for space in finished for seed in study.seeds]
+                frame, _ = results.seed_results(dataset.label, runs)
+                progress.append((dataset.label, frame.drop(columns="arm")))
             continue
         runs, _ = report_runs(study, dataset)
         seed_results, _ = results.seed_results(dataset.label, runs)
@@ -902,6 +912,10 @@ def study_table(study: Study) -> str:
     text = study_table_markdown(parts, alpha=study.alpha, correction=study.correction)
     if pending:
         text += "\n\nIn progress: " + "; ".join(pending) + "."
+    if progress:
+        text += ("\n\nArms of the datasets in progress that have finished every seed run (test "
+                 "R@20 / M@20 in percent, mean ± std over seeds; no baseline, tests or marks "
+                 "until every arm of the dataset is done):\n\n" + progress_table_markdown(progress))
     return text
 
 

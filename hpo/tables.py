@@ -161,6 +161,31 @@ def study_table_markdown(
     return markdown_table(header, body) + "\n\n" + note
 
 
+def progress_table_markdown(parts: Sequence[tuple[str, pd.DataFrame]]) -> str:
+    """The arms of a study's unfinished datasets that have finished every seed run: test
+    "R@20 / M@20" mean ± std per arm and dataset, without tests or marks (the dataset's baseline
+    and the correction family are fixed only when every arm is done).
+
+    Args:
+        parts: per dataset, (label, seed results of its finished full arms).
+    """
+    cells: dict[tuple[str, str], str] = {}
+    variants: list[str] = []
+    for label, seed_results in parts:
+        summary = summarize(seed_results)
+        for variant in dict.fromkeys(summary["variant"]):
+            if variant not in variants:
+                variants.append(variant)
+            rows = {r.metric: r for r in summary[summary["variant"] == variant].itertuples()}
+            cells[(label, variant)] = " / ".join(
+                f"{pct(rows[m].mean)} ± {pct(rows[m].std)}" for m in TABLE_METRICS
+            ) + f" ({int(rows[TABLE_METRICS[0]].n_seeds)})"
+    header = ["Arm", *[f"{label} R@20 / M@20 (seeds)" for label, _ in parts]]
+    body = [[variant_label(v), *[cells.get((label, v), MISSING) for label, _ in parts]]
+            for v in variants]
+    return markdown_table(header, body)
+
+
 def _cell(row) -> str:
     if row is None:
         return MISSING

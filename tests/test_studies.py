@@ -171,6 +171,22 @@ def test_seed_export_round_trip_is_compact_and_exact(tmp_path):
     assert results.seed_files("d", "trm", "full", 1)[1].stat().st_size < 2_000
 
 
+def test_table_of_a_dataset_in_progress_lists_the_finished_arms_without_tests(tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = StudyResults(study.results_dir)
+    rng = np.random.default_rng(1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
+    for seed in study.seeds:
+        fake_seed(results, TINY, "sknn", "full", seed, rng)
+    text = study_table(study)
+    assert "No dataset of the study is complete yet." in text
+    assert f"{TINY}: {len(study.seeds)} of " in text  # progress
+    seeds = results.seed_results(TINY, [("sknn", "full", s) for s in study.seeds])[0]
+    row = next(line for line in text.splitlines() if line.startswith("| SKNN |"))
+    assert f"{100 * seeds['recall_20'].mean():.2f} ±" in row and f"({len(study.seeds)})" in row
+    assert "CORE-ave" not in text and "(b)" not in text  # unfinished arm; no baseline yet
+
+
 def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     study = load_study(write_study(tmp_path))
     results = StudyResults(study.results_dir)
