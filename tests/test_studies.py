@@ -180,7 +180,7 @@ def test_table_of_a_dataset_in_progress_lists_the_finished_arms_without_tests(tm
         fake_seed(results, TINY, "sknn", "full", seed, rng)
     text = study_table(study)
     assert "No dataset of the study is complete yet." in text
-    assert f"{TINY}: {len(study.seeds)} of " in text  # progress
+    assert f"{TINY}: {1 + len(study.seeds)} of " in text  # the search and the seed runs
     seeds = results.seed_results(TINY, [("sknn", "full", s) for s in study.seeds])[0]
     row = next(line for line in text.splitlines() if line.startswith("| SKNN |"))
     assert f"{100 * seeds['recall_20'].mean():.2f} ±" in row and f"({len(study.seeds)})" in row
