@@ -5,8 +5,14 @@ shape, drawing from torch's global RNG (seeded and checkpointed by the trainer):
 
 * ``crop`` (ratio eta): a random contiguous span of max(1, floor(eta n)) items, which becomes
   the view (moved to position 0, the rest padding): a shorter session.
-* ``mask`` (ratio gamma): floor(gamma n) random items replaced by the mask token ``mask_id``
-  (the model gives it a learned embedding), every item keeping its position.
+* ``mask`` (ratio gamma), in one of two forms (``MASK_MODES``, the config key ``cl_mask``):
+  ``guide`` (the enhancements guide's "random item masking" as the SPEC states it, the default):
+  each real item except the session's last is replaced by the padding id 0 independently with
+  probability gamma, so a masked position becomes a hole the encoder skips (no key, no weight)
+  while every other item keeps its position, and the last item, which CORE's recent-intent
+  attention and the next-item target hinge on, is never masked (``mask_to_padding``);
+  ``cl4srec`` (CL4SRec's own): exactly floor(gamma n) random items, the last one included, are
+  replaced by the mask token ``mask_id``, which the model gives a learned embedding (``mask``).
 * ``reorder`` (ratio beta): a random contiguous span of floor(beta n) items shuffled in place,
   the items outside it unchanged.
 
@@ -24,6 +30,9 @@ from torch import Tensor
 from models.encoders import PAD
 
 AUGMENTATIONS = ("crop", "mask", "reorder")
+# The two forms of the mask augmentation: the guide's (to padding, never the last item) and
+# CL4SRec's (a learned mask token, any item).
+MASK_MODES = ("guide", "cl4srec")
 
 
 def parse_augmentations(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -92,7 +101,8 @@ def crop(items: Tensor, ratio: float) -> Tensor:
 
 
 def mask(items: Tensor, ratio: float, mask_id: int) -> Tensor:
-    """CL4SRec's item mask: random items of each session become the mask token.
+    """CL4SRec's item mask: random items of each session (the last one included) become the
+    mask token.
 
     Args:
         items: right-padded item ids [B, L].
@@ -108,6 +118,26 @@ def mask(items: Tensor, ratio: float, mask_id: int) -> Tensor:
     noise = torch.rand(items.shape, device=items.device).masked_fill_(~real, 2.0)
     rank = noise.argsort(dim=1).argsort(dim=1)  # padding ranks after every real item
     return items.masked_fill(rank < count[:, None], mask_id)
+
+
+def mask_to_padding(items: Tensor, ratio: float) -> Tensor:
+    """The guide's item mask (as the SPEC states it): each real item except the session's last
+    is set to the padding id 0 independently with probability ``ratio``.
+
+    Args:
+        items: right-padded item ids [B, L].
+        ratio: gamma in [0, 1), the probability that an item other than the last is masked.
+
+    Returns:
+        [B, L]: ``items`` with the masked positions set to 0 (holes: positions unchanged), the
+        last real item of every row kept.
+    """
+    real = items != PAD
+    positions = torch.arange(1, items.shape[1] + 1, device=items.device)
+    last = (real * positions).argmax(dim=1, keepdim=True)  # the last real position of each row
+    maskable = real & (positions[None] - 1 != last)
+    hit = torch.rand(items.shape, device=items.device) < ratio
+    return items.masked_fill(maskable & hit, PAD)
 
 
 def reorder(items: Tensor, ratio: float) -> Tensor:
@@ -141,6 +171,7 @@ def augment(
     mask_ratio: float,
     reorder_ratio: float,
     mask_id: int,
+    mask_mode: str = "guide",
 ) -> Tensor:
     """One contrastive view: each session through one of ``augmentations``, drawn uniformly
     and independently per session (call twice for CL4SRec's two views).
@@ -151,7 +182,9 @@ def augment(
         crop_ratio: eta of ``crop``.
         mask_ratio: gamma of ``mask``.
         reorder_ratio: beta of ``reorder``.
-        mask_id: the mask token's id (``mask``).
+        mask_id: the mask token's id (``mask`` in the ``cl4srec`` form).
+        mask_mode: the form of ``mask``, one of ``MASK_MODES``: ``guide`` (``mask_to_padding``)
+            or ``cl4srec`` (``mask``, to ``mask_id``).
 
     Returns:
         The view [B, L].
@@ -159,9 +192,12 @@ def augment(
     unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
     if unknown or not augmentations:
         raise ValueError(f"expected augmentations among {AUGMENTATIONS}, got {augmentations!r}")
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mask_mode!r}")
     make = {
         "crop": lambda: crop(items, crop_ratio),
-        "mask": lambda: mask(items, mask_ratio, mask_id),
+        "mask": lambda: (mask(items, mask_ratio, mask_id) if mask_mode == "cl4srec"
+                         else mask_to_padding(items, mask_ratio)),
         "reorder": lambda: reorder(items, reorder_ratio),
     }
     if len(augmentations) == 1:

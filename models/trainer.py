@@ -126,7 +126,22 @@ def make_trainer(config: dict, dataset: SessionDataset, **options):
     return Trainer(config, dataset, **options)
 
 
-class Trainer:
+class CheckpointFiles:
+    """``save_checkpoint`` / ``load_checkpoint`` of a trainer's ``state_dict`` (``Trainer`` and
+    ``models.knn.trainer.KnnTrainer`` alike)."""
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Atomic write (temporary file then rename), so a killed trial leaves a valid file."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.state_dict(), partial)
+        os.replace(partial, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+class Trainer(CheckpointFiles):
     """Trains one configuration on one dataset (see the contract for the API).
 
     Seeds torch's global RNG (model init, dropout) and a numpy generator (shuffling) from
@@ -443,12 +458,4 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.rng.bit_generator.state = state["rng"]["numpy"]
 
-    def save_checkpoint(self, path: str | Path) -> None:
-        """Atomic write (temporary file then rename), so a killed trial leaves a valid file."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), partial)
-        os.replace(partial, path)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -319,3 +319,43 @@ def test_configuration_api():
         build_knn({"model": "trm"}, N_ITEMS)
     with pytest.raises(RuntimeError, match="not fitted"):
         build_knn({"model": "sknn"}, N_ITEMS).scores(np.ones((1, 6), np.int32), np.ones(1))
+
+
+# ---------------------------------------------------------------- the trainer of the protocol
+
+
+def test_knn_trainer_fits_once_validates_and_keeps_test_for_the_end(tmp_path):
+    from data.synthetic import make_dataset
+    from models.knn.trainer import KnnTrainer
+    from models.trainer import make_trainer
+
+    dataset = make_dataset("tiny", seed=0)
+    trainer = make_trainer({"model": "stan", "k": 20}, dataset.without_test())
+    assert isinstance(trainer, KnnTrainer) and not trainer.should_stop
+    record = trainer.run_epoch()
+    assert trainer.should_stop and record["epoch"] == 1 and record["best_epoch"] == 1
+    assert "train_loss" not in record  # no loss: a fit
+    assert record["valid_mrr_20"] == record["best_valid_mrr_20"] == trainer.best_metrics[
+        "valid_mrr_20"]
+    with pytest.raises(PermissionError):
+        trainer.evaluate("test")
+    full = make_trainer({"model": "stan", "k": 20}, dataset)
+    full.fit()
+    metrics, ranks, tops = full.evaluate_detailed("test")
+    assert len(ranks) == len(dataset.test) and tops.shape == (len(dataset.test), 20)
+    assert not (tops == 0).any()  # padding is never recommended
+    # ranks are the project's: ties against the target, through rank_and_top_
+    model = build_knn(full.config, dataset.n_items).fit(dataset.train)
+    scores = model.scores(dataset.test.prefixes, dataset.test.lengths)
+    expected = (scores >= scores[np.arange(len(scores)), dataset.test.targets][:, None]).sum(1)
+    assert ranks.tolist() == expected.tolist()
+    # a checkpoint restores the record; the model is refitted, so scores are the same
+    full.save_checkpoint(tmp_path / "knn.pt")
+    again = make_trainer({"model": "stan", "k": 20}, dataset)
+    again.load_checkpoint(tmp_path / "knn.pt")
+    assert again.should_stop and again.history == full.history
+    assert again.evaluate("test") == metrics
+    with pytest.raises(ValueError, match="different config"):
+        make_trainer({"model": "stan", "k": 21}, dataset).load_checkpoint(tmp_path / "knn.pt")
+    timing = again.time_epoch(batches=1)
+    assert timing["train_batches"] == 1 and timing["epoch_s"] > 0

@@ -34,11 +34,11 @@ from models.batches import Rows
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import Schedule
 from models.encoders import PAD
+from models.item_groups import HEAD_FRACTION, head_item_mask, targeted_by_popularity
 
 HEAD, MID, TAIL = 0, 1, 2
 GROUP_NAMES = ("head", "mid", "tail")
-# The head is the most popular fifth of the catalog, as in the report (hpo.beyond).
-HEAD_FRACTION = 0.2
+# The head (HEAD_FRACTION, head_item_mask) is models.item_groups': the report's head too.
 # A generated slot whose vector is shorter than this share of a real item's norm (sqrt(d)) is an
 # empty prefix slot: real items sit on the sphere of radius sqrt(d), empty slots at 0.
 PAD_NORM_SHARE = 0.5
@@ -123,12 +123,12 @@ def popularity_groups(targets: np.ndarray, n_items: int, tail_quantile: float) -
     """The popularity group of every item id by its training-target count.
 
     The items that occur as a training target, ranked by count, most popular first (ties to the
-    lower id): the first round(HEAD_FRACTION x their number) are ``HEAD``, the last
+    lower id): the head is ``models.item_groups.head_item_mask`` (the first
+    max(1, round(HEAD_FRACTION x their number)), the report's head too), the last
     round(tail_quantile x their number) are ``TAIL``, the rest ``MID``; items that never occur
-    as a training target are ``TAIL`` too. The quantiles are over the targeted items, not the
-    catalog, so that every group has training rows to condition on: a search on the last rows
-    of a large log targets a small part of its catalog (tmall's last 50,000 rows: 43% of it),
-    and a catalog-wide tail would be all never-targeted items.
+    as a training target are ``TAIL`` too (the report calls them cold). The quantiles are over
+    the targeted items, not the catalog, so that every group has training rows to condition on
+    (see ``models.item_groups``).
 
     Args:
         targets: the training rows' target ids.
@@ -143,15 +143,13 @@ def popularity_groups(targets: np.ndarray, n_items: int, tail_quantile: float) -
             f"tail_quantile must be in (0, {1 - HEAD_FRACTION:g}), got {tail_quantile}"
         )
     counts = np.bincount(np.asarray(targets), minlength=n_items)[:n_items]
-    ids = np.arange(1, n_items)
-    ranked = ids[np.lexsort((ids, -counts[1:]))]
-    targeted = ranked[counts[ranked] > 0]
-    n = len(targeted)
-    n_head = max(1, round(HEAD_FRACTION * n)) if n else 0
+    head = head_item_mask(counts)
+    targeted = targeted_by_popularity(counts)
+    n, n_head = len(targeted), int(head.sum())
     n_tail = min(max(1, round(tail_quantile * n)), n - n_head) if n else 0
     groups = np.full(n_items, TAIL, dtype=np.int64)
     groups[PAD] = -1
-    groups[targeted[:n_head]] = HEAD
+    groups[head] = HEAD
     groups[targeted[n_head : n - n_tail]] = MID
     return groups
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +25,10 @@ from data.dataset import SessionDataset, Split
 from models.knn import build_knn
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
 from models.registry import resolve_config
+from models.trainer import CheckpointFiles
 
 
-class KnnTrainer:
+class KnnTrainer(CheckpointFiles):
     """Fits one kNN configuration on one dataset (``Trainer``'s interface; see the module
     docstring).
 
@@ -148,13 +148,4 @@ class KnnTrainer:
             raise ValueError("checkpoint was made with a different config")
         self.epoch = self.best_epoch = state["epoch"]
         self.history = list(state["history"])
-
-    def save_checkpoint(self, path: str | Path) -> None:
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), partial)
-        os.replace(partial, path)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
