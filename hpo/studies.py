@@ -461,11 +461,10 @@ class StudyRun:
             command_line=self.command_line, search_dir=folder,
             optuna_storage=self.optuna_storage)
         print(plan.headline(), flush=True)
+        attempts = _attempt(folder.parent / "search-piece.json")
         started = time.perf_counter()
         outcome = run_search(plan, resume=resume, verbose=self.verbose)
         wall = time.perf_counter() - started
-        if resume:
-            wall += _previous_wall(folder)
         client = check_tracking(plan.tracking_uri)
         selection = select_best(client, plan.dataset.label, piece.space.name,
                                 plan.budget.metric, plan.budget.mode,
@@ -484,7 +483,8 @@ class StudyRun:
             "space_sha256": file_sha256(piece.space.path),
             "code_version": code_version(), "device": device_name(),
             "cpus_per_trial": self.resources.cpus_per_trial,
-            "wall_s": round(wall, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "wall_s": round(wall, 1), **attempts,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "parent_run_id": outcome.parent_run_id,
         }
         sel = {"space": selection.space, "variant": selection.variant,
@@ -524,9 +524,11 @@ class StudyRun:
                        selected_from=search["selection"]["trial_id"], config=config,
                        max_epochs=self.study.retrain_max_epochs)
         state_file = folder / "piece.json"
-        name = (json.loads(state_file.read_text())["experiment"] if state_file.is_file()
-                else tune_experiment_name("seed", parent) + f"-{_safe(piece.id)[-60:]}")
-        state_file.write_text(json.dumps({"experiment": name, "piece": piece.id}))
+        attempts = _attempt(state_file)
+        known = json.loads(state_file.read_text())
+        name = known.get("experiment") or (tune_experiment_name("seed", parent)
+                                            + f"-{_safe(piece.id)[-60:]}")
+        state_file.write_text(json.dumps({**known, "experiment": name, "piece": piece.id}))
         grid = run_seed_jobs([job], dataset, resources=resources,
                              tracking_uri=self.tracking_uri(), parent_run_id=parent,
                              storage=str(folder), name=name,
@@ -547,7 +549,7 @@ class StudyRun:
             "best_epoch": int(metrics["best_epoch"]), "epochs": int(metrics["epoch"]),
             **{k: float(v) for k, v in metrics.items() if k.startswith("test_")},
             "code_version": code_version(), "device": device_name(),
-            "threads": resources.torch_threads, "wall_s": round(wall, 1),
+            "threads": resources.torch_threads, "wall_s": round(wall, 1), **attempts,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         self.results.write_seed(label, piece.space.name, piece.arm, piece.seed, record=record,
@@ -596,8 +598,20 @@ def _whole_node(resources: Resources) -> Resources:
     return replace(resources, cpus_per_trial=float(max(1, int(cpus))), max_concurrent=1)
 
 
-def _previous_wall(folder: Path) -> float:
-    return 0.0  # an interrupted search's earlier time is not recorded
+def _attempt(record: Path) -> dict:
+    """Count one more attempt at a piece in its working-state ``record`` (JSON), keeping when the
+    first began: an interrupted piece's export says it took several attempts, and its
+    ``wall_s`` is the last attempt's alone.
+
+    Returns:
+        ``{"attempts": n, "first_started": "YYYY-mm-dd HH:MM:SS"}``.
+    """
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    known["attempts"] = int(known.get("attempts", 0)) + 1
+    known.setdefault("first_started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(known))
+    return {"attempts": known["attempts"], "first_started": known["first_started"]}
 
 
 def _minutes(seconds: float) -> str:
