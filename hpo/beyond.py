@@ -4,8 +4,9 @@ items, and how much of the catalog the top-k lists cover.
 Item groups come from training-target counts (``train_popularity``: how often each item id is a
 training target; index 0 is padding). They partition the catalog:
 
-- ``head``: the most popular round(head_fraction x catalog) items (ties to the lower id), less
-  any cold item among them;
+- ``head``: the most popular ``HEAD_FRACTION`` (20%) of the items that occur as a training target
+  (``models.item_groups.head_item_mask``, the same definition, the same function, as the
+  diffusion augmentation's head: ``models.diffusion.stages.popularity_groups``);
 - ``tail``: every other item that occurs as a training target;
 - ``cold``: items that never occur as a training target (popularity 0).
 
@@ -20,40 +21,18 @@ import numpy as np
 import pandas as pd
 
 from hpo.stats import CONFIDENCE, mean_interval
+from models.item_groups import HEAD_FRACTION, head_item_mask
 from models.metrics import row_metrics
 
 GROUPS = ("head", "tail", "cold")
 
 
-def head_item_mask(train_popularity, head_fraction: float = 0.2) -> np.ndarray:
-    """Boolean [n_items]: True for the most popular round(head_fraction * catalog) items.
-
-    Args:
-        train_popularity: training-target count per item id, [n_items], padding at 0.
-        head_fraction: the share of the catalog (ids >= 1) that is head, in (0, 1).
-
-    Returns:
-        The mask; ties in popularity go to the lower id, padding is never head.
-    """
-    if not 0.0 < head_fraction < 1.0:
-        raise ValueError(f"head_fraction must be in (0, 1), got {head_fraction}")
-    popularity = np.asarray(train_popularity)
-    if popularity.ndim != 1 or len(popularity) < 2:
-        raise ValueError("train_popularity must be 1-D with padding at 0 and >= 1 item")
-    ids = np.arange(1, len(popularity))
-    n_head = max(1, round(head_fraction * len(ids)))
-    by_popularity = ids[np.lexsort((ids, -popularity[1:]))]
-    mask = np.zeros(len(popularity), dtype=bool)
-    mask[by_popularity[:n_head]] = True
-    return mask
-
-
-def item_groups(train_popularity, head_fraction: float = 0.2) -> dict[str, np.ndarray]:
+def item_groups(train_popularity, head_fraction: float = HEAD_FRACTION) -> dict[str, np.ndarray]:
     """The head, tail and cold masks over item ids (disjoint; together every id >= 1).
 
     Args:
         train_popularity: training-target count per item id, [n_items], padding at 0.
-        head_fraction: see ``head_item_mask``.
+        head_fraction: the head's share of the targeted items (``head_item_mask``).
 
     Returns:
         ``{"head": mask, "tail": mask, "cold": mask}``, boolean [n_items] each.
@@ -62,12 +41,11 @@ def item_groups(train_popularity, head_fraction: float = 0.2) -> dict[str, np.nd
     head = head_item_mask(popularity, head_fraction)
     catalog = np.arange(len(popularity)) >= 1
     cold = catalog & (popularity == 0)
-    head &= ~cold
     return {"head": head, "tail": catalog & ~head & ~cold, "cold": cold}
 
 
 def group_metrics(
-    ranks, targets, train_popularity, head_fraction: float = 0.2, k: int = 20
+    ranks, targets, train_popularity, head_fraction: float = HEAD_FRACTION, k: int = 20
 ) -> dict[str, float]:
     """Recall@k and MRR@k over the test rows of each item group, with the groups' sizes (one seed).
 
@@ -141,7 +119,7 @@ def beyond_mean_table(
     targets_by_dataset: Mapping[str, np.ndarray],
     popularity_by_dataset: Mapping[str, np.ndarray],
     n_items_by_dataset: Mapping[str, int],
-    head_fraction: float = 0.2,
+    head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:

@@ -10,8 +10,9 @@ same counts ``hpo.beyond`` groups items by):
   items in all top-k slots, which is the paper's mean over test rows of each list's mean when
   every list holds k real items (always here: only padding scores -inf);
 - tail share: the share of all top-k slots that hold a tail item (``hpo.beyond.item_groups``:
-  an item that occurs as a training target and is not head; the same items as the tail rows of
-  the beyond-the-mean table);
+  an item that occurs as a training target and is not head, the head being the most popular
+  20% of the targeted items, ``models.item_groups``; the same items as the tail rows of the
+  beyond-the-mean table);
 - Gini index of item exposure over the catalog (ids 1..n_items-1, every item counted, the never
   recommended ones at 0): with x_(1) <= ... <= x_(n) the number of top-k slots each item holds,
   G = sum_i (2i - n - 1) x_(i) / (n sum_i x_i); 0 when every item is recommended equally often,
@@ -32,6 +33,7 @@ import pandas as pd
 
 from hpo.beyond import item_groups
 from hpo.stats import CONFIDENCE, mean_interval, session_tests
+from models.item_groups import HEAD_FRACTION
 
 POPULARITY_METRICS = ("arp", "tail_share", "gini")
 
@@ -111,13 +113,15 @@ def exposure_gini(exposure) -> float:
     return gini(np.asarray(exposure)[1:])
 
 
-def popularity_metrics(exposure, train_popularity, head_fraction: float = 0.2) -> dict[str, float]:
+def popularity_metrics(
+    exposure, train_popularity, head_fraction: float = HEAD_FRACTION
+) -> dict[str, float]:
     """ARP, tail share and exposure Gini of one seed's top-k lists.
 
     Args:
         exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
         train_popularity: training-target count per item id [n_items].
-        head_fraction: the head's share of the catalog (``hpo.beyond.head_item_mask``).
+        head_fraction: the head's share of the targeted items (``hpo.beyond.head_item_mask``).
 
     Returns:
         ``{"arp": ..., "tail_share": ..., "gini": ...}``.
@@ -134,7 +138,7 @@ def popularity_metrics(exposure, train_popularity, head_fraction: float = 0.2) -
 def popularity_table(
     per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
     popularity_by_dataset: Mapping[str, np.ndarray],
-    head_fraction: float = 0.2,
+    head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
@@ -182,7 +186,7 @@ def tail_session_tests(
     targets_by_dataset: Mapping[str, np.ndarray],
     popularity_by_dataset: Mapping[str, np.ndarray],
     baseline: str,
-    head_fraction: float = 0.2,
+    head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     **options,
 ) -> pd.DataFrame:

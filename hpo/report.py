@@ -44,6 +44,7 @@ from hpo.tables import (
     session_markdown,
     variant_label,
 )
+from models.item_groups import HEAD_FRACTION
 
 PerRow = Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]]
 
@@ -92,7 +93,7 @@ def write_report(
     popularity_by_dataset: Mapping[str, np.ndarray] | None = None,
     n_items_by_dataset: Mapping[str, int] | None = None,
     alpha: float = DEFAULT_ALPHA,
-    head_fraction: float = 0.2,
+    head_fraction: float = HEAD_FRACTION,
     correction: str = "holm",
     baseline_note: str = "",
     resample_seed: int = 0,
@@ -115,7 +116,8 @@ def write_report(
         popularity_by_dataset: training-target counts per dataset (with per_row).
         n_items_by_dataset: catalog size per dataset (with per_row).
         alpha: the significance level of every table.
-        head_fraction: the head's share of the catalog.
+        head_fraction: the head's share of the items that occur as training targets
+            (``models.item_groups``: the diffusion stages' head too).
         correction: one of ``hpo.stats.CORRECTIONS``, applied within each table.
         baseline_note: how the baseline was chosen, for the report's opening lines.
         resample_seed: seed of the randomization and bootstrap tests.

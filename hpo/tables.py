@@ -424,12 +424,13 @@ def beyond_markdown(beyond: pd.DataFrame, head_fraction: float, k: int = 20) -> 
 
     Args:
         beyond: ``hpo.beyond.beyond_mean_table``.
-        head_fraction: the head's share of the catalog.
+        head_fraction: the head's share of the items that occur as training targets.
         k: the metrics' cut-off.
     """
     title = "## Beyond the mean: head, tail and cold target items, catalog coverage"
     note = (
-        f"Head: the {head_fraction:.0%} most popular catalog items by training-target count; "
+        f"Head: the most popular {head_fraction:.0%} of the items that occur as a training "
+        "target, by training-target count (the head the diffusion augmentation conditions on); "
         "tail: the other items that occur as a training target; cold: items that never do. "
         f"R@{k} / M@{k} over the test rows whose target is in the group, mean ± std over seeds "
         "[95% interval], percent. Rows: test rows in the group (share of all test rows); items: "
@@ -487,7 +488,7 @@ def popularity_markdown(
     Args:
         popularity: ``hpo.popularity.popularity_table``.
         tail_tests: ``hpo.popularity.tail_session_tests``.
-        head_fraction: the head's share of the catalog.
+        head_fraction: the head's share of the items that occur as training targets.
         k: the lists' cut-off.
     """
     title = "## Popularity view: what the top-k lists expose, and the tail targets"
@@ -495,9 +496,9 @@ def popularity_markdown(
         f"ARP@{k}: average recommendation popularity, the mean over test rows of the mean "
         f"training-target count of the top-{k} items (the catalog's mean in brackets). Tail "
         f"share: the share of top-{k} slots that hold a tail item (seen as a training target, "
-        f"not among the {head_fraction:.0%} most popular; the tail's share of the catalog in "
-        f"brackets), percent. Gini: the Gini index of how often each catalog item is in a "
-        f"top-{k} list (0: equal exposure, 1: one item takes every slot). Mean ± std over "
+        f"not among the most popular {head_fraction:.0%} of those; the tail's share of the "
+        "catalog in brackets), percent. Gini: the Gini index of how often each catalog item is "
+        f"in a top-{k} list (0: equal exposure, 1: one item takes every slot). Mean ± std over "
         "seeds [95% interval]; lower ARP and Gini, higher tail share: less popularity bias. All "
         "values in popularity.csv."
     )

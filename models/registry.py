@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.augment import parse_augmentations
+from models.augment import MASK_MODES, parse_augmentations
 from models.catalog_loss import LOSS_IMPLS
 from models.config_types import coerce
 from models.core import CORE, Objective
-from models.diffusion import BETA_SCHEDULES, HEAD_FRACTION
+from models.diffusion import ANCHORS, BETA_SCHEDULES, HEAD_FRACTION
 from models.encoders import (
     LAYER_AGGREGATIONS,
     POS_ENCODINGS,
@@ -87,8 +87,15 @@ _COMMON = {
     "seed": 2020,
     "precision": "fp32",
     # Decay of an exponential moving average of the weights, used for validation, checkpoint
-    # selection and test (models.ema); 0 = off.
+    # selection and test (models.ema); 0 = off. Not the guide's EMA, which is ema_target
+    # (_GUIDE): momentum-updated target item embeddings used in the training loss.
     "ema_decay": 0.0,
+    # The optimiser step (models.trainer): gradients clipped to a global L2 norm of at most
+    # grad_clip (0 = no clipping), and each batch of batch_size rows split into grad_accum
+    # micro-batches whose gradients are accumulated before the step (a memory knob: the step
+    # still sees batch_size rows).
+    "grad_clip": 0.0,
+    "grad_accum": 1,
     # The full-catalog loss: label smoothing of its cross-entropy (eps spread over the real
     # items, never onto padding) and its implementation: chunked (blocks of batch rows, the
     # default) or dense (one [batch x catalog] buffer, the reference); see models.catalog_loss.
@@ -122,17 +129,29 @@ _HN = {"hn_k": 64, "hn_lambda": 0.2}
 _DA = {"da_gating": True, "da_recent": True, "da_residual": True, "da_scorer": "mlp"}
 # layer_aggregation: weighted (learned softmax weights) | uniform (the guide's ablation: all
 # layers, equal weights) | last (last layer only); see models.encoders.EnhancedEncoder.
+# aux_length_weight / aux_order_weight: the guide's auxiliary tasks (session-length regression,
+# shuffle detection; models.core), each weighted, off by default.
 _ENHANCED = {
     "layer_aggregation": "weighted", "enh_gate": True, "enh_inbatch": True, "beta": 0.5,
+    "aux_length_weight": 0.0, "aux_order_weight": 0.0,
 }
+# The guide's EMA: momentum m = ema_target of a target copy of the item table, which the training
+# loss scores against, updated after every step by E_tgt <- m E_tgt + (1 - m) E (models.core);
+# 0 = off (the loss scores against the online table). For the variants about the guide (and
+# diffaug, whose backbone may be the enhanced one).
+_GUIDE = {"ema_target": 0.0}
 # CL4SRec (models.augment): each view of a session goes through one of cl_augmentations (a
 # comma-separated string, or a list, of crop / mask / reorder; resolved to the canonical string)
 # with its ratio: crop keeps eta = cl_crop_ratio of the session, mask masks gamma =
 # cl_mask_ratio of it, reorder shuffles a span of beta = cl_reorder_ratio of it. NT-Xent between
-# the views, weighted by cl_weight, at temperature cl_temperature.
+# the views, weighted by cl_weight, at temperature cl_temperature. The defaults are the guide's
+# setting (its props/core_trm_contrastive.yaml and the SPEC): masking only, ratio 0.2, in the
+# guide's form (cl_mask "guide": to padding, never the last item); CL4SRec's form (a learned mask
+# token, any item) and the other augmentations are choices.
 _CONTRASTIVE = {
     "cl_weight": 0.1,
-    "cl_augmentations": "crop,mask,reorder",
+    "cl_augmentations": "mask",
+    "cl_mask": "guide",
     "cl_crop_ratio": 0.6,
     "cl_mask_ratio": 0.2,
     "cl_reorder_ratio": 0.2,
@@ -180,6 +199,11 @@ _DIFFAUG = {
     "sample_steps": 10,
     "aug_ratio": 0.2,
     "aug_weight": 0.5,
+    # Where a sample starts: "noise" (x_T ~ N(0, I): a synthetic tail row) or "observed" (a
+    # training row whose target is not in the tail, noised to diff_anchor_t0 of the chain and
+    # denoised under tail guidance, SDEdit-style: a counterfactual of that session).
+    "diff_anchor": "noise",
+    "diff_anchor_t0": 0.3,
 }
 
 _GROUPS = {
@@ -188,12 +212,12 @@ _GROUPS = {
     "da": (_TRANSFORMER, _DA),
     "hn": (_TRANSFORMER, _HN),
     "dahn": (_TRANSFORMER, _DA, _HN),
-    "enhanced": (_TRANSFORMER, _ENHANCED),
-    "contrastive": (_TRANSFORMER, _CONTRASTIVE),
+    "enhanced": (_TRANSFORMER, _ENHANCED, _GUIDE),
+    "contrastive": (_TRANSFORMER, _CONTRASTIVE, _GUIDE),
     "semsr_i": (_TRANSFORMER,),
     "semsr_f": (_TRANSFORMER, _SEMSR_F),
     "persona": (_TRANSFORMER, _PERSONA),
-    "diffaug": (_TRANSFORMER, _DA, _ENHANCED, _DIFFAUG),
+    "diffaug": (_TRANSFORMER, _DA, _ENHANCED, _GUIDE, _DIFFAUG),
 }
 
 # Value constraints beyond the type of the default: (check, description).
@@ -210,6 +234,13 @@ _RANGES = {
     "cl_crop_ratio": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "cl_reorder_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "ema_decay": _FRACTION,
+    "ema_target": _FRACTION,
+    "grad_clip": _NON_NEGATIVE,
+    "aux_length_weight": _NON_NEGATIVE,
+    "aux_order_weight": _NON_NEGATIVE,
+    "cl_mask": (lambda v: v in MASK_MODES, f"one of {MASK_MODES}"),
+    "diff_anchor": (lambda v: v in ANCHORS, f"one of {ANCHORS}"),
+    "diff_anchor_t0": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "label_smoothing": _FRACTION,
     "loss_impl": (lambda v: v in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
     "sem_dropout": _FRACTION,
@@ -256,6 +287,7 @@ _RANGES = {
             "diff_window",
             "diff_epochs",
             "sample_steps",
+            "grad_accum",
         ),
         _COUNT,
     ),
@@ -406,16 +438,23 @@ def _objective(config: dict) -> Objective:
     variant = config["model"]
     if variant in ("hn", "dahn"):
         return Objective(hn_k=config["hn_k"], hn_lambda=config["hn_lambda"])
-    if variant == "enhanced" and config["enh_inbatch"]:
-        return Objective(inbatch_weight=config["beta"])
+    if variant == "enhanced":
+        return Objective(
+            inbatch_weight=config["beta"] if config["enh_inbatch"] else 0.0,
+            target_momentum=config["ema_target"],
+            aux_length_weight=config["aux_length_weight"],
+            aux_order_weight=config["aux_order_weight"],
+        )
     if variant == "contrastive":
         return Objective(
             cl_weight=config["cl_weight"],
             cl_augmentations=parse_augmentations(config["cl_augmentations"]),
+            cl_mask=config["cl_mask"],
             cl_crop_ratio=config["cl_crop_ratio"],
             cl_mask_ratio=config["cl_mask_ratio"],
             cl_reorder_ratio=config["cl_reorder_ratio"],
             cl_temperature=config["cl_temperature"],
+            target_momentum=config["ema_target"],
         )
     return Objective()
 

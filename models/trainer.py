@@ -258,20 +258,49 @@ class Trainer(CheckpointFiles):
         return total / len(rows)
 
     def _train_step(self, rows: Rows, index: torch.Tensor, batch: int, n_batches: int) -> float:
-        """One optimiser step on the training rows ``index``; returns the batch's loss."""
-        items, targets, *users = rows.batch(index)
+        """One optimiser step on the training rows ``index``; returns the batch's loss.
+
+        With ``grad_accum`` = k > 1 the rows are split into k micro-batches (sizes differing by
+        at most one), each one's loss L_j scaled by its share of the rows n_j / n and
+        backpropagated on its own, so the step applies the gradient of sum_j (n_j / n) L_j: that
+        of the batch's mean loss for the terms that are means over rows (the full-catalog loss,
+        hard negatives, the auxiliary tasks), at a k-th of the activation memory. The terms that
+        compare a row with the batch's other rows (the in-batch session term, NT-Xent) take
+        their negatives from the micro-batch, and dropout draws in another order, so k > 1 is
+        not bit-identical to k = 1. With ``grad_clip`` = c > 0 the summed gradients are scaled
+        by min(1, c / ||g||) over all parameters together before the step
+        (``torch.nn.utils.clip_grad_norm_``). Then the EMA target table (``ema_target``) and
+        the weight average (``ema_decay``) are updated.
+        """
+        parts = self.config["grad_accum"]
         bf16 = self.config["precision"] == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = self.model(items, targets, *users, **rows.row_weights(index))
-        value = loss.item()
-        if not np.isfinite(value):
-            raise NonFiniteLossError(
-                f"training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}"
-                f"/{n_batches}; config: {self.config}"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value = 0.0
+        for part in index.tensor_split(parts) if parts > 1 else (index,):
+            if not len(part):  # fewer rows than micro-batches
+                continue
+            items, targets, *users = rows.batch(part)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = self.model(items, targets, *users, **rows.row_weights(part))
+            part_value = loss.item()
+            if not np.isfinite(part_value):
+                raise NonFiniteLossError(
+                    f"training loss is {part_value} at epoch {self.epoch + 1}, batch {batch + 1}"
+                    f"/{n_batches}; config: {self.config}"
+                )
+            if parts == 1:
+                loss.backward()
+                value = part_value
+            else:
+                share = len(part) / len(index)
+                (loss * share).backward()
+                value += share * part_value
+        if self.config["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.optimizer.step()
+        update_target = getattr(self.model, "update_target", None)
+        if update_target is not None:
+            update_target()
         if self.ema is not None:
             self.ema.update(self.model)
         return value

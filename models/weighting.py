@@ -93,7 +93,8 @@ def augment_settings(config: dict) -> AugmentSettings:
     )
     return AugmentSettings(denoiser, guidance_scale=config["guidance_scale"],
                            aug_ratio=config["aug_ratio"], sample_steps=config["sample_steps"],
-                           seed=config["seed"])
+                           seed=config["seed"], anchor=config["diff_anchor"],
+                           anchor_t0=config["diff_anchor_t0"])
 
 
 def base_config(config: dict) -> dict:

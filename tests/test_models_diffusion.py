@@ -1,5 +1,6 @@
 """The diffaug variant: DDPM noising in closed form, classifier-free guidance, rows mapped to valid
-items, the stages seeing the training split only, and the stage cache."""
+items, counterfactuals anchored to observed rows, the stages seeing the training split only, and
+the stage cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from data.dataset import SessionDataset, Split
 from models.diffusion import augment as augment_module
@@ -18,6 +20,7 @@ from models.diffusion.augment import augment_training, stage_keys
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import Schedule, guided_eps, make_betas
 from models.diffusion.stages import HEAD, MID, TAIL, DenoiserSettings
+from models.item_groups import head_item_mask
 from models.registry import build_model, resolve_config
 from models.weighting import base_config, training_rows
 
@@ -141,6 +144,8 @@ def test_popularity_groups_rank_the_targeted_items_by_training_target_count():
     assert np.flatnonzero(groups == TAIL).tolist() == [8, 9, 10, *range(11, 21)]
     # the tail has training rows even when most of the catalog is never a target
     assert (groups[targets] == TAIL).sum() == 4
+    # the head is models.item_groups' (the report's head too)
+    assert np.array_equal(groups == HEAD, head_item_mask(np.bincount(targets, minlength=21)))
     with pytest.raises(ValueError, match="tail_quantile"):
         stages.popularity_groups(targets, 21, tail_quantile=0.9)
 
@@ -207,6 +212,44 @@ def test_generated_rows_map_to_valid_item_ids():
     assert (split.lengths >= 1).all() and (split.targets >= 1).all()
 
 
+def test_an_anchored_counterfactual_keeps_its_prefix_closer_to_the_observed_row():
+    dataset = tiny_dataset()
+    train = dataset.train
+    vectors = np.random.default_rng(0).normal(size=(dataset.n_items, 8)).astype(np.float32)
+    table = stages.scaled_vectors(vectors)
+    settings = DenoiserSettings(steps=50, window=3, epochs=3, hidden=32)  # the default chain
+    windows = stages.row_windows(train, settings.window)
+    groups = stages.popularity_groups(train.targets, dataset.n_items, settings.tail_quantile)
+    model, _ = stages.train_denoiser(windows, groups[train.targets], table, settings, seed=0,
+                                     device=torch.device("cpu"), log=lambda _: None)
+    anchors = stages.anchor_rows(windows, groups, train.targets)
+    assert len(anchors) and (groups[anchors[:, -1]] != TAIL).all()  # real rows, non-tail ends
+    observed = table[torch.from_numpy(anchors[:200])]
+    schedule = Schedule.respaced(settings.schedule, settings.steps, 10)
+    cpu = torch.device("cpu")
+
+    def prefix_similarity(x: torch.Tensor) -> float:
+        """Mean cosine, in item-vector space, between generated and observed prefix slots that
+        hold an item."""
+        filled = observed[:, :-1].norm(dim=-1) > 0
+        cosine = F.cosine_similarity(x[:, :-1], observed[:, :-1], dim=-1)
+        return cosine[filled].mean().item()
+
+    def anchored(t0: float) -> float:
+        torch.manual_seed(0)
+        return prefix_similarity(stages.counterfactual(model, schedule, observed, t0, TAIL, 3.0,
+                                                       cpu))
+
+    torch.manual_seed(0)
+    from_noise = prefix_similarity(stages.generate(model, schedule, len(observed), TAIL, 3.0, cpu))
+    # The less noise, the more of the observed prefix the counterfactual keeps; a sample from
+    # noise keeps nothing of it (about 0 here), and neither does t0 = 1 (pure noise, nearly).
+    assert anchored(0.2) > anchored(0.3) > from_noise + 0.25
+    assert abs(anchored(1.0) - from_noise) < 0.15
+    with pytest.raises(ValueError, match="t0"):
+        stages.counterfactual(model, schedule, observed, 0.0, TAIL, 3.0, cpu)
+
+
 # ------------------------------------------------------------------ pipeline
 
 TINY = {
@@ -265,6 +308,32 @@ def test_the_stages_see_the_training_split_only(monkeypatch, tmp_path):
     assert not foreign & set(real_windows.ravel().tolist())
     every_argument = [a for args, kwargs in seen.values() for a in (*args, *kwargs.values())]
     assert not any(a is dataset.valid or a is dataset.test for a in every_argument)
+    generated = rows.prefixes[len(dataset.train):].cpu().numpy()
+    assert len(rows) > len(dataset.train) and not foreign & set(generated.ravel().tolist())
+
+
+def test_anchored_sampling_starts_from_training_rows_only(monkeypatch, tmp_path):
+    from models.trainer import Trainer
+
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path))
+    dataset = tiny_dataset(poison=True)
+    foreign = set(range(31, dataset.n_items))
+    seen = {}
+    sample_rows = stages.sample_rows
+
+    def spy(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return sample_rows(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "sample_rows", spy)
+    config = {**TINY, "diff_anchor": "observed", "diff_anchor_t0": 0.8}  # 4 steps: noise 3
+    rows = Trainer(config, dataset, device="cpu", num_threads=1)._split_rows("train")
+    anchors, t0 = seen["kwargs"]["anchors"], seen["kwargs"]["anchor_t0"]
+    training = {row.tobytes() for row in stages.row_windows(dataset.train, TINY["diff_window"])}
+    assert t0 == 0.8 and len(anchors) and all(row.tobytes() in training for row in anchors)
+    assert not foreign & set(anchors.ravel().tolist())
+    assert not any(a is dataset.valid or a is dataset.test
+                   for a in (*seen["args"], *seen["kwargs"].values()))
     generated = rows.prefixes[len(dataset.train):].cpu().numpy()
     assert len(rows) > len(dataset.train) and not foreign & set(generated.ravel().tolist())
 
@@ -385,6 +454,21 @@ def test_stage_keys_follow_content_and_upstream_settings():
     assert all(changed[stage] != keys[stage] for stage in keys)
     reseeded = stage_keys(dataset.train, dataset.n_items, {**base, "seed": 1}, settings)
     assert reseeded["base"] != keys["base"]
+    # The start of the chain is a sampling setting; t0 only matters for anchored sampling, and
+    # noise sampling keeps the key it had before anchors existed.
+    def keys_of(**changes):
+        return stage_keys(dataset.train, dataset.n_items, base, replace(settings, **changes))
+
+    assert keys_of(anchor_t0=0.9) == keys
+    anchored = keys_of(anchor="observed")
+    assert anchored["diffusion"] == keys["diffusion"] and anchored["sampling"] != keys["sampling"]
+    deeper = keys_of(anchor="observed", anchor_t0=0.9)
+    assert deeper["sampling"] != anchored["sampling"]
+    # Keys added to the configs later are left out of the base key at their default value.
+    later = {**base, **augment_module.LATER_KEYS}
+    assert stage_keys(dataset.train, dataset.n_items, later, settings) == keys
+    assert stage_keys(dataset.train, dataset.n_items, {**base, "grad_accum": 2},
+                      settings)["base"] != keys["base"]
     assert augment_module.data_digest(dataset.train, 31) != augment_module.data_digest(
         dataset.train, 32)
 
@@ -398,6 +482,7 @@ def test_registry_validates_diffaug_keys_and_builds_the_base_backbone():
     assert type(build_model(ave, 30).encoder).__name__ == "AveEncoder"
     for bad in ({"base": "hn"}, {"tail_quantile": 0.8}, {"cond_dropout": 0.0},
                 {"beta_schedule": "quadratic"}, {"aug_ratio": 0.0}, {"diff_hidden": 30},
-                {"guidance_scale": -1.0}):
+                {"guidance_scale": -1.0}, {"diff_anchor": "prior"}, {"diff_anchor_t0": 0.0},
+                {"diff_anchor_t0": 1.5}):
         with pytest.raises(ValueError):
             resolve_config({"model": "diffaug", **bad})

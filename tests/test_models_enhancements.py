@@ -1,6 +1,8 @@
 """The enhanced-CORE guide's features compute what they claim: CL4SRec's augmentations and NT-Xent,
-relative positions, the weight average, the enhanced encoder's layer aggregation, their config
-validation, and that the defaults leave the existing models unchanged."""
+the guide's own mask and its contrastive setting as trial 0, relative positions, the weight
+average, the guide's EMA target embeddings and auxiliary tasks, the enhanced encoder's layer
+aggregation, their config validation, and that the defaults leave the existing models
+unchanged."""
 
 import math
 
@@ -8,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import models.core as core_module
 from data.synthetic import make_dataset
-from models.augment import augment, crop, mask, parse_augmentations, reorder
+from hpo.optuna_study import published_params
+from hpo.space import load_space
+from models.augment import augment, crop, mask, mask_to_padding, parse_augmentations, reorder
 from models.ema import WeightEMA
 from models.encoders import EnhancedEncoder, Packed, RelativePositionBias, Transformer
 from models.losses import nt_xent
@@ -90,7 +95,8 @@ def test_reorder_permutes_only_inside_its_span():
 def test_each_view_draws_one_augmentation_per_session():
     items = sessions(width=8, full=True)
     torch.manual_seed(0)
-    options = {"crop_ratio": 0.5, "mask_ratio": 0.25, "reorder_ratio": 0.5, "mask_id": MASK_ID}
+    options = {"crop_ratio": 0.5, "mask_ratio": 0.25, "reorder_ratio": 0.5, "mask_id": MASK_ID,
+               "mask_mode": "cl4srec"}
     view = augment(items, ("crop", "mask", "reorder"), **options)
     is_mask = (view == MASK_ID).any(dim=1)
     is_crop = (view != 0).sum(dim=1) == 4
@@ -110,7 +116,7 @@ def test_contrastive_views_put_the_mask_embedding_at_kept_positions():
     torch.manual_seed(0)
     config = resolve_config(
         {"model": "contrastive", "embedding_size": D, "inner_size": 32,
-         "cl_augmentations": "mask", "cl_mask_ratio": 0.5}
+         "cl_augmentations": "mask", "cl_mask": "cl4srec", "cl_mask_ratio": 0.5}
     )
     model = build_model(config, n_items=40).eval()
     assert model.mask_embedding.shape == (D,)
@@ -118,7 +124,8 @@ def test_contrastive_views_put_the_mask_embedding_at_kept_positions():
     torch.manual_seed(1)
     a, b = model.views(items)
     torch.manual_seed(1)
-    options = {"crop_ratio": 0.6, "mask_ratio": 0.5, "reorder_ratio": 0.2, "mask_id": 40}
+    options = {"crop_ratio": 0.6, "mask_ratio": 0.5, "reorder_ratio": 0.2, "mask_id": 40,
+               "mask_mode": "cl4srec"}
     va, vb = (augment(items, ("mask",), **options) for _ in range(2))
     assert (va == 40).any() and torch.equal(va != 0, items != 0)
     table = torch.cat([model.item_embedding, model.mask_embedding[None]])
@@ -128,6 +135,82 @@ def test_contrastive_views_put_the_mask_embedding_at_kept_positions():
     model.train()
     model(items, torch.randint(1, 40, (8,))).backward()
     assert model.mask_embedding.grad.abs().sum() > 0
+
+
+# -- the guide's contrastive setting ---------------------------------------------------------
+
+
+def last_items(items: torch.Tensor) -> torch.Tensor:
+    """Each row's last real item (the one at its last non-padding position, holes or not)."""
+    last = ((items != 0) * torch.arange(1, items.shape[1] + 1)).argmax(dim=1)
+    return items.gather(1, last[:, None]).squeeze(1)
+
+
+def test_the_guides_mask_masks_to_padding_with_probability_gamma_and_never_the_last_item():
+    items = sessions(rows=2000, width=10, n_items=301)
+    torch.manual_seed(0)
+    view = mask_to_padding(items, 0.2)
+    real = items != 0
+    masked = real & (view == 0)
+    assert torch.equal(view[~masked], items[~masked])  # the rest untouched, in place
+    assert torch.equal(last_items(items), view.gather(1, (real.sum(1) - 1)[:, None]).squeeze(1))
+    assert torch.equal(last_items(items), last_items(view))
+    maskable = real.sum() - len(items)  # every real item but the rows' last ones
+    share = masked.sum().item() / maskable.item()
+    assert abs(share - 0.2) < 0.02  # Bernoulli(0.2) per maskable item: sd 0.003 here
+    # Short sessions are masked too (a count of floor(0.2 n) would spare every n < 5) ...
+    short = (real.sum(1) <= 4) & (real.sum(1) >= 2)
+    assert masked[short].any()
+    # ... and even at a ratio near 1 the last item stays, so no view is empty.
+    nearly_all = mask_to_padding(items, 0.999)
+    assert torch.equal(last_items(items), nearly_all.gather(1, (real.sum(1) - 1)[:, None])[:, 0])
+    assert ((nearly_all != 0).sum(dim=1) >= 1).all()
+
+
+def test_contrastive_trial_0_is_the_guides_setting_and_never_masks_the_last_item(monkeypatch):
+    params, skipped = published_params(load_space("contrastive.yaml"))
+    assert skipped == []
+    guide = {"cl_augmentations": "mask", "cl_mask": "guide", "cl_mask_ratio": 0.2,
+             "cl_weight": 0.1, "cl_temperature": 0.2, "ema_target": 0.0}
+    assert {key: params[key] for key in guide} == guide
+    assert "cl_crop_ratio" not in params and "cl_reorder_ratio" not in params
+    config = resolve_config({"model": "contrastive", "embedding_size": D, "inner_size": 32,
+                             **params})
+    model = build_model(config, n_items=201)
+    assert model.mask_embedding is None  # masked to padding: no learned token
+    views = []
+
+    def recorded(*args, **kwargs):
+        views.append(augment(*args, **kwargs))
+        return views[-1]
+
+    monkeypatch.setattr(core_module, "augment", recorded)
+    items = sessions(rows=500, width=8)
+    torch.manual_seed(0)
+    model.train()
+    model(items, torch.randint(1, 201, (len(items),))).backward()
+    assert len(views) == 2
+    for view in views:
+        assert view.max() < 201  # padding or real ids, never a token past the catalog
+        assert torch.equal(last_items(items), last_items(view))
+        holes = (items != 0) & (view == 0)
+        assert holes.any() and torch.equal(view[~holes], items[~holes])
+
+
+def test_a_masked_position_is_a_hole_the_encoder_skips():
+    torch.manual_seed(0)
+    config = resolve_config({"model": "trm", "embedding_size": D, "inner_size": 32})
+    model = build_model(config, n_items=40).eval()
+    items = torch.tensor([[5, 0, 7, 9, 0, 0], [3, 0, 6, 0, 0, 0]])  # a hole at position 1
+    with torch.no_grad():
+        h, alpha = model.encode(items)
+    assert torch.isfinite(h).all()
+    assert (alpha[items == 0] == 0).all() and torch.allclose(alpha.sum(1), torch.ones(2))
+    # CORE-ave's session is the mean of the items that remain.
+    ave = build_model(resolve_config({"model": "ave", "embedding_size": D}), n_items=40).eval()
+    with torch.no_grad():
+        expected = F.normalize(ave.item_embedding[[5, 7, 9]].mean(0), dim=-1)
+        torch.testing.assert_close(ave.encode(items)[0][0], expected)
 
 
 # -- NT-Xent --------------------------------------------------------------------------------
@@ -305,6 +388,100 @@ def test_default_trainer_has_no_average_and_selects_the_raw_weights(dataset):
     assert torch.equal(trainer.best_state["item_embedding"], trainer.model.item_embedding)
 
 
+# -- the guide's EMA target embeddings and auxiliary tasks -----------------------------------
+
+
+def deterministic(variant: str = "enhanced", **extra):
+    """A small model with every dropout off (train mode is then deterministic) and, for
+    enhanced, no in-batch term: its loss is the full-catalog cross-entropy plus ``extra``'s."""
+    options = {"enh_inbatch": False} if variant == "enhanced" else {}
+    config = resolve_config({
+        "model": variant, "embedding_size": D, "inner_size": 32, "sess_dropout": 0.0,
+        "item_dropout": 0.0, "hidden_dropout": 0.0, "attn_dropout": 0.0, **options, **extra,
+    })
+    torch.manual_seed(0)
+    return build_model(config, n_items=40).train()
+
+
+def cross_entropy(model, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor):
+    """CORE's training loss written out: softmax over the whole catalog of cos / tau."""
+    return F.cross_entropy(h @ F.normalize(table, dim=-1).t() / model.temperature, targets)
+
+
+def test_with_ema_target_the_loss_scores_against_the_momentum_copy_without_gradient():
+    model = deterministic(ema_target=0.9)
+    assert torch.equal(model.target_embedding, model.item_embedding)  # the copy starts as E
+    assert deterministic().target_embedding is None  # off by default: no copy at all
+    with torch.no_grad():
+        model.target_embedding.copy_(torch.randn(40, D))
+    items = sessions(rows=16, width=6, n_items=30)  # sessions use items 1..29 only
+    targets = torch.arange(30, 46) % 10 + 30  # items 30..39: targets, never in a session
+    loss = model(items, targets)
+    h = model.encode(items)[0]
+    torch.testing.assert_close(loss, cross_entropy(model, h, model.target_embedding, targets))
+    assert not torch.allclose(loss, cross_entropy(model, h, model.item_embedding, targets))
+    loss.backward()
+    assert not model.target_embedding.requires_grad
+    assert (model.item_embedding.grad[30:] == 0).all()  # no gradient reaches E through the copy
+    assert model.item_embedding.grad[1:30].abs().sum() > 0  # the sessions still train E
+    # Inference scores against the online table.
+    model.eval()
+    with torch.no_grad():
+        expected = model.encode(items)[0] @ F.normalize(model.item_embedding, dim=-1).t()
+        torch.testing.assert_close(model.predict(items)[:, 1:], expected[:, 1:] / model.temperature)
+
+
+def test_the_target_table_moves_by_the_momentum_rule_after_every_step(dataset, tmp_path):
+    config = {**SMALL, "model": "contrastive", "epochs": 2, "ema_target": 0.9}
+    trainer = Trainer(config, dataset, **CPU)
+    model = trainer.model
+    rows = trainer._split_rows("train")
+    for step in range(3):
+        before = model.target_embedding.clone()
+        trainer._train_step(rows, torch.arange(64) + 64 * step, step, 3)
+        expected = 0.9 * before + 0.1 * model.item_embedding.detach()
+        torch.testing.assert_close(model.target_embedding, expected)
+        assert not torch.allclose(model.target_embedding, model.item_embedding)
+    # The copy is part of the checkpoint: a resumed run continues it exactly.
+    straight = Trainer(config, dataset, **CPU)
+    straight.fit()
+    first = Trainer(config, dataset, **CPU)
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = Trainer(config, dataset, **CPU)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    resumed.run_epoch()
+    assert torch.equal(resumed.model.target_embedding, straight.model.target_embedding)
+    assert resumed.history[-1]["valid_mrr_20"] == straight.history[-1]["valid_mrr_20"]
+
+
+def test_the_auxiliary_tasks_add_their_weighted_losses():
+    plain = deterministic()
+    assert plain.length_head is None and plain.order_head is None  # off by default
+    model = deterministic(aux_length_weight=0.5, aux_order_weight=0.3)
+    items = sessions(rows=64, width=6, n_items=40)
+    targets = torch.randint(1, 40, (64,), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    loss = model(items, targets)  # every dropout is off: the shuffle is the first draw
+    h = model.encode(items)[0]
+    n = (items != 0).sum(dim=1).float()
+    length = ((model.length_head(h).squeeze(1) - n.log()) ** 2).mean()
+    torch.manual_seed(5)
+    shuffled = reorder(items, 1.0)
+    changed = (shuffled != items).any(dim=1).float()
+    assert (changed[n == 1] == 0).all() and changed.sum() > len(items) / 2
+    for row in range(len(items)):  # a permutation of the session's own items
+        assert sorted(real(shuffled[row])) == sorted(real(items[row]))
+    logits = model.order_head(torch.cat([h, model.encode(shuffled)[0]])).squeeze(1)
+    order = F.binary_cross_entropy_with_logits(
+        logits, torch.cat([torch.zeros_like(changed), changed]))
+    ce = cross_entropy(model, h, model.item_embedding, targets)
+    torch.testing.assert_close(loss, ce + 0.5 * length + 0.3 * order)
+    loss.backward()
+    assert model.length_head.weight.grad.abs().sum() > 0
+    assert model.order_head.weight.grad.abs().sum() > 0
+
+
 # -- layer aggregation ----------------------------------------------------------------------
 
 
@@ -354,6 +531,15 @@ def test_uniform_aggregation_is_the_mean_of_the_layer_outputs():
         ("ave", "ema_decay", -0.1),
         ("enhanced", "enh_multilayer", True),  # replaced by layer_aggregation
         ("contrastive", "cl_dropout", 0.2),  # replaced by cl_mask_ratio
+        ("contrastive", "cl_mask", "bert"),
+        ("enhanced", "ema_target", 1.0),
+        ("contrastive", "ema_target", -0.5),
+        ("trm", "ema_target", 0.9),  # the guide's variants only
+        ("enhanced", "aux_length_weight", -0.1),
+        ("enhanced", "aux_order_weight", -1.0),
+        ("trm", "aux_order_weight", 0.1),
+        ("trm", "grad_clip", -1.0),
+        ("ave", "grad_accum", 0),
     ],
 )
 def test_invalid_values_are_errors_naming_the_key(model, key, value):
@@ -366,7 +552,7 @@ def test_augmentation_sets_from_the_command_line_or_a_list_are_canonical():
     assert resolve_config({"model": "contrastive", key: value})[key] == "crop,mask,reorder"
     assert resolve_config({"model": "contrastive", key: ["reorder", "crop"]})[key] == "crop,reorder"
     assert parse_augmentations("mask, crop,mask") == ("crop", "mask")
-    assert default_config("contrastive")[key] == "crop,mask,reorder"
+    assert default_config("contrastive")[key] == "mask"  # the guide's setting
     with pytest.raises(TypeError, match=key):
         resolve_config({"model": "contrastive", key: 3})
 

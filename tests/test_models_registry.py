@@ -33,6 +33,8 @@ COMMON = {
     "seed",
     "precision",
     "ema_decay",
+    "grad_clip",
+    "grad_accum",
     "pop_weighting",
     "ips_power",
     "ips_clip",
@@ -49,10 +51,12 @@ EXTRA = {
     "hn": TRANSFORMER | {"hn_k", "hn_lambda"},
     "dahn": TRANSFORMER
     | {"da_gating", "da_recent", "da_residual", "da_scorer", "hn_k", "hn_lambda"},
-    "enhanced": TRANSFORMER | {"layer_aggregation", "enh_gate", "enh_inbatch", "beta"},
+    "enhanced": TRANSFORMER
+    | {"layer_aggregation", "enh_gate", "enh_inbatch", "beta", "aux_length_weight",
+       "aux_order_weight", "ema_target"},
     "contrastive": TRANSFORMER
-    | {"cl_weight", "cl_augmentations", "cl_crop_ratio", "cl_mask_ratio", "cl_reorder_ratio",
-       "cl_temperature"},
+    | {"cl_weight", "cl_augmentations", "cl_mask", "cl_crop_ratio", "cl_mask_ratio",
+       "cl_reorder_ratio", "cl_temperature", "ema_target"},
     "semsr_i": TRANSFORMER,
     "semsr_f": TRANSFORMER | {"sem_size", "sem_dropout", "fusion"},
     "persona": TRANSFORMER
@@ -61,9 +65,10 @@ EXTRA = {
        "sem_dropout"},
     "diffaug": TRANSFORMER
     | {"da_gating", "da_recent", "da_residual", "da_scorer", "layer_aggregation", "enh_gate",
-       "enh_inbatch", "beta", "base", "diff_base_epochs", "diffusion_steps", "beta_schedule",
-       "tail_quantile", "diff_window", "diff_epochs", "diff_hidden", "cond_dropout",
-       "guidance_scale", "sample_steps", "aug_ratio", "aug_weight"},
+       "enh_inbatch", "beta", "aux_length_weight", "aux_order_weight", "ema_target", "base",
+       "diff_base_epochs", "diffusion_steps", "beta_schedule", "tail_quantile", "diff_window",
+       "diff_epochs", "diff_hidden", "cond_dropout", "guidance_scale", "sample_steps",
+       "aug_ratio", "aug_weight", "diff_anchor", "diff_anchor_t0"},
 }
 
 
@@ -121,7 +126,15 @@ def test_spec_defaults():
     )
     assert (config["hn_k"], config["hn_lambda"], config["precision"]) == (64, 0.2, "fp32")
     assert default_config("enhanced")["beta"] == 0.5
-    assert default_config("contrastive")["cl_weight"] == 0.1
+    contrastive = default_config("contrastive")
+    # The guide's contrastive setting (its props file and the SPEC): masking only, ratio 0.2,
+    # to padding and never the last item; weight 0.1, temperature 0.2.
+    assert (contrastive["cl_weight"], contrastive["cl_augmentations"], contrastive["cl_mask"],
+            contrastive["cl_mask_ratio"], contrastive["cl_temperature"]) == (
+        0.1, "mask", "guide", 0.2, 0.2)
+    # The guide's further options are off by default, and the step is plain Adam.
+    assert (config["grad_clip"], config["grad_accum"]) == (0.0, 1)
+    assert contrastive["ema_target"] == default_config("enhanced")["ema_target"] == 0.0
 
 
 def test_resolve_config_rejects_unknown_keys_by_name():

@@ -71,12 +71,42 @@ def section(markdown: str, title: str) -> str:
 # ---------------------------------------------------------------- beyond the mean
 
 
-def test_head_items_are_most_popular_with_ties_to_lower_id():
+def test_head_items_are_the_most_popular_targeted_items_with_ties_to_lower_id():
+    # 9 items are training targets (5 never is): round(0.2 x 9) = 2 head items.
     assert np.flatnonzero(head_item_mask(POPULARITY, 0.2)).tolist() == [3, 9]
-    # 5 head items: 3, 9, 1, 10, then 6 and 7 tie at 3 -> 6 (lower id) wins; padding never head.
-    assert np.flatnonzero(head_item_mask(POPULARITY, 0.5)).tolist() == [1, 3, 6, 9, 10]
+    # round(0.6 x 9) = 5: 3, 9, 1, 10, then 6 and 7 tie at 3 -> 6 (lower id) wins.
+    assert np.flatnonzero(head_item_mask(POPULARITY, 0.6)).tolist() == [1, 3, 6, 9, 10]
+    # The share is of the targeted items, not the catalog: with 4 of 10 items targeted, 20% is
+    # round(0.8) = 1 item (of the catalog it would be 2, one of them never a target).
+    few = np.array([0, 0, 6, 0, 5, 0, 0, 1, 0, 2, 0])
+    assert np.flatnonzero(head_item_mask(few, 0.2)).tolist() == [2]
+    assert not head_item_mask(np.zeros(11, dtype=np.int64)).any()  # nothing targeted
     with pytest.raises(ValueError, match="head_fraction"):
         head_item_mask(POPULARITY, 1.0)
+
+
+def test_the_report_and_the_diffusion_stages_share_one_head_definition():
+    import inspect
+
+    import hpo.beyond
+    import hpo.popularity
+    import hpo.report
+    import models.item_groups
+    from models.diffusion import stages
+
+    # The same objects, not copies that could drift apart.
+    assert hpo.beyond.head_item_mask is stages.head_item_mask is models.item_groups.head_item_mask
+    assert hpo.beyond.HEAD_FRACTION is stages.HEAD_FRACTION is models.item_groups.HEAD_FRACTION
+    for function in (hpo.report.write_report, hpo.beyond.item_groups,
+                     hpo.popularity.popularity_table, hpo.popularity.tail_session_tests):
+        default = inspect.signature(function).parameters["head_fraction"].default
+        assert default is models.item_groups.HEAD_FRACTION, function.__name__
+    # And the same items: the stages' head group is the report's head, on sparse counts too.
+    targets = np.repeat(np.arange(1, 11), [9, 1, 8, 1, 0, 3, 3, 2, 7, 4])
+    popularity = np.bincount(targets, minlength=31)  # 20 of the 30 items never a target
+    groups = stages.popularity_groups(targets, 31, tail_quantile=0.5)
+    assert np.array_equal(groups == stages.HEAD, item_groups(popularity)["head"])
+    assert np.flatnonzero(groups == stages.HEAD).tolist() == [1, 3]
 
 
 def test_item_groups_partition_the_catalog_and_cold_is_never_a_training_target():

@@ -61,6 +61,71 @@ def test_resume_from_checkpoint_is_exact(dataset, tmp_path, variant):
     assert resumed.evaluate("test") == straight.evaluate("test")
 
 
+def test_resume_is_exact_with_clipping_accumulation_and_the_guides_options(dataset, tmp_path):
+    config = {**TRM, "model": "enhanced", "epochs": 2, "grad_clip": 1.0, "grad_accum": 2,
+              "ema_target": 0.9, "aux_length_weight": 0.1, "aux_order_weight": 0.1}
+    straight = Trainer(config, dataset, **CPU)
+    straight.fit()
+    first = Trainer(config, dataset, **CPU)
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = Trainer(config, dataset, **CPU)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    resumed.run_epoch()
+    assert without_times(resumed.history) == without_times(straight.history)
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    timing = Trainer(config, dataset, **CPU).time_epoch(batches=1)  # still times an epoch
+    assert timing["epoch_s"] > 0 and timing["train_batches"] >= 1
+
+
+NO_DROPOUT = {"sess_dropout": 0.0, "item_dropout": 0.0, "hidden_dropout": 0.0,
+              "attn_dropout": 0.0}
+
+
+def step_gradients(trainer: Trainer, index: torch.Tensor) -> tuple[float, dict, list[int]]:
+    """One ``_train_step`` on the training rows ``index``: its loss, the gradients the optimiser
+    steps with, and the number of rows of each forward pass."""
+    seen, sizes = {}, []
+
+    def record(optimizer, args, kwargs):
+        seen.update({name: p.grad.clone() for name, p in trainer.model.named_parameters()
+                     if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(record)
+    trainer.model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    loss = trainer._train_step(trainer._split_rows("train"), index, 0, 1)
+    return loss, seen, sizes
+
+
+@pytest.mark.parametrize("weighting", ["none", "ips"])
+def test_gradient_accumulation_steps_with_the_whole_batchs_gradient(dataset, weighting):
+    index = torch.arange(250)
+    runs = [step_gradients(Trainer({**TRM, **NO_DROPOUT, "epochs": 1, "grad_accum": k,
+                                    "pop_weighting": weighting}, dataset, **CPU), index)
+            for k in (1, 3)]
+    (whole, reference, sizes), (accumulated, gradients, micro) = runs
+    assert sizes == [250] and micro == [84, 83, 83]  # three micro-batches, one step
+    assert accumulated == pytest.approx(whole, rel=1e-5)
+    assert gradients.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(gradients[name], value, rtol=1e-4, atol=1e-7)
+
+
+def test_grad_clip_scales_the_gradients_to_the_global_norm(dataset):
+    index = torch.arange(256)
+    _, raw, _ = step_gradients(Trainer({**TRM, "epochs": 1}, dataset, **CPU), index)
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in raw.values()])).item()
+    clip = norm / 4
+    _, clipped, _ = step_gradients(
+        Trainer({**TRM, "epochs": 1, "grad_clip": clip}, dataset, **CPU), index)
+    for name, value in raw.items():  # the same draws: the same gradients, scaled c / ||g||
+        torch.testing.assert_close(clipped[name], value * (clip / norm), rtol=1e-4, atol=1e-8)
+    _, loose, _ = step_gradients(
+        Trainer({**TRM, "epochs": 1, "grad_clip": 4 * norm}, dataset, **CPU), index)
+    assert all(torch.equal(loose[name], value) for name, value in raw.items())
+
+
 def test_checkpoint_of_another_config_is_refused(dataset):
     state = Trainer({**TRM, "epochs": 1}, dataset, **CPU).state_dict()
     with pytest.raises(ValueError, match="lr"):

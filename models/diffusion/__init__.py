@@ -28,7 +28,12 @@ Pipeline (``augment.augment_training``; three cached stages, each fed the traini
    cosine; the denoiser is a small transformer over the row's slots;
 3. sampling conditioned on the tail with guidance scale ``guidance_scale``, in ``sample_steps``
    evenly spaced steps of the chain (Nichol & Dhariwal 2021's respacing: each step a network call,
-   so sampling costs that many calls per row, not ``diffusion_steps``); each generated slot is
+   so sampling costs that many calls per row, not ``diffusion_steps``), from one of two starts
+   (``diff_anchor``): ``noise``, x_T ~ N(0, I), which makes synthetic tail rows that belong to
+   no observed session; or ``observed``, SDEdit (Meng et al. 2022): a training row whose target
+   is not in the tail is noised to the share ``diff_anchor_t0`` of the chain and denoised from
+   there, so the row keeps its observed context and guidance moves its target to the tail (a
+   counterfactual of that session: "had it ended on a less popular item"); each generated slot is
    mapped to its nearest training item by cosine (a slot with a short vector is an empty slot,
    and empty slots between items are dropped); rows without a target or a prefix item, whose
    target is not a tail item, or that repeat a training row or an earlier sample are dropped;
@@ -50,9 +55,10 @@ from models.diffusion.augment import (
 )
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import BETA_SCHEDULES, Schedule, guided_eps, make_betas
-from models.diffusion.stages import HEAD_FRACTION, DenoiserSettings
+from models.diffusion.stages import ANCHORS, HEAD_FRACTION, DenoiserSettings
 
 __all__ = [
+    "ANCHORS",
     "BETA_SCHEDULES",
     "HEAD_FRACTION",
     "STAGES",

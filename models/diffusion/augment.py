@@ -8,7 +8,9 @@ split's content (prefixes, lengths, targets and the catalog size, never a name o
 - base: the data digest and the base model's whole resolved config (variant, epochs, seed, ...);
 - diffusion: the base key and ``DenoiserSettings`` and the seed;
 - sampling: the diffusion key, the guidance scale, the denoising steps per sample, the number of
-  rows wanted (``aug_ratio``) and the seed.
+  rows wanted (``aug_ratio``) and the seed, and for anchored sampling (``anchor`` "observed")
+  the anchor mode and t0 (left out of the key when sampling from noise, so that the caches of
+  noise sampling made before anchored sampling existed stay valid).
 
 So trials of a search that differ only downstream (e.g. the guidance scale, or any setting of the
 recommender trained on the augmented rows) reuse the upstream stages, and a stage whose result is
@@ -39,12 +41,18 @@ from data.dataset import Split
 from data.fileio import writable_dir, write_atomically
 from models.diffusion import stages
 from models.diffusion.denoiser import Denoiser
-from models.diffusion.stages import GROUP_NAMES, DenoiserSettings
+from models.diffusion.stages import ANCHORS, GROUP_NAMES, DenoiserSettings
 
 # Bumped when a stage's computation changes (so its cached results, and those downstream, are
 # stale). diffusion 2: popularity groups over the targeted items, not the catalog.
 STAGE_VERSIONS = {"base": 1, "diffusion": 2, "sampling": 1}
 STAGES = ("base", "diffusion", "sampling")
+# Config keys added after the base stage's cache keys were first made, with the value that
+# computes what the configs without them computed: left out of the base key at that value, so
+# the caches made before they existed stay valid (a base config is its variant's defaults, so
+# they always hold it today; the base stage's own loop uses neither grad_clip nor grad_accum).
+LATER_KEYS = {"grad_clip": 0.0, "grad_accum": 1, "ema_target": 0.0, "aux_length_weight": 0.0,
+              "aux_order_weight": 0.0}
 COUNTS = ("generated", "invalid", "off_group", "duplicate", "kept", "added")
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,11 @@ class AugmentSettings:
             ``denoiser.steps`` (``schedule.Schedule.respaced``; at least that many: the whole
             chain).
         seed: seeds the diffusion and sampling stages (the base stage uses its config's seed).
+        anchor: where a sample starts (``stages.ANCHORS``): "noise" (pure noise: synthetic tail
+            rows) or "observed" (a training row whose target is not in the tail, noised to
+            ``anchor_t0`` of the chain and denoised under tail guidance:
+            ``stages.counterfactual``).
+        anchor_t0: the share of the chain an anchor is noised to, in (0, 1] ("observed" only).
     """
 
     denoiser: DenoiserSettings = field(default_factory=DenoiserSettings)
@@ -70,6 +83,14 @@ class AugmentSettings:
     aug_ratio: float = 0.2
     sample_steps: int = 10
     seed: int = 2020
+    anchor: str = "noise"
+    anchor_t0: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+        if not 0.0 < self.anchor_t0 <= 1.0:
+            raise ValueError(f"anchor_t0 must be in (0, 1], got {self.anchor_t0}")
 
     @property
     def steps_sampled(self) -> int:
@@ -142,12 +163,16 @@ def stage_keys(
         return hashlib.sha256(text.encode()).hexdigest()
 
     n_wanted = wanted_rows(len(train), settings.aug_ratio)
-    base = key(stage="base", data=data_digest(train, n_items), config=base_config)
+    config = {name: value for name, value in base_config.items()
+              if name not in LATER_KEYS or value != LATER_KEYS[name]}
+    base = key(stage="base", data=data_digest(train, n_items), config=config)
     diffusion = key(stage="diffusion", base=base, settings=asdict(settings.denoiser),
                     seed=settings.seed)
+    anchored = ({"anchor": settings.anchor, "anchor_t0": settings.anchor_t0}
+                if settings.anchor != "noise" else {})
     sampling = key(stage="sampling", diffusion=diffusion, guidance_scale=settings.guidance_scale,
                    sample_steps=settings.steps_sampled,
-                   rows=n_wanted, seed=settings.seed)
+                   rows=n_wanted, seed=settings.seed, **anchored)
     return {"base": base, "diffusion": diffusion, "sampling": sampling}
 
 
@@ -286,15 +311,23 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
 
     # Stage 3: tail-conditioned samples, mapped to items and filtered.
     start = time.perf_counter()
-    say(f"diffaug stage 3/3 (tail-conditioned samples): {n_wanted:,} rows wanted, guidance "
-        f"{settings.guidance_scale:g}, {settings.steps_sampled} "
+    anchors = None
+    if settings.anchor == "observed":
+        anchors = stages.anchor_rows(windows, groups, train.targets)
+        origin = (f"anchored to {len(anchors):,} observed training rows with a non-tail target "
+                  f"(noised to t0 = {settings.anchor_t0:g} of the chain)")
+    else:
+        origin = "from pure noise"
+    say(f"diffaug stage 3/3 (tail-conditioned samples): {n_wanted:,} rows wanted, {origin}, "
+        f"guidance {settings.guidance_scale:g}, {settings.steps_sampled} "
         f"denoising steps per row (of the chain's {settings.denoiser.steps})")
     candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
                                            np.asarray(train.targets)]))
     rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
                                       groups, windows, n_wanted, settings.guidance_scale,
                                       settings.seed, device, say,
-                                      sample_steps=settings.steps_sampled)
+                                      sample_steps=settings.steps_sampled, anchors=anchors,
+                                      anchor_t0=settings.anchor_t0)
     status["sampling"] = "computed"
     seconds["sampling"] = time.perf_counter() - start
     where = _store(use_cache, paths["sampling"], lambda file: np.savez(

@@ -9,7 +9,9 @@ dataset: the validation and test splits cannot reach them.
    as item vectors (``row_windows``, ``encode_rows``), conditioned on the target's popularity
    group (``popularity_groups``), the condition dropped with probability ``cond_dropout`` so the
    same network is also the unconditional model (classifier-free guidance).
-3. ``sample_rows``: guided ancestral sampling conditioned on the tail group; each generated
+3. ``sample_rows``: guided ancestral sampling conditioned on the tail group, from pure noise
+   (``generate``: synthetic tail rows) or from observed training rows partially noised
+   (``counterfactual``, SDEdit: counterfactual versions of real sessions); each generated
    vector is mapped to its nearest training item by cosine, or to an empty slot when it is short
    (``nearest_items``); empty prefix slots are dropped (``compact``), and rows without a target
    or a prefix item (invalid), with a target outside the tail (off-group) or that repeat a
@@ -38,6 +40,8 @@ from models.item_groups import HEAD_FRACTION, head_item_mask, targeted_by_popula
 
 HEAD, MID, TAIL = 0, 1, 2
 GROUP_NAMES = ("head", "mid", "tail")
+# Where a sample's chain starts: pure noise, or an observed training row (``counterfactual``).
+ANCHORS = ("noise", "observed")
 # The head (HEAD_FRACTION, head_item_mask) is models.item_groups': the report's head too.
 # A generated slot whose vector is shorter than this share of a real item's norm (sqrt(d)) is an
 # empty prefix slot: real items sit on the sphere of radius sqrt(d), empty slots at 0.
@@ -108,6 +112,7 @@ def train_base_vectors(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            model.update_target()  # an EMA target table's step (a no-op without one)
             total += loss.item() * len(index)
         log(f"  base epoch {epoch + 1}/{base_config['epochs']}: loss "
             f"{total / len(rows):.4f} ({time.perf_counter() - start:.1f} s)")
@@ -363,6 +368,71 @@ def generate(
     return x
 
 
+@torch.no_grad()
+def counterfactual(
+    model: Denoiser, schedule: Schedule, x0: Tensor, t0: float, group: int,
+    guidance_scale: float, device: torch.device,
+) -> Tensor:
+    """Counterfactual rows anchored to observed ones (SDEdit, Meng et al. 2022, "SDEdit: Guided
+    Image Synthesis and Editing with Stochastic Differential Equations", with DDPM's ancestral
+    sampler): each observed row x_0 is noised to step s of the chain in closed form,
+    x_s = sqrt(abar_s) x_0 + sqrt(1 - abar_s) eps, then denoised from s to 0 conditioned on
+    ``group`` with classifier-free guidance. s is the step at the share ``t0`` of the chain
+    (the first max(1, round(t0 K)) of its K steps), so a small t0 keeps the row's context (its
+    prefix items, its length) and lets guidance change what the condition needs (the target's
+    popularity group), and t0 = 1 is nearly sampling from noise.
+
+    This project's reading of "counterfactual session data" (the second related abstract gives
+    no procedure): what the observed session would have looked like had it ended on a tail
+    item. The whole row is regenerated (prefix slots included), not only its target slot: the
+    denoiser models rows jointly, and a prefix held fixed would make the partially noised
+    target disagree with its context at every step.
+
+    Args:
+        model: the trained network.
+        schedule: its schedule, or a respaced one (``Schedule.respaced``).
+        x0: observed rows as item vectors [n, window + 1, d] (``scaled_vectors`` of their ids).
+        t0: the share of the chain the rows are noised to, in (0, 1].
+        group: the condition class.
+        guidance_scale: w of classifier-free guidance.
+        device: where to sample.
+
+    Returns:
+        float32 [n, window + 1, d] (x_0 of the chain).
+    """
+    if not 0.0 < t0 <= 1.0:
+        raise ValueError(f"anchor t0 must be in (0, 1], got {t0}")
+    schedule = schedule.to(device)
+    start = max(1, round(t0 * schedule.steps)) - 1
+    x0 = x0.to(device)
+    n = len(x0)
+    x = schedule.q_sample(x0, torch.full((n,), start, dtype=torch.long, device=device),
+                          torch.randn_like(x0))
+    c = torch.full((n,), group, dtype=torch.long, device=device)
+    for step in reversed(range(start + 1)):
+        t = schedule.timesteps[step].expand(n)
+        eps = model.guided(x, t, c, guidance_scale)
+        x = schedule.p_step(x, step, eps, torch.randn_like(x) if step else None)
+    return x
+
+
+def anchor_rows(windows: np.ndarray, groups: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The observed rows counterfactuals start from: the training rows whose target is not in
+    the tail (a row that already ends on a tail item has no tail counterfactual to ask for); all
+    rows when every target is in the tail.
+
+    Args:
+        windows: the training rows as windows (``row_windows``) [rows, window + 1].
+        groups: popularity group per item id (``popularity_groups``).
+        targets: the training rows' targets [rows].
+
+    Returns:
+        The anchor windows [anchors, window + 1] (int64).
+    """
+    outside = groups[np.asarray(targets)] != TAIL
+    return windows[outside] if outside.any() else windows
+
+
 def sample_rows(
     model: Denoiser,
     settings: DenoiserSettings,
@@ -376,6 +446,8 @@ def sample_rows(
     device: torch.device,
     log: Log | None = None,
     sample_steps: int | None = None,
+    anchors: np.ndarray | None = None,
+    anchor_t0: float = 0.3,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Counterfactual rows conditioned on the tail group, mapped to items and filtered, until
     ``n_wanted`` are kept or ``MAX_OVERSAMPLE`` x n_wanted were generated.
@@ -389,27 +461,39 @@ def sample_rows(
         real_windows: the training rows as windows (``row_windows``): never generated again.
         n_wanted: rows wanted.
         guidance_scale: w of classifier-free guidance.
-        seed: seeds the sampling noise.
+        seed: seeds the sampling noise (and the draw of anchors).
         device: where to sample.
         log: receives a progress line per batch of ``SAMPLE_BATCH`` rows.
         sample_steps: denoising steps per row, evenly spaced over the chain
             (``Schedule.respaced``); None or at least ``settings.steps``: the whole chain.
+        anchors: None: every row is sampled from pure noise (``generate``); else observed
+            training rows as windows (``anchor_rows``), each generated row the ``counterfactual``
+            of one drawn uniformly with replacement.
+        anchor_t0: the share of the chain an anchor is noised to (``counterfactual``).
 
     Returns:
         (at most ``n_wanted`` rows [rows, window + 1], counts ``generated`` / ``invalid`` /
         ``off_group`` / ``duplicate`` / ``kept``: ``kept`` may exceed the rows returned).
     """
     torch.manual_seed(seed)
+    draw = np.random.default_rng(seed)
     schedule = Schedule.respaced(settings.schedule, settings.steps,
                                  sample_steps or settings.steps)
     table, ids = table.to(device), torch.as_tensor(candidates, dtype=torch.long, device=device)
+    if anchors is not None and not len(anchors):
+        raise ValueError("anchored sampling needs at least one anchor row")
     known = {row.tobytes() for row in real_windows}
     counts = dict.fromkeys(("generated", "invalid", "off_group", "duplicate", "kept"), 0)
     kept = []
     while counts["kept"] < n_wanted and counts["generated"] < MAX_OVERSAMPLE * n_wanted:
         n = min(SAMPLE_BATCH, MAX_OVERSAMPLE * n_wanted - counts["generated"])
         start = time.perf_counter()
-        x = generate(model, schedule, n, TAIL, guidance_scale, device)
+        if anchors is None:
+            x = generate(model, schedule, n, TAIL, guidance_scale, device)
+        else:
+            rows = torch.from_numpy(anchors[draw.integers(len(anchors), size=n)]).to(device)
+            x = counterfactual(model, schedule, table[rows], anchor_t0, TAIL, guidance_scale,
+                               device)
         windows = nearest_items(x, table, ids).cpu().numpy()
         rows, batch_counts = filter_rows(windows, groups, TAIL, known)
         counts["generated"] += n
