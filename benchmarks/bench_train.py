@@ -1,5 +1,6 @@
 """Training speed, memory and accuracy of the full-catalog loss: dense fp32 vs chunked fp32 vs
-chunked bf16, for CORE-ave, CORE-trm and CORE-HN, in one run.
+chunked bf16 (whole step, or the loss alone) vs the default (``precision: auto``,
+``loss_impl: auto``: ``models.precision``), for CORE-ave, CORE-trm and CORE-HN, in one run.
 
     python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --seeds 3
     python benchmarks/bench_train.py --dataset tmall --data-dir path/to/datasets --limit-rows 20000
@@ -48,13 +49,17 @@ import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
 from models.trainer import Trainer, cpuinfo_field, native_bf16  # noqa: E402
 
-# (label, loss_impl, precision); the first is the reference of every comparison.
+# label -> config keys; the first is the reference of every comparison; "default" is the
+# registry's defaults (precision auto, loss_impl auto, bf16_scope all).
 CONFIGS = {
-    "dense fp32": ("dense", "fp32"),
-    "chunked fp32": ("chunked", "fp32"),
-    "chunked bf16": ("chunked", "bf16"),
+    "dense fp32": {"loss_impl": "dense", "precision": "fp32"},
+    "chunked fp32": {"loss_impl": "chunked", "precision": "fp32"},
+    "chunked bf16": {"loss_impl": "chunked", "precision": "bf16"},
+    "bf16 loss": {"loss_impl": "chunked", "precision": "bf16", "bf16_scope": "loss"},
+    "default": {},
 }
-REFERENCE, FAST, FAST_FP32 = "dense fp32", "chunked bf16", "chunked fp32"
+REFERENCE, FAST, FAST_FP32, DEFAULT = "dense fp32", "chunked bf16", "chunked fp32", "default"
+BF16_ONLY = ("chunked bf16", "bf16 loss")  # left out where bf16 is not native
 PHASES = ("data", "forward", "loss fwd", "loss bwd", "backward", "optimizer")
 
 
@@ -68,12 +73,18 @@ def _dataset(args: argparse.Namespace):
 
 
 def _trainer(args: argparse.Namespace, dataset, model: str, label: str, seed: int) -> Trainer:
-    impl, precision = CONFIGS[label]
-    config = {
-        "model": model, "loss_impl": impl, "precision": precision, "epochs": args.epochs,
-        "seed": seed,
-    }
+    config = {"model": model, "epochs": args.epochs, "seed": seed, **CONFIGS[label]}
     return Trainer(config, dataset, device=args.device, num_threads=args.threads)
+
+
+def bf16_support(device: str) -> str:
+    """What bf16 matrix products run on here, for the ratio line: the CPU flags that make them
+    native (AMX, AVX-512 BF16), or "none"; a GPU's bf16 support."""
+    if device.startswith("cuda"):
+        return "CUDA bf16" if torch.cuda.is_bf16_supported() else "no CUDA bf16"
+    flags = (cpuinfo_field("flags") or "").split()
+    native = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    return ", ".join(native) if native else "none (bf16 converted to fp32)"
 
 
 def _hardware(device: str) -> str:
@@ -120,6 +131,7 @@ def _run(args: argparse.Namespace, model: str, label: str, seed: int) -> dict:
         "mrr_20": last["valid_mrr_20"],
         "loss": last["train_loss"],
         "load": os.getloadavg()[0],
+        "resolved": f"{trainer.precision}, {trainer.loss_impl}",
         **_peak_memory(args.device),
     }
 
@@ -162,7 +174,7 @@ def _profile(args: argparse.Namespace, model: str, label: str) -> dict:
     rows = trainer._split_rows("train")
     size = trainer.config["batch_size"]
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(rows))).to(device)
-    bf16 = trainer.config["precision"] == "bf16"
+    bf16 = trainer.precision == "bf16" and trainer.config["bf16_scope"] == "all"
     trainer.model.train()
     totals = dict.fromkeys(PHASES, 0.0)
     n_batches = min(args.profile_batches + 1, -(-len(rows) // size))
@@ -201,12 +213,35 @@ def _profile(args: argparse.Namespace, model: str, label: str) -> dict:
             **{phase: seconds / max(n, 1) for phase, seconds in totals.items()}}
 
 
+def _op_table(args: argparse.Namespace, model: str, label: str) -> str:
+    """torch.profiler's per-op table (self CPU time, the ``args.op_table`` costliest ops) of a few
+    training steps of ``label``: which matmuls, norms, softmaxes, dropouts and dtype conversions
+    an epoch's time goes to (``aten::to`` / ``aten::copy_`` are the conversions)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dataset = _dataset(args)
+    trainer = _trainer(args, dataset, model, label, args.seed)
+    rows = trainer._split_rows("train")
+    size = trainer.config["batch_size"]
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(rows))).to(trainer.device)
+    n = -(-len(rows) // size)
+    trainer._train_step(rows, order[:size], 0, n)  # warm-up
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for batch in range(1, 4):
+            index = order[(batch % n) * size : (batch % n + 1) * size]
+            trainer._train_step(rows, index, batch, n)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.op_table)
+
+
 def _in_process(context, function, *arguments):
     with context.Pool(1) as pool:
         return pool.apply(function, arguments)
 
 
-def _summary(results: list[dict], models_: list[str], labels: list[str], fast: str) -> list[str]:
+def _summary(results: list[dict], models_: list[str], labels: list[str], fast: str,
+             device: str = "cpu") -> list[str]:
     lines = []
     seeds = sorted({r["seed"] for r in results})
     header = (f"{'model':>5} {'configuration':<13} {'epoch s':>8} {'CPU s':>7} {'valid s':>8} "
@@ -249,6 +284,16 @@ def _summary(results: list[dict], models_: list[str], labels: list[str], fast: s
                      + ", ".join(f"{m} {s[1]:.2f}x" for m, s in speedups.items()))
         lines.append(f"speedup vs {REFERENCE} ({fast}): "
                      + ", ".join(f"{m} {s[0]:.2f}x" for m, s in speedups.items()))
+    defaults = {m: [r for r in results if r["model"] == m and r["label"] == DEFAULT]
+                for m in models_}
+    if all(defaults.values()) and DEFAULT in labels and REFERENCE in labels:
+        parts = []
+        for model, runs in defaults.items():
+            ref = [r for r in results if r["model"] == model and r["label"] == REFERENCE]
+            ratio = np.mean([r["epoch_s"] for r in ref]) / np.mean([r["epoch_s"] for r in runs])
+            parts.append(f"{model} {ratio:.2f}x ({runs[0]['resolved']})")
+        lines.append(f"default vs {REFERENCE}, epoch wall time, bf16 on this machine: "
+                     f"{bf16_support(device)}: " + ", ".join(parts))
     return lines
 
 
@@ -269,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--profile-batches", type=int, default=10,
                         help="batches timed per phase for each model (0: skip)")
+    parser.add_argument("--op-table", type=int, default=0, metavar="N",
+                        help="also print torch.profiler's N costliest ops (self CPU time) of 3 "
+                             "training steps, for dense fp32 and the fastest configuration")
     parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
                         help="phases in process CPU time (all threads; robust to other work "
                              "on a shared machine) or wall-clock time")
@@ -278,10 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.configs is None:
         args.configs = list(CONFIGS)
         if not native_bf16(torch.device(args.device)):
-            args.configs.remove(FAST)
-            print(f"{FAST} left out: no native bf16 matrix products on this {args.device} (they "
-                  f"would run several times slower than fp32; --configs includes it anyway)",
-                  flush=True)
+            args.configs = [label for label in args.configs if label not in BF16_ONLY]
+            print(f"{', '.join(BF16_ONLY)} left out: no native bf16 matrix products on this "
+                  f"{args.device} (they would run several times slower than fp32; --configs "
+                  "includes them anyway)", flush=True)
     fast = FAST if FAST in args.configs else FAST_FP32
     print(f"device {args.device} ({_hardware(args.device)}) | "
           f"threads {args.threads or len(os.sched_getaffinity(0))} | "
@@ -318,8 +366,14 @@ def main(argv: list[str] | None = None) -> None:
                       + " ".join(f"{1000 * p[phase]:9.1f}" for phase in PHASES)
                       + f" {1000 * sum(p[phase] for phase in PHASES):9.1f}"
                       + f"  ({p['batches']} batches, load {p['load']:.1f})", flush=True)
+    if args.op_table:
+        for model in args.models:
+            for label in (REFERENCE, fast):
+                if label in args.configs:
+                    print(f"\nper-op table: {model} {label}", flush=True)
+                    print(_in_process(context, _op_table, args, model, label), flush=True)
     print(flush=True)
-    for line in _summary(results, args.models, args.configs, fast):
+    for line in _summary(results, args.models, args.configs, fast, args.device):
         print(line, flush=True)
 
 

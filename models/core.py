@@ -49,6 +49,9 @@ class Objective:
     hn_lambda: float = 0.0  # hard-negative BPR share of the hybrid loss
     label_smoothing: float = 0.0  # of the full-catalog cross-entropy (never onto padding)
     loss_impl: str = "chunked"  # full-catalog loss: chunked | dense (models.catalog_loss)
+    # The full-catalog loss alone under bf16 autocast (precision bf16, bf16_scope loss: the
+    # encoder stays fp32; models.precision).
+    loss_autocast: bool = False
     inbatch_weight: float = 0.0  # beta of the in-batch session term
     cl_weight: float = 0.0  # weight of NT-Xent between two augmented views (CL4SRec)
     cl_augmentations: tuple[str, ...] = ("mask",)  # see models.augment
@@ -138,10 +141,11 @@ class CORE(nn.Module):
         # online table, or of the EMA target copy when there is one (no gradient into it).
         catalog = normalized_dropout(self.loss_targets(table), self.item_dropout, self.training)
         obj = self.objective
-        loss = catalog_loss(
-            h / self.temperature, catalog, targets, obj.hn_k, obj.hn_lambda,
-            obj.label_smoothing, obj.loss_impl, weights=weights,
-        )
+        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=obj.loss_autocast):
+            loss = catalog_loss(
+                h / self.temperature, catalog, targets, obj.hn_k, obj.hn_lambda,
+                obj.label_smoothing, obj.loss_impl, weights=weights,
+            )
         if obj.inbatch_weight:
             loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)
         if obj.cl_weight:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from models.augment import MASK_MODES, parse_augmentations
-from models.catalog_loss import LOSS_IMPLS
 from models.config_types import coerce
 from models.core import CORE, Objective
 from models.diffusion import ANCHORS, BETA_SCHEDULES, HEAD_FRACTION
@@ -30,6 +29,7 @@ from models.encoders import (
 from models.knn import KNN_DEFAULTS, KNN_RANGES, KNN_VARIANTS, check_knn_params
 from models.persona import METAPATH_KEYS, settings_from_config, train_personas
 from models.persona.model import PERSONA_FUSIONS, PersonaCORE
+from models.precision import BF16_SCOPES, LOSS_CHOICES, PRECISIONS
 from models.semantic import FUSIONS, SemanticFusionCORE, semantic_init
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ LABELS = {
 SEMANTIC_VARIANTS = ("semsr_i", "semsr_f", "persona")
 # Variants built from the whole dataset (``build_model_for``): users, item table, graph files.
 DATASET_VARIANTS = ("persona",)
-PRECISIONS = ("fp32", "bf16")
 # Backbones the diffaug variant trains on the augmented rows (and its first stage on the real
 # ones): the encoders whose config keys diffaug carries.
 DIFFAUG_BASES = ("ave", "trm", "da", "enhanced")
@@ -85,7 +84,10 @@ _COMMON = {
     "epochs": 300,
     "patience": 5,
     "seed": 2020,
-    "precision": "fp32",
+    # auto: bf16 where bf16 matrix products are native, else fp32; bf16_scope: which part runs
+    # under bf16 (all, or the loss only); see models.precision.
+    "precision": "auto",
+    "bf16_scope": "all",
     # Decay of an exponential moving average of the weights, used for validation, checkpoint
     # selection and test (models.ema); 0 = off. Not the guide's EMA, which is ema_target
     # (_GUIDE): momentum-updated target item embeddings used in the training loss.
@@ -97,10 +99,10 @@ _COMMON = {
     "grad_clip": 0.0,
     "grad_accum": 1,
     # The full-catalog loss: label smoothing of its cross-entropy (eps spread over the real
-    # items, never onto padding) and its implementation: chunked (blocks of batch rows, the
-    # default) or dense (one [batch x catalog] buffer, the reference); see models.catalog_loss.
+    # items, never onto padding) and its implementation: chunked (blocks of batch rows), dense
+    # (one [batch x catalog] buffer, the reference) or auto, the faster here (models.precision).
     "label_smoothing": 0.0,
-    "loss_impl": "chunked",
+    "loss_impl": "auto",
     # Popularity debiasing of the training loss, for any variant (models.weighting): none, or
     # inverse-propensity weights w = (count(target) / max count)^(-ips_power), clipped at ips_clip
     # (0 = no clip) and normalised to mean 1 over the training rows.
@@ -242,7 +244,8 @@ _RANGES = {
     "diff_anchor": (lambda v: v in ANCHORS, f"one of {ANCHORS}"),
     "diff_anchor_t0": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "label_smoothing": _FRACTION,
-    "loss_impl": (lambda v: v in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
+    "loss_impl": (lambda v: v in LOSS_CHOICES, f"one of {LOSS_CHOICES}"),
+    "bf16_scope": (lambda v: v in BF16_SCOPES, f"one of {BF16_SCOPES}"),
     "sem_dropout": _FRACTION,
     "hn_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "rerank_mix": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -460,8 +463,14 @@ def _objective(config: dict) -> Objective:
 
 
 def _loss_options(config: dict) -> dict:
-    """The full-catalog loss's settings, the same for every variant's objective."""
-    return {"label_smoothing": config["label_smoothing"], "loss_impl": config["loss_impl"]}
+    """The full-catalog loss's settings, the same for every variant's objective. The trainer
+    resolves ``loss_impl: auto`` and ``precision: auto`` for its device before it builds the
+    model (``models.precision``); a model built without a trainer (inference) takes chunked,
+    which gives the same loss."""
+    impl = config["loss_impl"]
+    return {"label_smoothing": config["label_smoothing"],
+            "loss_impl": "chunked" if impl == "auto" else impl,
+            "loss_autocast": config["precision"] == "bf16" and config["bf16_scope"] == "loss"}
 
 
 def build_model(config: dict, n_items: int, item_vectors: np.ndarray | None = None) -> CORE:

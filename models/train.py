@@ -14,6 +14,7 @@ import time
 import yaml
 
 from data import DatasetSource
+from models.precision import PRECISIONS
 from models.registry import VARIANTS, dataset_needs, fits_once
 from models.trainer import make_trainer
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="local sentence-transformers model for the item text of the "
                              "semantic variants (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: config)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="auto (the default): bf16 where bf16 matrix products are native "
+                             "(AMX, AVX-512 BF16, CUDA), else fp32 (models.precision)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--set", type=_assignment, action="append", default=[], metavar="K=V")
     parser.add_argument("--test", action="store_true", help="score the test split at the end")
@@ -89,10 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(dataset.summary(), flush=True)
     start = time.perf_counter()
     trainer = make_trainer(config, dataset, num_threads=args.threads)
-    print(f"config: {trainer.config} | device {trainer.device} | model built in "
+    once = fits_once(args.model)
+    resolved = ("" if once else f" | precision {trainer.precision}, loss {trainer.loss_impl}")
+    print(f"config: {trainer.config} | device {trainer.device}{resolved} | model built in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     n_train = len(dataset.train)
-    once = fits_once(args.model)
     while not trainer.should_stop:
         m = trainer.run_epoch()
         valid_s = m["epoch_time"] - m["train_time"]

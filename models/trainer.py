@@ -21,6 +21,13 @@ from data.dataset import SessionDataset
 from models.batches import Rows
 from models.ema import WeightEMA
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
+from models.precision import (  # noqa: F401 (cpuinfo_field, BF16_CPU_FLAGS: re-exported)
+    BF16_CPU_FLAGS,
+    choose_loss_impl,
+    cpuinfo_field,
+    native_bf16,
+    resolve_precision,
+)
 from models.registry import build_model_for, default_config, fits_once, resolve_config
 from models.weighting import training_rows
 
@@ -55,46 +62,6 @@ def pin_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
-
-
-# CPU flags of native bf16 matrix products (Linux /proc/cpuinfo names).
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products run natively on ``device``: a CUDA device that supports bf16,
-    or a CPU with AMX or AVX-512 BF16 (read from /proc/cpuinfo; False where it cannot be read).
-    Elsewhere torch converts bf16 products to fp32 element by element: measured on a 2-core AVX2
-    CPU, a [2048 x 64] x [64 x 37,000] product took 3.9 s in bf16 against 0.42 s in fp32.
-
-    Args:
-        device: the device training runs on.
-
-    Returns:
-        True where ``precision: bf16`` can pay off.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    flags = (cpuinfo_field("flags") or "").split()
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
-
-
-def cpuinfo_field(name: str) -> str | None:
-    """The first processor's ``name`` field in /proc/cpuinfo ("model name", "flags", ...).
-
-    Args:
-        name: the field's name.
-
-    Returns:
-        Its value, or None where the field or the file (not Linux) is missing.
-    """
-    try:
-        lines = CPUINFO.read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines
-                 if line.split(":", 1)[0].strip() == name), None)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -162,14 +129,20 @@ class Trainer(CheckpointFiles):
         self.callback = callback
         torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
         pin_mmap_threshold()
-        if self.config["precision"] == "bf16" and not native_bf16(self.device):
+        native = native_bf16(self.device)
+        # What this run uses where the config says auto (models.precision; recorded by
+        # hpo.trainable as the MLflow tags precision_used and loss_impl_used).
+        self.precision = resolve_precision(self.config["precision"], native)
+        if self.precision == "bf16" and not native:
             warnings.warn(
                 f"precision bf16 on {self.device.type} without native bf16 matrix products "
                 f"(a CPU needs one of {', '.join(BF16_CPU_FLAGS)}): they are converted to fp32 "
                 "and run several times slower than precision fp32", RuntimeWarning, stacklevel=2)
+        self.loss_impl = self._loss_impl()
         torch.manual_seed(self.config["seed"])
         self.rng = np.random.default_rng(self.config["seed"])
-        self.model = build_model_for(self.config, dataset).to(self.device)
+        built = {**self.config, "precision": self.precision, "loss_impl": self.loss_impl}
+        self.model = build_model_for(built, dataset).to(self.device)
         self.with_users = bool(getattr(self.model, "wants_users", False))
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
@@ -188,6 +161,19 @@ class Trainer(CheckpointFiles):
         self._rows: dict[str, Rows] = {}
         # diffaug: what its stages produced (models.diffusion.Augmentation), once they ran.
         self.augmentation = None
+
+    def _loss_impl(self) -> str:
+        """The config's ``loss_impl``, or with ``auto`` the faster one here for this run's
+        shapes (``models.precision.choose_loss_impl``, kept in the cache folder)."""
+        if self.config["loss_impl"] != "auto":
+            return self.config["loss_impl"]
+        from data.cache import cache_root
+
+        hard = self.config.get("hn_lambda", 0.0) > 0
+        return choose_loss_impl(
+            n_items=self.dataset.n_items, batch_size=self.config["batch_size"],
+            dim=self.config["embedding_size"], precision=self.precision, hard_negatives=hard,
+            device=self.device, cache_dir=cache_root())
 
     # -- training ---------------------------------------------------------------------------
 
@@ -273,7 +259,9 @@ class Trainer(CheckpointFiles):
         the weight average (``ema_decay``) are updated.
         """
         parts = self.config["grad_accum"]
-        bf16 = self.config["precision"] == "bf16"
+        # bf16 autocast around the whole step (bf16_scope all); with scope loss the model puts
+        # it around its full-catalog loss alone (models.core.Objective.loss_autocast).
+        bf16 = self.precision == "bf16" and self.config["bf16_scope"] == "all"
         self.optimizer.zero_grad(set_to_none=True)
         value = 0.0
         for part in index.tensor_split(parts) if parts > 1 else (index,):

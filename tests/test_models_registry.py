@@ -32,6 +32,7 @@ COMMON = {
     "patience",
     "seed",
     "precision",
+    "bf16_scope",
     "ema_decay",
     "grad_clip",
     "grad_accum",
@@ -124,7 +125,7 @@ def test_spec_defaults():
         5,
         300,
     )
-    assert (config["hn_k"], config["hn_lambda"], config["precision"]) == (64, 0.2, "fp32")
+    assert (config["hn_k"], config["hn_lambda"], config["precision"]) == (64, 0.2, "auto")
     assert default_config("enhanced")["beta"] == 0.5
     contrastive = default_config("contrastive")
     # The guide's contrastive setting (its props file and the SPEC): masking only, ratio 0.2,

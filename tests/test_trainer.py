@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import models.precision as precision_module
 import models.trainer as trainer_module
 from data.arrays import keep_last
 from data.synthetic import make_dataset
 from models.metrics import metrics_from_ranks, rank_and_top_
+from models.precision import choose_loss_impl
 from models.trainer import NonFiniteLossError, Trainer, native_bf16
 
 SMALL = {"embedding_size": 16, "batch_size": 256, "eval_batch_size": 64, "seed": 7}
@@ -265,10 +267,68 @@ def test_read_only_arrays_from_the_object_store_are_used_without_copy_or_warning
 def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(trainer_module, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(precision_module, "CPUINFO", cpuinfo)
     assert native_bf16(torch.device("cpu")) is native
-    monkeypatch.setattr(trainer_module, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(precision_module, "CPUINFO", tmp_path / "missing")
     assert native_bf16(torch.device("cpu")) is False
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_is_bf16_only_where_native_and_is_recorded(dataset, monkeypatch, native):
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: native)
+    trainer = Trainer({**TRM, "loss_impl": "chunked"}, dataset, **CPU)
+    assert trainer.config["precision"] == "auto"  # as given, the run's param
+    assert trainer.precision == ("bf16" if native else "fp32")  # as used
+    assert Trainer({**TRM, "precision": "fp32"}, dataset, **CPU).precision == "fp32"
+
+
+def test_bf16_scope_loss_keeps_the_encoder_in_fp32(dataset, monkeypatch):
+    """With bf16_scope loss only the full-catalog loss runs under bf16 autocast: the encoder's
+    outputs stay fp32, while scope all computes them in bf16."""
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+    seen = {}
+
+    def hook(module, inputs, output):
+        if module.training:  # validation runs without autocast
+            seen["dtype"] = output.dtype
+
+    for scope, expected in (("all", torch.bfloat16), ("loss", torch.float32)):
+        trainer = Trainer({**TRM, "precision": "bf16", "bf16_scope": scope,
+                           "loss_impl": "chunked"}, dataset, **CPU)
+        assert trainer.model.objective.loss_autocast is (scope == "loss")
+        layer = next(m for m in trainer.model.encoder.modules()
+                     if isinstance(m, torch.nn.Linear))
+        handle = layer.register_forward_hook(hook)
+        trainer.time_epoch(batches=1)
+        handle.remove()
+        assert seen["dtype"] == expected
+
+
+def test_loss_impl_auto_takes_the_faster_and_keeps_the_choice(tmp_path):
+    calls = []
+
+    def timer(impl):
+        calls.append(impl)
+        return {"dense": 1.0, "chunked": 2.0}[impl]
+
+    options = {"n_items": 500, "batch_size": 64, "dim": 8, "precision": "fp32",
+               "hard_negatives": False, "device": torch.device("cpu"), "cache_dir": tmp_path}
+    assert choose_loss_impl(**options, timer=timer) == "dense"
+    assert sorted(calls) == ["chunked", "dense"]
+    assert choose_loss_impl(**options, timer=lambda impl: 1 / 0) == "dense"  # from the cache
+    assert choose_loss_impl(**{**options, "dim": 16},
+                            timer=lambda impl: {"dense": 3.0, "chunked": 2.0}[impl]) == "chunked"
+    # timed for real on tiny shapes, the choice is one of the two
+    assert choose_loss_impl(**{**options, "cache_dir": None}) in ("dense", "chunked")
+
+
+def test_trainer_resolves_loss_impl_auto_through_the_cache(dataset, monkeypatch, tmp_path):
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path))
+    trainer = Trainer({**TRM}, dataset, **CPU)
+    assert trainer.config["loss_impl"] == "auto"
+    assert trainer.loss_impl in ("dense", "chunked")
+    assert trainer.model.objective.loss_impl == trainer.loss_impl
+    assert (tmp_path / "loss_impl.json").is_file()
 
 
 @pytest.mark.parametrize("native", [False, True])
