@@ -22,6 +22,7 @@ import numpy as np
 
 from data import movielens, synthetic
 from data.atomic import load_atomic, write_dataset
+from data.cli import OneLineParser
 from data.dataset import SPLITS, SessionDataset, Split
 from data.errors import DataError
 from data.pipeline import build_dataset
@@ -152,7 +153,7 @@ def describe(dataset: SessionDataset) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m data.prepare", description=__doc__.split("\n", maxsplit=1)[0]
     )
     parser.add_argument(

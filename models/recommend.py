@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cli import EXIT_USAGE, OneLineParser, positive_int
 from models.core import CORE
 from models.encoders import PAD
 from models.registry import (
@@ -43,7 +44,6 @@ BUNDLE_FORMAT = 1
 # What rebuilding the persona model needs besides its weights (PersonaCORE's data buffers).
 PERSONA_DATA = ("semantic", "personas", "known", "profiles", "profile_personas")
 DEFAULT_STORE = Path("outputs") / "mlflow.db"  # launch.py's default store
-EXIT_USAGE = 2
 
 
 class BundleError(ValueError):
@@ -211,13 +211,6 @@ def _session(text: str) -> list[int]:
     return items
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
 def fetch_bundle(run_id: str, tracking_uri: str, directory: Path) -> Path:
     """Download a run's ``model/model.pt`` into ``directory``.
 
@@ -265,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         0, or 2 for an unknown run, a run without a model, or an invalid session (the reason
         on stderr).
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m models.recommend",
         description=(
             "Top-k recommendations for one session from the model a test-stage seed run logged "
@@ -279,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True, help="MLflow run id of a test-stage seed run")
     parser.add_argument("--session", required=True, type=_session,
                         help="the session's item ids, oldest first, comma-separated: 12,45,3")
-    parser.add_argument("-k", type=_positive, default=20, help="how many items (default 20)")
+    parser.add_argument("-k", type=positive_int, default=20, help="how many items (default 20)")
     parser.add_argument("--user", type=int, default=None,
                         help="the session's user id (persona models only; default: unknown, "
                              "the nearest users' persona)")

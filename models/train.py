@@ -14,8 +14,9 @@ import time
 import yaml
 
 from data import DatasetSource
+from data.cli import OneLineParser, fail, positive_int
 from models.precision import PRECISIONS
-from models.registry import VARIANTS, dataset_needs, fits_once
+from models.registry import VARIANTS, dataset_needs, fits_once, resolve_config
 from models.trainer import make_trainer
 
 
@@ -57,17 +58,50 @@ def _log_progress_to_stdout() -> None:
             logger.setLevel(logging.INFO)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m models.train``: ``main``, with bad input (an unknown key or value, a dataset
+    that is missing or malformed, a variant the dataset cannot serve) reported on one line of
+    stderr and exit code 2, before any training.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0, or 2 for bad input.
+    """
+    from data.errors import DataError
+
+    try:
+        main(argv)
+    except (DataError, ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
+        return fail(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Train a CORE variant (spec protocol).")
+    """Train one configuration as the CORE protocol does, printing a line per epoch.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The best epoch's record (with ``test_*`` metrics when ``--test``).
+
+    Raises:
+        data.errors.DataError, ValueError, TypeError: bad input (``cli`` prints them).
+    """
+    parser = OneLineParser(prog="python -m models.train",
+                           description="Train a CORE variant (spec protocol).")
     parser.add_argument("--model", required=True, choices=VARIANTS)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--train-rows", type=int, default=None, metavar="N",
+    parser.add_argument("--train-rows", type=positive_int, default=None, metavar="N",
                         help="train on the last N training rows only")
     parser.add_argument("--text-model", default=None, metavar="PATH",
                         help="local sentence-transformers model for the item text of the "
                              "semantic variants (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: config)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="max epochs (default: config)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="auto (the default): bf16 where bf16 matrix products are native "
                              "(AMX, AVX-512 BF16, CUDA), else fp32 (models.precision)")
@@ -75,13 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", type=_assignment, action="append", default=[], metavar="K=V")
     parser.add_argument("--test", action="store_true", help="score the test split at the end")
     parser.add_argument("--save", default=None, help="write the final checkpoint here")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     args = parser.parse_args(argv)
 
     config = {"model": args.model, **dict(args.set)}
     for key in ("epochs", "precision", "seed"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    resolve_config(config)  # a bad key or value is refused before the data is read
     _log_progress_to_stdout()
     source = DatasetSource(args.dataset, args.data_dir, args.train_rows, args.text_model)
     needs = dataset_needs(args.model)
@@ -126,4 +161,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

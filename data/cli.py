@@ -1,0 +1,51 @@
+"""What every command of the project does with bad input: one line on stderr, exit code 2.
+
+``OneLineParser`` is ``argparse.ArgumentParser`` whose errors (a missing option, a value of the
+wrong type or range) print one line, ``<prog>: error: <message> (see --help)``, instead of the
+usage block and the error; the commands themselves (``launch.py``, ``python -m models.train``,
+``python -m data.prepare``, ``python -m models.recommend``, ``python -m hpo.tracking_server``)
+report what they find wrong with the data or the config the same way, before expensive work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (module docstring)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: str) -> int:
+    """Print ``error: <message>`` on stderr; return the exit code of bad input.
+
+    Args:
+        message: what is wrong, in one line.
+    """
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (an argparse ``type``): counts of trials, epochs, rows, threads, items.
+
+    Args:
+        text: the option's value.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below 1.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
