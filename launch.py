@@ -60,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a study file (studies/table1.yaml): its datasets, spaces, budget, "
                            "seeds and arms, run piece by piece, each piece's results exported "
                            "under studies/<name>/ (see --only, --max-hours, --commit, --report)")
-    parser.add_argument("--dataset", default=None,
-                        help="dataset name resolved in --data-dir; 'synthetic' is generated "
-                             "(default: synthetic)")
+    parser.add_argument("--dataset", default="synthetic",
+                        help="dataset name resolved in --data-dir; 'synthetic' is generated")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where datasets live (default: $CORE_DATA_DIR or ./datasets)")
     parser.add_argument("--text-model", type=Path, default=None, metavar="PATH",
@@ -182,12 +181,30 @@ def _available() -> str:
 SHOWN_TRIALS = 3
 
 
-def print_search_summary(plan, outcome) -> None:
+def ui_command(args: argparse.Namespace) -> str:
+    """The command that opens the MLflow UI on this command's runs (``hpo.ui``).
+
+    Args:
+        args: launch.py's parsed arguments.
+
+    Returns:
+        The command.
+    """
+    words = ["python", "-m", "hpo.ui"]
+    if args.mlflow_uri:
+        words += ["--mlflow-uri", args.mlflow_uri]
+    elif args.output_dir != DEFAULT_OUTPUT_DIR:
+        words += ["--output-dir", str(args.output_dir)]
+    return shlex.join(words)
+
+
+def print_search_summary(plan, outcome, ui: str = "python -m hpo.ui") -> None:
     """The end of a search on the console: best trials, importances, where results are.
 
     Args:
         plan: the search's plan.
         outcome: what ``run_search`` returned.
+        ui: the command that opens the MLflow UI on it (``ui_command``).
     """
     table = outcome.table
     counts = table["outcome"].value_counts().to_dict() if len(table) else {}
@@ -204,7 +221,7 @@ def print_search_summary(plan, outcome) -> None:
     else:
         print(f"importance {outcome.importance_note}")
     print(f"results: {plan.search_dir} (trials.csv, param_importance.csv); MLflow run "
-          f"{outcome.parent_run_id}; study {plan.study_name!r}")
+          f"{outcome.parent_run_id}; study {plan.study_name!r}; compare the trials: {ui}")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -246,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
                   if getattr(args, name)] + (["--commit"] if args.commit else [])
     if study_only:
         parser.error(f"{', '.join(study_only)}: only with --study")
-    args.dataset = args.dataset or "synthetic"
     from hpo.ablation import AblationError
     from hpo.optuna_study import StudyStorageError
     from hpo.outcome import OutputUnwritableError
@@ -270,18 +286,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage != "search":
                 print(describe_test_stage(args))
             return 0
+        from hpo.ui import save_views_quietly
+
         search_runs = {}
         if args.stage in ("search", "all"):
             for plan in plans:
                 print(plan.describe() if args.verbose else plan.headline(), flush=True)
                 outcome = run_search(plan, resume=args.resume, verbose=args.verbose)
                 search_runs[plan.space.name] = outcome.parent_run_id
-                print_search_summary(plan, outcome)
+                # The MLflow UI's saved view of the trials (hpo.ui), before the summary.
+                save_views_quietly(plan.tracking_uri, [plan.experiment_name])
+                print_search_summary(plan, outcome, ui_command(args))
         if args.stage in ("test", "all"):
-            paths = run_test_stage(make_test_plan(args, plans, search_runs, command_line),
-                                   verbose=args.verbose)
+            test_plan = make_test_plan(args, plans, search_runs, command_line)
+            paths = run_test_stage(test_plan, verbose=args.verbose)
+            save_views_quietly(test_plan.tracking_uri, [test_plan.experiment_name])
             print(paths["results_md"].read_text())
-            print(f"report: {paths['results_md'].parent}")
+            print(f"report: {paths['results_md'].parent}; compare the variants: "
+                  f"{ui_command(args)}")
     except (SpaceError, TrackingUnavailableError, StudyStorageError, SelectionError,
             TestStageError, AblationError, OutputUnwritableError, SearchInProgressError,
             FileNotFoundError, ValueError) as exc:
@@ -301,7 +323,7 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
                 argv: list[str]) -> int:
     """``--study``: check the study, then print its plan, rebuild its reports or run it."""
     given = [f"--{name.replace('_', '-')}" for name in STUDY_SETS
-             if getattr(args, name) not in (None, False, "search")]
+             if getattr(args, name) != parser.get_default(name)]
     if given:
         parser.error(f"{', '.join(given)}: set in the study file, not with --study")
     from data import DatasetSource

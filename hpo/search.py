@@ -16,6 +16,7 @@ same second is refused (its folder is taken).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from hpo.optuna_study import (
     sampler_settings,
     storage_label,
 )
-from hpo.outcome import OutputUnwritableError
+from hpo.outcome import OutputUnwritableError, split_meta
 from hpo.results import plot_history, results_table
 from hpo.space import Budget, SearchSpace
 from hpo.tracking import (
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 TRIALS_DIR = "trials"  # the Tune experiment's name: trials-<parent run> (tune_experiment_name)
 RESUME_DIR = "resume"  # beside the trials: each trial's own resume files (hpo.trainable)
 STATE_FILE = "search.json"
+SEARCHED_TAG = "searched_parameters"  # the parent run's tag: the space's hyperparameters
+METRIC_TAG = "search_metric"  # the parent run's tag: what selection reads (best_valid_*)
 SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # seconds between Tune's experiment-state snapshots
 
 
@@ -367,6 +370,7 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, experime
         experiment_id,
         parent_run_id,
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name},
+        name=functools.partial(trial_run_name, plan.space.name),
     )
     console = ConsoleReporter(plan.tune_metric, b.mode, b.num_samples, concurrent,
                               [p.name for p in plan.space.parameters])
@@ -389,6 +393,21 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, experime
             verbose=1 if verbose else 0,
         ),
     )
+
+
+def trial_run_name(space: str, config: dict) -> str:
+    """A search trial's MLflow run name: the space and the Optuna trial number, as the console
+    names it ("dahn trial 3").
+
+    Args:
+        space: the space's name.
+        config: the trial's config as Ray Tune holds it (the searcher's bookkeeping included).
+
+    Returns:
+        The name.
+    """
+    number = split_meta(config)[1].get("number")
+    return f"{space} trial {number}" if number is not None else f"{space} trial"
 
 
 def _plan_record(plan: SearchPlan) -> dict:
@@ -419,7 +438,10 @@ def _start_parent_run(client, plan: SearchPlan) -> str:
         run_name=f"{plan.space.name}-{plan.search_dir.name}",
         tags={"stage": "search", "variant": plan.space.model, "search": plan.space.name,
               "dataset": plan.dataset.label, "search_dir": str(plan.search_dir),
-              "schedule": plan.schedule, NOTE_TAG: _description(plan)},
+              "schedule": plan.schedule, NOTE_TAG: _description(plan),
+              # What the MLflow UI's saved view of the trials shows (hpo.ui).
+              SEARCHED_TAG: ",".join(p.name for p in plan.space.parameters),
+              METRIC_TAG: plan.tune_metric},
     )
     run_id = run.info.run_id
     record = _plan_record(plan)

@@ -227,6 +227,7 @@ def run_seed_jobs(
         metric_prefixes=TEST_PREFIXES,
         checkpoint_artifacts={MODEL_FILE: MODEL_ARTIFACT_DIR},  # models.recommend reads it
         artifacts_for=has_model_bundle,  # not the kNN baselines'
+        name=seed_run_name,
     )
     concurrent = resources.concurrent_trials()
     return tune.Tuner(
@@ -255,6 +256,20 @@ def run_label(config: dict) -> str:
     job = config["job"]
     arm = "" if job["arm"] == FULL_ARM else f" [{job['arm']}]"
     return f"{job['space']}{arm} seed {job['seed']}"
+
+
+def seed_run_name(config: dict) -> str:
+    """A seed run's MLflow run name: its variant, arm and seed ("trm full seed 1",
+    "da da_gating=false seed 2"), so that runs read apart in the MLflow UI's tables and charts.
+
+    Args:
+        config: the run's Tune config (``{"job": ...}``).
+
+    Returns:
+        The name.
+    """
+    job = config["job"]
+    return f"{job['space']} {job['arm']} seed {job['seed']}"
 
 
 def train_popularity(dataset: SessionDataset) -> np.ndarray:

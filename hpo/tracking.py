@@ -86,7 +86,19 @@ def default_artifact_location(tracking_uri: str, output_dir: Path, experiment: s
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
-    """Fail fast, with the URI in the message, if the store cannot be used."""
+    """Fail fast, with the URI in the message, if the store cannot be used: a server that does
+    not answer, or that refuses this process's login (``check_login``).
+
+    Args:
+        uri: the tracking URI.
+        timeout_s: seconds a request to a tracking server may take.
+
+    Returns:
+        A client of the store.
+
+    Raises:
+        TrackingUnavailableError: the store cannot be used, with the reason.
+    """
     if uri.startswith(("http://", "https://")):
         health = uri.rstrip("/") + "/health"
         try:
@@ -97,6 +109,7 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
                 f"MLflow tracking server {uri} is unreachable ({exc}). Start it (see README, "
                 "'python -m hpo.tracking_server') or pass another --mlflow-uri."
             ) from exc
+        check_login(uri, timeout_s)
     try:
         # A new SQLite store creates its tables when the client opens it: one process at a time.
         with first_use_lock(uri):
@@ -105,6 +118,63 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> MlflowClient:
     except Exception as exc:  # any backend error means we cannot record results
         raise TrackingUnavailableError(f"MLflow tracking store {uri} is unusable: {exc}") from exc
     return client
+
+
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+
+
+def _tls_verify() -> bool | str:
+    """What MLflow's own client verifies a server's certificate with (its environment)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return False
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+
+
+def check_login(uri: str, timeout_s: float = 5.0) -> None:
+    """Whether a tracking server lets this process read experiments, with the login MLflow's
+    client sends (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), so that a
+    missing or wrong password stops a search before anything runs, with what to do.
+
+    A server without authentication answers anyone; one started with
+    ``python -m hpo.tracking_server --auth`` answers 401 without the right password.
+
+    Args:
+        uri: the server's URI (``http(s)://host:port``).
+        timeout_s: seconds the request may take.
+
+    Raises:
+        TrackingUnavailableError: the server refused the login (401) or the user may not read
+            experiments (403), or did not answer.
+    """
+    username = os.environ.get(USERNAME_ENV) or None
+    password = os.environ.get(PASSWORD_ENV) or None
+    if bool(username) != bool(password):
+        missing = PASSWORD_ENV if username else USERNAME_ENV
+        raise TrackingUnavailableError(
+            f"{missing} is not set: an MLflow tracking server login needs both "
+            f"{USERNAME_ENV} and {PASSWORD_ENV}")
+    try:
+        response = requests.get(
+            uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1}, auth=(username, password) if username else None,
+            timeout=timeout_s, verify=_tls_verify())
+    except requests.exceptions.RequestException as exc:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} did not answer a request ({exc})") from exc
+    if response.status_code == 401:
+        if username is None:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} needs a login (401 Unauthorized): set "
+                f"{USERNAME_ENV} and {PASSWORD_ENV} (README, 'Run on a Ray cluster')")
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} refused the login of user {username!r} (401 "
+            f"Unauthorized): wrong password or unknown user; check {USERNAME_ENV} and "
+            f"{PASSWORD_ENV}")
+    if response.status_code == 403:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri}: user {username!r} may not read experiments (403 "
+            "Forbidden); ask the server's admin for a permission")
 
 
 def retry_window_s() -> float:
@@ -178,7 +248,9 @@ def call_tracking(uri: str, what: str, fn: Callable[..., Any], *args,
         return result
 
 
-# MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview).
+# The experiment's kind for MLflow 3 UIs that read it. MLflow 3.17's UI does not: it chooses its
+# GenAI or model-training view per browser, from its sidebar switch or a link's
+# `workflowType=machine_learning` (hpo.ui prints such links).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # The run's description in the MLflow UI (markdown).
@@ -189,8 +261,8 @@ def get_or_create_experiment(
     client: MlflowClient, name: str, artifact_location: str | None
 ) -> str:
     """The id of experiment ``name``, created (or restored, if deleted) as needed, tagged as a
-    model-development experiment so the MLflow UI opens on its runs table (the store's
-    ``Default`` experiment is tagged too: see ``tag_default_experiment``).
+    model-development experiment (``EXPERIMENT_KIND_TAG``; the store's ``Default`` experiment
+    is tagged too: see ``tag_default_experiment``).
 
     Args:
         client: the tracking client.
@@ -220,8 +292,8 @@ def _tag_kind(client: MlflowClient, experiment) -> None:
 
 def tag_default_experiment(client: MlflowClient) -> None:
     """Tags the store's own ``Default`` experiment (which every new store creates) as a
-    model-development one too, so that every experiment in a search's store opens on its runs
-    table in the MLflow UI; nothing happens where there is none or it is deleted.
+    model-development one too, so that every experiment in a search's store has the same kind;
+    nothing happens where there is none or it is deleted.
 
     Args:
         client: the tracking client.
@@ -277,8 +349,10 @@ class MLflowTrialLogger(Callback):
     logged as a warning. Writes the store does not answer are retried (``call_tracking``); a
     trial reporting it cannot write its state stops the search (``OutputUnwritableError``).
     ``describe`` (a module-level function, so the callback pickles) turns a trial's config into
-    the run's params and extra tags. ``checkpoint_artifacts`` maps files of a completed trial's
-    last checkpoint to the artifact directories they are logged to (the test stage's model).
+    the run's params and extra tags; ``name``, if given (module-level too), into the run's name
+    ("dahn trial 3", "trm full seed 2"), else the run is named after the Tune trial.
+    ``checkpoint_artifacts`` maps files of a completed trial's last checkpoint to the artifact
+    directories they are logged to (the test stage's model).
     """
 
     def __init__(
@@ -291,8 +365,10 @@ class MLflowTrialLogger(Callback):
         metric_prefixes: tuple[str, ...] = LOGGED_PREFIXES,
         checkpoint_artifacts: dict[str, str] | None = None,
         artifacts_for: Callable[[dict], bool] | None = None,
+        name: Callable[[dict], str] | None = None,
     ):
         self.tracking_uri = tracking_uri
+        self.name = name
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = dict(tags)
@@ -353,10 +429,23 @@ class MLflowTrialLogger(Callback):
             return run_id
         tags = {**self.tags, **{k: str(v) for k, v in extra_tags.items()},
                 PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id}
-        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name(trial),
+                                     tags=tags)
         log_params(self.client, run.info.run_id, params)
         self._last_step[trial.trial_id] = 0
         return run.info.run_id
+
+    def run_name(self, trial) -> str:
+        """The MLflow run name of ``trial``: ``name(config)``, or the Tune trial's name.
+
+        Args:
+            trial: a Ray Tune trial.
+
+        Returns:
+            The name.
+        """
+        name = getattr(self, "name", None)  # absent in a callback pickled before it existed
+        return name(trial.config) if name is not None else str(trial)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial)

@@ -260,17 +260,18 @@ class LocalCluster:
                 kill_tree(node.process, grace_s=10)
 
 
-def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_mlflow_server(root: Path, port: int | None = None,
+                        extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`python -m hpo.tracking_server` on `port` (default: a free one) of the loopback, SQLite
     backend and artifacts under `root/mlflow` (a server started again on the same root and port
-    serves the same store); returns it and its URI at once (wait with
-    `hpo.tracking_server.wait_until_healthy`). Its output is appended to
+    serves the same store), with `extra_args` (`--auth ...`); returns it and its URI at once
+    (wait with `hpo.tracking_server.wait_until_healthy`). Its output is appended to
     `root/mlflow-server.log`."""
     port = port or free_port()
     command = [sys.executable, "-m", "hpo.tracking_server",
                "--backend-store", str(root / "mlflow" / "mlflow.db"),
                "--artifacts-destination", str(root / "mlflow" / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port)]
+               "--host", "127.0.0.1", "--port", str(port), *extra_args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
     with open(root / "mlflow-server.log", "a") as log:

@@ -99,7 +99,8 @@ def shared_mounts(pod_spec: dict) -> dict[str, str]:
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
               for v in pod_spec.get("volumes", []) if "persistentVolumeClaim" in v}
     return {m["mountPath"]: claims[m["name"]]
-            for c in pod_spec["containers"] for m in c.get("volumeMounts", [])}
+            for c in pod_spec["containers"] for m in c.get("volumeMounts", [])
+            if m["name"] in claims}
 
 
 def on_mount(path: str, mounts: dict[str, str]) -> str | None:
@@ -174,9 +175,11 @@ def test_cluster_launcher_definition():
     assert f"RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:{port}" in worker
     assert any(dest.endswith("/.ray/auth_token") for dest in config["file_mounts"])
 
-    [server_command] = [c for c in config["head_start_ray_commands"] if "tracking_server" in c]
+    [server_command] = [c for c in config["head_start_ray_commands"]
+                        if "hpo.tracking_server --backend-store" in c]
     server = parse_server(server_command.split(">")[0])
     assert server.host == "0.0.0.0"
+    check_login(config, server, head)
 
     # PostgreSQL in a container on the head's host, started before Ray's container: the server
     # reaches it on the head's loopback, with the password from the file mounted as ~/.pgpass.
@@ -219,6 +222,29 @@ def test_cluster_launcher_definition():
     per_node = trials_per_node(args, gpu["CPU"], gpu["GPU"])
     assert per_node == round(gpu["GPU"] / args.gpus_per_trial)  # the GPU, not CPUs, limits
     assert args.max_concurrent <= per_node * sum(t["max_workers"] for t in gpu_types.values())
+
+
+def check_login(config: dict, server, head_start: str) -> None:
+    """The head's tracking server needs a login: the admin's password file is made on the
+    host, mounted into Ray's container, and named by the server; the user the drivers log in as
+    is created with the same files, and `ray start` hands its login to the drivers."""
+    assert server.auth and server.admin_password_file
+    init = " ".join(config["available_node_types"][config["head_node_type"]]
+                    ["initialization_commands"])
+    head_options = " ".join(config["docker"]["head_run_options"])
+    mounts = dict(re.findall(r"--volume /home/ubuntu/(\S+):(\S+):ro", head_options))
+    made = re.search(r"for who in ([\w ]+); do test -s ~/(\S+)\$who", init)
+    assert made and "umask 077" in init  # private files, made once
+    files = {f"{made.group(2)}{who}": mounts.get(f"{made.group(2)}{who}")
+             for who in made.group(1).split()}
+    assert str(server.admin_password_file) in files.values()
+    [create] = [c for c in config["head_start_ray_commands"] if " create-user " in c]
+    words = shlex.split(create[create.index("python -m hpo.tracking_server"):])
+    user = tracking_server.build_create_user_parser().parse_args(words[4:])
+    assert user.admin_password_file == server.admin_password_file
+    assert str(user.password_file) in files.values() and user.update_password
+    assert f"MLFLOW_TRACKING_USERNAME={user.username}" in head_start
+    assert f'MLFLOW_TRACKING_PASSWORD="$(cat ~/{Path(user.password_file).name})"' in head_start
 
 
 def test_kuberay_rayjob_and_tracking_server():
@@ -284,11 +310,39 @@ def test_kuberay_rayjob_and_tracking_server():
     if artifacts_claim and deployment["spec"]["replicas"] > 1:
         claim = manifests[("PersistentVolumeClaim", artifacts_claim)]
         assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    check_k8s_login(head["template"]["spec"]["containers"][0], deployment, container, server)
     # The Host header the driver sends (the Service name) passes MLflow's host check.
     allowed = server.allowed_hosts.split(",")
     assert is_allowed_host_header(allowed, f"{host}:{port}")
     assert is_allowed_host_header(allowed, f"{host}.default.svc.cluster.local:{port}")
     assert not is_allowed_host_header(allowed, f"evil.example:{port}")
+
+
+def check_k8s_login(head: dict, deployment: dict, container: dict, server) -> None:
+    """The tracking server needs a login, its admin's password a file from a mounted Secret;
+    the head (where the job's driver runs) logs in with a user's Secret, which the server's pod
+    mounts too, for `create-user` (the command at the top of mlflow.yaml)."""
+    assert server.auth and server.admin_password_file
+    pod = deployment["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounted = {m["mountPath"]: secrets[m["name"]] for m in container["volumeMounts"]
+               if m["name"] in secrets}
+    admin_secret = mounted[str(Path(server.admin_password_file).parent)]
+    assert Path(server.admin_password_file).name == "password"
+    env = container_env(head)
+    user_secret = env["MLFLOW_TRACKING_USERNAME"][1]
+    assert env["MLFLOW_TRACKING_USERNAME"] == ("secret", user_secret, "username")
+    assert env["MLFLOW_TRACKING_PASSWORD"] == ("secret", user_secret, "password")
+    assert user_secret in mounted.values() and user_secret != admin_secret
+    header = " ".join(line.lstrip("#").rstrip("\\ ") for line in
+                      (DEPLOY / "mlflow.yaml").read_text().splitlines() if line.startswith("#"))
+    create = re.search(r"python -m hpo\.tracking_server create-user (.*?--update-password)",
+                       " ".join(header.split()))
+    user = tracking_server.build_create_user_parser().parse_args(shlex.split(create.group(1)))
+    assert user.admin_password_file == server.admin_password_file
+    assert mounted[str(Path(user.password_file).parent)] == user_secret
+    for secret in (admin_secret, user_secret):
+        assert f"kubectl create secret generic {secret} " in " ".join(header.split())
 
 
 def check_postgres_deployment(manifests: dict, deployment: dict, container: dict, server) -> None:
@@ -340,21 +394,30 @@ def readme_commands(heading: str) -> list[str]:
 def test_readme_cluster_commands_parse():
     commands = readme_commands("## Run on a Ray cluster")
     launches = [c[c.index("python launch.py"):] for c in commands if "python launch.py" in c]
-    servers = [c for c in commands if "hpo.tracking_server" in c]
-    assert launches and servers
+    servers = [c for c in commands if "hpo.tracking_server" in c and " create-user " not in c]
+    users = [c for c in commands if "hpo.tracking_server create-user " in c]
+    assert launches and servers and users
+    for command in users:  # the user the searches log in as, created with the server's admin
+        words = shlex.split(command)
+        user = tracking_server.build_create_user_parser().parse_args(
+            words[words.index("create-user") + 1:])
+        assert any(user.admin_password_file == parse_server(c).admin_password_file
+                   for c in servers)
     for command in launches:
         args = parse_launch(command)
         assert args.storage_path and args.max_failures >= 1
     for command in servers:
-        assert parse_server(command).host == "0.0.0.0"
+        server = parse_server(command)
+        assert server.host == "0.0.0.0" and server.auth  # reachable by the nodes: a login
     assert any("ray job submit" in c and "--working-dir ." in c for c in commands)
+    assert any("MLFLOW_TRACKING_PASSWORD" in c for c in commands)
     assert any("RAY_AUTH_MODE=token" in c for c in commands)
 
 
 def test_readme_postgres_commands_parse():
     commands = readme_commands("## Tracking on PostgreSQL")
     installs = [c for c in commands if c.startswith("pip install")]
-    servers = [c for c in commands if "hpo.tracking_server" in c]
+    servers = [c.split("#")[0] for c in commands if "hpo.tracking_server" in c]
     assert installs and servers
     pyproject = (ROOT / "pyproject.toml").read_text()
     for command in installs:
