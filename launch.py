@@ -16,6 +16,7 @@ from pathlib import Path
 
 # Only import-light modules here: `--help` must not wait for torch, Ray or MLflow; the rest is
 # imported when a command runs (see `main`).
+from data.cli import OneLineParser, positive_int
 from data.locations import list_datasets, resolve_data_dir
 from hpo.options import (
     CORRECTIONS,
@@ -25,6 +26,7 @@ from hpo.options import (
     STRONGEST,
     list_spaces,
 )
+from models.precision import PRECISIONS
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -39,15 +41,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="launch.py",
         description=__doc__,
         formatter_class=_HelpFormatter,
@@ -68,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local sentence-transformers model folder that embeds the item text "
                              "for the semantic variants (semsr_*); default: the packaged "
                              "all-MiniLM-L6-v2 (nothing is downloaded)")
-    parser.add_argument("--train-rows", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--train-rows", type=positive_int, default=None, metavar="N",
                         help="train on the last N training rows only (quick searches on a large "
                              "benchmark; validation, test and catalog unchanged); runs are filed "
                              "under '<dataset>-lastN', apart from the full dataset's")
@@ -78,15 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "test; all: search, then test")
     budget = parser.add_argument_group(
         "budget (default: the space file's budget for the dataset)")
-    budget.add_argument("--num-samples", "--budget", type=int,
+    budget.add_argument("--num-samples", "--budget", type=positive_int,
                         help="number of trials per space")
-    budget.add_argument("--max-epochs", type=int, help="epoch budget of one trial (ASHA max_t)")
-    budget.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
-    budget.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
+    budget.add_argument("--max-epochs", type=positive_int,
+                        help="epoch budget of one trial (ASHA max_t)")
+    budget.add_argument("--grace-period", type=positive_int,
+                        help="epochs before ASHA may stop a trial")
+    budget.add_argument("--reduction-factor", type=positive_int, help="ASHA reduction factor")
     budget.add_argument("--metric", choices=METRICS, help="validation metric to optimise")
     parser.add_argument("--allow-unequal-spaces", action="store_true",
                         help="compare spaces that search a knob they share differently (or with "
                              "different budgets); refused by default, and the report says so")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="numeric precision of every trial and seed run: auto (bf16 where "
+                             "bf16 matrix products are native: AMX, AVX-512 BF16, CUDA; else "
+                             "fp32), fp32 or bf16 (default: the configs', auto); recorded in "
+                             "MLflow (param precision, tag precision_used)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the TPE sampler and of every trial's training")
     parser.add_argument("--optuna-storage", default=None, metavar="URL",
@@ -94,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "postgresql://user@host/db); default: sqlite:///<output-dir>/"
                              "optuna.db. Open it with `optuna-dashboard URL`")
     protocol = parser.add_argument_group("test stage (selection-then-test)")
-    protocol.add_argument("--seeds", type=int, default=5,
+    protocol.add_argument("--seeds", type=positive_int, default=5,
                           help="seeds the selected configuration of each space is retrained "
                                "with (seed+1 .. seed+N), each scored once on test")
-    protocol.add_argument("--retrain-max-epochs", type=_positive_int,
+    protocol.add_argument("--retrain-max-epochs", type=positive_int,
                           default=DEFAULT_RETRAIN_MAX_EPOCHS, metavar="N",
                           help="epoch budget of each retraining; the config's patience (5 by "
                                "default, as in the CORE protocol) stops it earlier")
@@ -125,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--require-cuda", action="store_true",
                            help="fail a trial given a GPU when torch sees no CUDA device, "
                                 "instead of training it on CPU with a warning")
-    resources.add_argument("--max-concurrent", type=int, default=0,
+    resources.add_argument("--max-concurrent", type=_non_negative_int, default=0,
                            help="trials running at once (0: as many as the cluster's CPUs and GPUs "
                                 "fit at --cpus-per-trial / --gpus-per-trial)")
-    resources.add_argument("--max-failures", type=int, default=0,
+    resources.add_argument("--max-failures", type=_non_negative_int, default=0,
                            help="retries of a failed trial from its last checkpoint (a node "
                                 "that died, but also deterministic errors such as a non-finite "
                                 "loss: keep it small; 2 on clusters where nodes can die)")
@@ -364,7 +376,7 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
         run = StudyRun(study, output_dir=args.output_dir, data_dir=args.data_dir,
                        text_model=text_model, resources=resources, mlflow_uri=args.mlflow_uri,
                        optuna_storage=args.optuna_storage, verbose=args.verbose,
-                       commit=args.commit,
+                       commit=args.commit, precision=args.precision,
                        command_line=shlex.join(["python", "launch.py", *argv]))
         if args.dry_run:
             print(describe_study(run, args.only))

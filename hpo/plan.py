@@ -93,6 +93,7 @@ def make_plans(args: argparse.Namespace, command_line: str) -> list[SearchPlan]:
                 command_line=command_line,
                 search_dir=search_dir,
                 optuna_storage=getattr(args, "optuna_storage", None),
+                precision=getattr(args, "precision", None),
             )
         )
     if args.stage in ("search", "all") and len(spaces) > 1:
@@ -218,4 +219,5 @@ def make_test_plan(
         resample_seed=args.seed,
         max_epochs=args.retrain_max_epochs,
         unequal_arms=unequal_arms_note(args, plans),
+        precision=getattr(args, "precision", None),
     )

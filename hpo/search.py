@@ -86,6 +86,14 @@ class SearchPlan:
     command_line: str = ""
     search_dir: Path = field(default=None)  # type: ignore[assignment]
     optuna_storage: str | None = None  # None: <output_dir>/optuna.db
+    precision: str | None = None  # --precision: every trial's (None: the configs', auto)
+
+    @property
+    def constants(self) -> dict:
+        """Config keys the search sets for every trial: the epoch budget, the seed and, when
+        given, the precision."""
+        return {"epochs": self.budget.max_epochs, "seed": self.seed,
+                **({"precision": self.precision} if self.precision else {})}
 
     @property
     def study_storage(self) -> str:
@@ -347,7 +355,7 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, experime
     log_params(client, parent_run_id, settings.as_params())
     searcher = StudySearcher(
         plan.space,
-        {"epochs": b.max_epochs, "seed": plan.seed},
+        plan.constants,
         storage=plan.study_storage,
         study_name=plan.study_name,
         metric=plan.tune_metric,
@@ -420,6 +428,7 @@ def _plan_record(plan: SearchPlan) -> dict:
         **({"text_model": plan.dataset.text_model or "packaged all-MiniLM-L6-v2"}
            if dataset_needs(plan.space.model)["item_vectors"] else {}),
         "seed": plan.seed,
+        "precision": plan.precision or "configs' (auto)",
         "optuna": {"study_name": plan.study_name, "storage": storage_label(plan.study_storage)},
         "budget": asdict(plan.budget),
         "resources": asdict(plan.resources),

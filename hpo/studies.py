@@ -416,6 +416,7 @@ class StudyRun:
     verbose: bool = False
     commit: bool = False
     command_line: str = ""
+    precision: str | None = None  # --precision of every piece (None: the configs', auto)
 
     @property
     def work(self) -> Path:
@@ -459,7 +460,7 @@ class StudyRun:
             budget=piece.dataset.budget, seed=self.study.seed, resources=self.resources,
             output_dir=self.work, tracking_uri=self.tracking_uri(),
             command_line=self.command_line, search_dir=folder,
-            optuna_storage=self.optuna_storage)
+            optuna_storage=self.optuna_storage, precision=self.precision)
         print(plan.headline(), flush=True)
         attempts = _attempt(folder.parent / "search-piece.json")
         started = time.perf_counter()
@@ -522,7 +523,7 @@ class StudyRun:
         search = self.results.search(label, piece.space.name)
         job = seed_job(space=piece.space.name, arm=piece.arm, seed=piece.seed,
                        selected_from=search["selection"]["trial_id"], config=config,
-                       max_epochs=self.study.retrain_max_epochs)
+                       max_epochs=self.study.retrain_max_epochs, precision=self.precision)
         state_file = folder / "piece.json"
         attempts = _attempt(state_file)
         known = json.loads(state_file.read_text())
@@ -549,7 +550,9 @@ class StudyRun:
             "best_epoch": int(metrics["best_epoch"]), "epochs": int(metrics["epoch"]),
             **{k: float(v) for k, v in metrics.items() if k.startswith("test_")},
             "code_version": code_version(), "device": device_name(),
-            "threads": resources.torch_threads, "wall_s": round(wall, 1), **attempts,
+            "threads": resources.torch_threads,
+            **{key: metrics[key] for key in ("precision_used", "loss_impl_used") if key in metrics},
+            "wall_s": round(wall, 1), **attempts,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         self.results.write_seed(label, piece.space.name, piece.arm, piece.seed, record=record,

@@ -77,6 +77,7 @@ class TestPlan:
     # The differences between the compared spaces that --allow-unequal-spaces let through
     # (hpo.fairness), for the report; "" when the arms were searched alike.
     unequal_arms: str = ""
+    precision: str | None = None  # --precision of every seed run (None: the configs')
 
     @property
     def experiment_name(self) -> str:
@@ -118,7 +119,7 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
     configs += [(s, arm.name, config) for s, arm, config in ablated]
     jobs = [
         seed_job(space=s.space, arm=arm, seed=seed, selected_from=s.trial_run_id,
-                 config=config, max_epochs=plan.max_epochs)
+                 config=config, max_epochs=plan.max_epochs, precision=plan.precision)
         for s, arm, config in configs
         for seed in plan.seeds
     ]
@@ -164,7 +165,8 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
 
 
 def seed_job(
-    *, space: str, arm: str, seed: int, selected_from: str, config: dict, max_epochs: int
+    *, space: str, arm: str, seed: int, selected_from: str, config: dict, max_epochs: int,
+    precision: str | None = None,
 ) -> dict:
     """One seed run of the test stage: the selected configuration (or an ablation arm of it)
     with its seed and the retraining's epoch budget, and what its MLflow run is tagged with.
@@ -176,10 +178,12 @@ def seed_job(
         selected_from: the trial it was selected from (an MLflow run id or a trial id).
         config: the configuration (the arm's change applied).
         max_epochs: the retraining's epoch budget (patience stops it earlier).
+        precision: every seed run's precision (``--precision``; None: the config's).
     """
+    fixed = {"seed": seed, "epochs": max_epochs, **({"precision": precision} if precision
+                                                     else {})}
     return {"variant": space, "space": space, "arm": arm, "seed": seed,
-            "selected_from": selected_from,
-            "config": {**config, "seed": seed, "epochs": max_epochs}}
+            "selected_from": selected_from, "config": {**config, **fixed}}
 
 
 def run_seed_jobs(

@@ -56,8 +56,10 @@ LOGGED_PREFIXES = ("train_loss", "epoch_time", "valid_", "best_valid_", "aug_")
 TEST_PREFIXES = (*LOGGED_PREFIXES, "test_")
 MAX_TAG_CHARS = 4000
 # Result keys the trainable reports about where it runs -> the run tags that record them.
+# precision_used / loss_impl_used: what a trial resolved its auto settings to (models.precision).
 PLACEMENT_TAGS = {"node_id": "ray_node_id", "device": "device", "gpu_ids": "ray_gpu_ids",
-                  DEVICE_WARNING_KEY: "device_warning"}
+                  DEVICE_WARNING_KEY: "device_warning", "precision_used": "precision_used",
+                  "loss_impl_used": "loss_impl_used"}
 RETRY_ENV = "CORE_HPO_TRACKING_RETRY_S"
 DEFAULT_RETRY_S = 300.0
 RETRY_PAUSE_S = 2.0

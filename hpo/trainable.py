@@ -285,6 +285,9 @@ def _train_reporting(
         DEVICE_WARNING_KEY: device_warning,
     }
     trainer = make_trainer(config, dataset, device=device, num_threads=num_threads)
+    # What the run's auto settings became here (a kNN baseline has neither: "-").
+    placement["precision_used"] = getattr(trainer, "precision", "-")
+    placement["loss_impl_used"] = getattr(trainer, "loss_impl", "-")
     resumed, note = store.restore(trainer) if store is not None else (0, None)
     if note:
         log.warning("trial %s: %s", tune.get_context().get_trial_id(), note)

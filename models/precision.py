@@ -31,8 +31,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: launch.py --help reads PRECISIONS
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ def native_bf16(device: torch.device) -> bool:
         True where ``precision: bf16`` can pay off.
     """
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.is_bf16_supported()
     flags = (cpuinfo_field("flags") or "").split()
     return any(flag in flags for flag in BF16_CPU_FLAGS)
@@ -98,6 +102,8 @@ def resolve_precision(precision: str, native: bool) -> str:
 def device_label(device: torch.device) -> str:
     """The GPU's or the CPU's model name, what timings are kept by."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return cpuinfo_field("model name") or "unknown CPU"
 
@@ -124,6 +130,8 @@ def choose_loss_impl(
     Returns:
         "chunked" or "dense".
     """
+    import torch
+
     key = (f"{device_label(device)}|{torch.get_num_threads()} threads|N={n_items}|"
            f"B={batch_size}|d={dim}|{precision}|hn={int(hard_negatives)}")
     cache = Path(cache_dir) / LOSS_IMPL_FILE if cache_dir else None
@@ -149,6 +157,8 @@ def _loss_timer(n_items: int, batch_size: int, dim: int, precision: str, hard_ne
                 device: torch.device) -> Callable[[str], float]:
     """Best of ``TIMED_REPEATS`` forward-and-backward times of ``catalog_loss`` on random
     tensors of the run's shapes, after one untimed call."""
+    import torch
+
     from models.catalog_loss import catalog_loss
 
     generator = torch.Generator().manual_seed(0)

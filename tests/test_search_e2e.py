@@ -75,7 +75,7 @@ def finished_search(tmp_path_factory, tiny_data_dir, ray_local):
             "--space", str(space_file(tmp)), "--dataset", TINY, "--data-dir",
             str(tiny_data_dir), "--num-samples", str(NUM_SAMPLES), "--max-epochs", "4",
             "--grace-period", "1", "--reduction-factor", "2", "--max-concurrent", "1",
-            "--seed", "3", "--output-dir", str(out),
+            "--seed", "3", "--precision", "fp32", "--output-dir", str(out),
         ])
     assert rc == 0
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -105,6 +105,10 @@ def test_every_trial_has_its_params_statuses_and_epoch_histories(finished_search
         tags, params = run.data.tags, run.data.params
         outcomes.append(tags["outcome"])
         assert {"temperature", "lr", "hn_k", "hn_lambda", "model", "epochs"} <= set(params)
+        assert params["precision"] == "fp32"  # --precision, every trial
+        if tags["outcome"] != "failed":  # what the trial resolved (models.precision)
+            assert tags["precision_used"] == "fp32"
+            assert tags["loss_impl_used"] in ("dense", "chunked")
         assert all(key.startswith(LOGGED_PREFIXES) for key in run.data.metrics), run.data.metrics
         epochs = int(tags["epochs_trained"])
         if tags["outcome"] == "failed":
