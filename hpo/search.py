@@ -60,7 +60,7 @@ from hpo.tracking import (
     log_params,
 )
 from hpo.trainable import train_trial
-from models.registry import dataset_needs, fits_once
+from models.registry import config_keys, dataset_needs, fits_once
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,10 @@ class SearchPlan:
     @property
     def constants(self) -> dict:
         """Config keys the search sets for every trial: the epoch budget, the seed and, when
-        given, the precision."""
+        given, the precision (a kNN baseline has none)."""
+        precise = self.precision and "precision" in config_keys(self.space.model)
         return {"epochs": self.budget.max_epochs, "seed": self.seed,
-                **({"precision": self.precision} if self.precision else {})}
+                **({"precision": self.precision} if precise else {})}
 
     @property
     def study_storage(self) -> str:

@@ -42,7 +42,7 @@ from hpo.trainable import TEST_ROWS_FILE, has_model_bundle, retrain_trial
 from models.metrics import METRIC_LABELS
 from models.persona import persona_groups
 from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
-from models.registry import dataset_needs
+from models.registry import config_keys, dataset_needs
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,11 @@ def seed_job(
         selected_from: the trial it was selected from (an MLflow run id or a trial id).
         config: the configuration (the arm's change applied).
         max_epochs: the retraining's epoch budget (patience stops it earlier).
-        precision: every seed run's precision (``--precision``; None: the config's).
+        precision: every seed run's precision (``--precision``; None: the config's; a kNN
+            baseline has none).
     """
-    fixed = {"seed": seed, "epochs": max_epochs, **({"precision": precision} if precision
+    precise = precision and "precision" in config_keys(config["model"])
+    fixed = {"seed": seed, "epochs": max_epochs, **({"precision": precision} if precise
                                                      else {})}
     return {"variant": space, "space": space, "arm": arm, "seed": seed,
             "selected_from": selected_from, "config": {**config, **fixed}}

@@ -47,7 +47,8 @@ def test_knn_search_and_test_stage_against_core_trm(tmp_path, tiny_data_dir, ray
                        "--dataset", TINY, "--data-dir", str(tiny_data_dir),
                        "--num-samples", "2", "--max-epochs", "2", "--grace-period", "1",
                        "--seeds", "2", "--retrain-max-epochs", "2", "--max-concurrent", "2",
-                       "--baseline", "strongest", "--output-dir", str(out)])
+                       "--baseline", "strongest", "--precision", "fp32",
+                       "--output-dir", str(out)])
     assert rc == 0, console
     assert "one fit each (a kNN model: ASHA has nothing to stop)" in console
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
