@@ -383,9 +383,9 @@ def check_postgres_deployment(manifests: dict, deployment: dict, container: dict
 
 
 def readme_commands(heading: str) -> list[str]:
-    """The commands in the bash blocks of README's section `heading` (to the next `## `), with
-    continuation lines joined."""
-    readme = (ROOT / "README.md").read_text()
+    """The commands in the bash blocks of the cluster page's section `heading` (docs/cluster.md,
+    to the next `## `), with continuation lines joined."""
+    readme = (ROOT / "docs" / "cluster.md").read_text()
     section = re.split(r"^## ", readme.split(f"\n{heading}\n", 1)[1], flags=re.M)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]

@@ -1,5 +1,5 @@
-"""README's examples stay true: its search-space YAML validates, its paths stay in the repo,
-and launch.py's --help lists what it says it lists."""
+"""README's and docs/'s examples stay true: their search-space YAML validates, their paths and
+links stay in the repo, README stays short, and launch.py's --help lists what it says it lists."""
 
 from __future__ import annotations
 
@@ -14,11 +14,31 @@ import yaml
 from hpo.space import SpaceError, parse_space
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         *sorted((ROOT / "studies").glob("*/README.md"))]
+README = "\n".join(page.read_text() for page in PAGES)
+README_MAX_LINES = 200
 
 
 def yaml_blocks() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_is_short_and_starts_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES
+    first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).splitlines()
+    assert first == ['pip install -e ".[dev]" && python launch.py --space dahn.yaml '
+                     "--dataset synthetic", "python -m pytest -q"]
+
+
+def test_relative_links_of_readme_and_docs_lead_to_files():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken
 
 
 def test_readme_has_a_search_space_example():
@@ -44,9 +64,9 @@ def test_the_validator_would_catch_a_broken_example(tmp_path):
 def test_no_paths_outside_the_repository():
     """README, code and benchmark defaults never point outside the repository."""
     outside = re.compile(r"\.\./shared|/work/|\.\./datasets")
-    files = [ROOT / "README.md", *ROOT.glob("*.py"), *ROOT.glob("hpo/**/*.py"),
+    files = [*PAGES, *ROOT.glob("*.py"), *ROOT.glob("hpo/**/*.py"), *ROOT.glob("verdict/**/*.py"),
              *ROOT.glob("models/**/*.py"), *ROOT.glob("data/**/*.py"),
-             *ROOT.glob("benchmarks/*"), *ROOT.glob("deploy/*")]
+             *ROOT.glob("benchmarks/*"), *ROOT.glob("deploy/*"), *ROOT.glob("studies/*.yaml")]
     offenders = [f"{path.relative_to(ROOT)}:{n}" for path in files if path.is_file()
                  for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
                  if outside.search(line)]

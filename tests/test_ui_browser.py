@@ -1,6 +1,6 @@
 """The MLflow UI as a researcher uses it, in a real browser: a tiny search of two spaces and a
 test stage with 2 seeds, `python -m hpo.ui` on their store, then Chromium (Debian's `chromium`,
-driven by Playwright; no browser download) takes README's steps (section "MLflow", "Comparing
+driven by Playwright; no browser download) takes the steps of docs/mlflow.md ("Comparing
 in the MLflow UI"): the test stage's link opens its seed runs grouped by variant with their test
 metrics; two variants' runs are compared; the charts show each variant's test metrics; the
 report opens rendered; the search's link opens its trials and the parallel-coordinates chart;
@@ -9,7 +9,7 @@ an experiment open on its runs table and its saved view is in "Views". Then optu
 opens the studies.
 
 Screenshots go to the test's tmp folder (`screenshots/`), and also to $CORE_HPO_SCREENSHOT_DIR
-when set (CI keeps them; README's image is `3-test-stage-charts.png`).
+when set (CI keeps them; docs/images/ holds `3-test-stage-charts.png`).
 """
 
 from __future__ import annotations
