@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Only import-light modules here: `--help` must not wait for torch, Ray or MLflow; the rest is
 # imported when a command runs (see `main`).
-from data.cli import OneLineParser, positive_int
+from data.cli import OneLineParser, non_negative_int, positive_int
 from data.locations import list_datasets, resolve_data_dir
 from hpo.options import (
     CORRECTIONS,
@@ -39,16 +39,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         if action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--require-cuda", action="store_true",
                            help="fail a trial given a GPU when torch sees no CUDA device, "
                                 "instead of training it on CPU with a warning")
-    resources.add_argument("--max-concurrent", type=_non_negative_int, default=0,
+    resources.add_argument("--max-concurrent", type=non_negative_int, default=0,
                            help="trials running at once (0: as many as the cluster's CPUs and GPUs "
                                 "fit at --cpus-per-trial / --gpus-per-trial)")
-    resources.add_argument("--max-failures", type=_non_negative_int, default=0,
+    resources.add_argument("--max-failures", type=non_negative_int, default=0,
                            help="retries of a failed trial from its last checkpoint (a node "
                                 "that died, but also deterministic errors such as a non-finite "
                                 "loss: keep it small; 2 on clusters where nodes can die)")

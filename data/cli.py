@@ -42,10 +42,26 @@ def positive_int(text: str) -> int:
     Raises:
         argparse.ArgumentTypeError: not an integer, or below 1.
     """
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (an argparse ``type``): a count where 0 means "none" or "automatic".
+
+    Args:
+        text: the option's value.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below 0.
+    """
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
