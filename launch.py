@@ -19,14 +19,13 @@ from pathlib import Path
 from data.cli import OneLineParser, non_negative_int, positive_int
 from data.locations import list_datasets, resolve_data_dir
 from hpo.options import (
-    CORRECTIONS,
-    DEFAULT_ALPHA,
     DEFAULT_RETRAIN_MAX_EPOCHS,
     METRICS,
     STRONGEST,
     list_spaces,
 )
 from models.precision import PRECISIONS
+from verdict.options import CORRECTIONS, DEFAULT_ALPHA
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -270,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     from hpo.outcome import OutputUnwritableError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
     from hpo.search import SearchFailedError, SearchInProgressError, run_search
+    from hpo.seed_runs import TestStageError, run_test_stage
     from hpo.selection import SelectionError
     from hpo.space import SpaceError
-    from hpo.test_stage import TestStageError, run_test_stage
     from hpo.tracking import TrackingUnavailableError
 
     try:
@@ -333,15 +332,8 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from hpo.cluster import Resources, validate_resources
     from hpo.outcome import OutputUnwritableError
     from hpo.search import SearchFailedError
-    from hpo.studies import (
-        StudyError,
-        StudyRun,
-        describe_study,
-        load_study,
-        run_study,
-        update_readme,
-        write_reports,
-    )
+    from hpo.studies import StudyError, load_study
+    from hpo.study_runs import StudyRun, describe_study, run_study, update_readme, write_reports
     from hpo.tracking import TrackingUnavailableError
     from models.registry import dataset_needs
 

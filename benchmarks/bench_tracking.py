@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hpo.tracking import LOGGED_PREFIXES, TRIAL_TAG, log_params, metric_batch  # noqa: E402
-from hpo.tracking_server import redact, wait_until_healthy  # noqa: E402
+from hpo.tracking_server import wait_until_healthy  # noqa: E402
+from hpo.tracking_store import redact  # noqa: E402
 
 DEFAULT_POSTGRES_URL = os.environ.get("CORE_HPO_POSTGRES_URL",
                                       "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -10,19 +10,42 @@ import numpy as np
 
 
 def segment_starts(lengths: np.ndarray) -> np.ndarray:
-    """Offset of each row's first value in the flat array (exclusive cumulative sum)."""
+    """Offset of each row's first value in the flat array (exclusive cumulative sum).
+
+    Args:
+        lengths: row lengths [n].
+
+    Returns:
+        int64 offsets [n].
+    """
     ends = np.cumsum(lengths, dtype=np.int64)
     return ends - lengths
 
 
 def positions_within(lengths: np.ndarray) -> np.ndarray:
-    """For every flat value, its 0-based position inside its own row."""
+    """For every flat value, its 0-based position inside its own row.
+
+    Args:
+        lengths: row lengths [n].
+
+    Returns:
+        int64 positions [sum(lengths)].
+    """
     total = int(np.sum(lengths, dtype=np.int64))
     return np.arange(total, dtype=np.int64) - np.repeat(segment_starts(lengths), lengths)
 
 
 def pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded int32 matrix [n, width] plus kept lengths; long rows keep their LAST values."""
+    """Right-padded int32 matrix [n, width] plus kept lengths; long rows keep their LAST values.
+
+    Args:
+        flat: the rows' values, concatenated in row order.
+        lengths: row lengths [n].
+        width: the matrix's width.
+
+    Returns:
+        The matrix and the lengths kept (at most ``width``), int32.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     kept = np.minimum(lengths, width)
     if np.any(kept != lengths):
@@ -34,7 +57,15 @@ def pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndar
 
 
 def unpad_rows(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Inverse of ``pad_rows``: the real values of every row, concatenated in row order."""
+    """Inverse of ``pad_rows``: the real values of every row, concatenated in row order.
+
+    Args:
+        matrix: right-padded rows [n, width].
+        lengths: their lengths [n].
+
+    Returns:
+        The flat values.
+    """
     return matrix[np.arange(matrix.shape[1]) < np.asarray(lengths)[:, None]]
 
 

@@ -2,7 +2,7 @@
 
 The parser works on the raw bytes with numpy (no per-row Python), so a benchmark loads in about a
 second, and every validation failure still names the file and the 1-based line (row index + 2).
-Parsed arrays are cached as ``.npz`` (see ``data.cache``) so later loads skip the text entirely.
+Parsed arrays are cached (``data.cache.load_or_build``) so later loads skip the text entirely.
 
 A file has CORE's three columns (``HEADER``) or, when the source knows who the sessions belong
 to, a fourth ``user_id:token`` column (``USER_HEADER``: non-negative integers, 0 = unknown) that
@@ -33,25 +33,45 @@ _TAB, _NEWLINE, _SPACE, _MINUS, _ZERO, _NINE = 9, 10, 32, 45, 48, 57
 
 
 def split_paths(directory: str | Path, name: str) -> dict[str, Path]:
+    """Where a dataset's split files are: ``<directory>/<name>.<split>.inter``.
+
+    Args:
+        directory: the dataset's folder.
+        name: the files' prefix.
+
+    Returns:
+        split name -> path, in ``SPLITS`` order.
+    """
     return {split: Path(directory) / f"{name}.{split}.inter" for split in SPLITS}
 
 
 def item_path(directory: str | Path, name: str) -> Path:
-    """Where a dataset's optional item metadata lives: ``<directory>/<name>.item``."""
+    """Where a dataset's optional item metadata lives: ``<directory>/<name>.item``.
+
+    Args:
+        directory: the dataset's folder.
+        name: the files' prefix.
+
+    Returns:
+        The path (the file may not exist).
+    """
     return Path(directory) / f"{name}.item"
 
 
 def load_atomic(
     directory: str | Path, name: str, *, max_len: int = MAX_SEQ_LENGTH, use_cache: bool = True
 ) -> SessionDataset:
-    """Load ``<directory>/<name>.{train,valid,test}.inter``, through the ``.npz`` cache, plus
+    """Load ``<directory>/<name>.{train,valid,test}.inter``, through the cache, plus
     ``<name>.item`` as ``SessionDataset.items`` when that file exists (None otherwise).
 
     Args:
         directory: folder holding the files.
         name: file name prefix.
         max_len: prefix window; longer prefixes keep their last ``max_len`` items.
-        use_cache: read/write the ``.npz`` cache of the parsed ``.inter`` arrays.
+        use_cache: read/write the cache of the parsed ``.inter`` arrays (``data.cache``).
+
+    Returns:
+        The dataset, named ``name``.
     """
     paths = split_paths(directory, name)
     for path in paths.values():
@@ -59,7 +79,7 @@ def load_atomic(
             raise AtomicFormatError(path, None, "split file is missing")
     sources = list(paths.values())
     if use_cache:
-        arrays = cache.load_or_build(sources, f"{name}.cache.npz", FORMAT_VERSION, parse_splits)
+        arrays = cache.load_or_build(sources, name, FORMAT_VERSION, parse_splits)
     else:
         arrays = parse_splits(sources)
     splits = {
@@ -79,7 +99,14 @@ def load_atomic(
 def parse_splits(paths: list[Path]) -> dict[str, np.ndarray]:
     """Parse train/valid/test (in that order) into ragged arrays and check them against each
     other: valid/test may only use items that occur in train (prefixes or targets), and have a
-    user column exactly when train has one."""
+    user column exactly when train has one.
+
+    Args:
+        paths: the train, valid and test files.
+
+    Returns:
+        ``<split>_flat``, ``_counts``, ``_targets`` (and ``_users``) arrays per split.
+    """
     arrays: dict[str, np.ndarray] = {}
     with_users = None  # decided by the train file's header
     for split, path in zip(SPLITS, paths, strict=True):
@@ -120,7 +147,11 @@ def parse_file(
         with_users: require (True) or forbid (False) the user column; None accepts either.
         like: the file that decided ``with_users``, named in the error when the headers differ.
 
-    Raises AtomicFormatError for the earliest offending line.
+    Returns:
+        The flat prefix ids, the prefix lengths, the targets and the users (or None).
+
+    Raises:
+        AtomicFormatError: for the earliest offending line.
     """
     data = path.read_bytes().replace(b"\r\n", b"\n")
     header, _, body = data.partition(b"\n")
@@ -292,7 +323,15 @@ def write_dataset(dataset: SessionDataset, out_dir: str | Path) -> list[Path]:
 
 def format_split(split: Split, first_id: int = 1) -> str:
     """Atomic-file text of one split, built with array operations (no per-row formatting); with
-    a ``user_id:token`` column when the split carries users."""
+    a ``user_id:token`` column when the split carries users.
+
+    Args:
+        split: the split.
+        first_id: the session id of its first row.
+
+    Returns:
+        The file's text, header included.
+    """
     lengths = split.lengths.astype(np.int64)
     n_rows = len(lengths)
     flat = unpad_rows(split.prefixes, lengths)

@@ -28,6 +28,9 @@ def fail(message: str) -> int:
 
     Args:
         message: what is wrong, in one line.
+
+    Returns:
+        ``EXIT_USAGE``.
     """
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return EXIT_USAGE
@@ -39,6 +42,9 @@ def positive_int(text: str) -> int:
     Args:
         text: the option's value.
 
+    Returns:
+        The integer.
+
     Raises:
         argparse.ArgumentTypeError: not an integer, or below 1.
     """
@@ -46,13 +52,14 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    """An integer >= 0 (an argparse ``type``): a count where 0 means "none" or "automatic".
+    """``positive_int`` with 0 allowed: an integer >= 0 (an argparse ``type``), a count where 0
+    means "none" or "automatic".
 
     Args:
         text: the option's value.
 
-    Raises:
-        argparse.ArgumentTypeError: not an integer, or below 0.
+    Returns:
+        The integer (``argparse.ArgumentTypeError`` for anything else, or below 0).
     """
     return _int_at_least(text, 0)
 

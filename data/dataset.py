@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from data.graph_files import GraphFiles
     from data.items import ItemTable
 
 MAX_SEQ_LENGTH = 50
@@ -66,8 +65,49 @@ class Split:
         return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows], users)
 
 
+@dataclass(frozen=True)
+class GraphFiles:
+    """The side files in dataset ids (any part may be empty when its file is missing).
+
+    ``item_entity``: int64 [n_items], index into ``entities`` of each item's linked entity, -1
+    for none (always at 0, the padding id). ``kg``: int64 [n_triples, 3] rows (head, relation,
+    tail) indexing ``entities`` / ``relations``. ``user_fields``: field -> object array of str per
+    user id (index 0 and users without a row: ``""``).
+    """
+
+    entities: np.ndarray  # str [n_entities]
+    relations: np.ndarray  # str [n_relations]
+    item_entity: np.ndarray  # int64 [n_items]
+    kg: np.ndarray  # int64 [n_triples, 3]
+    user_fields: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_links(self) -> int:
+        return int(np.sum(self.item_entity >= 0))
+
+    def digest_parts(self) -> list[bytes]:
+        """Byte strings that identify the content (for cache keys of derived data)."""
+        parts = [
+            "\n".join(self.entities.tolist()).encode(),
+            "\n".join(self.relations.tolist()).encode(),
+            self.item_entity.tobytes(),
+            self.kg.tobytes(),
+        ]
+        for name, values in self.user_fields.items():
+            parts.append(name.encode() + b"=" + "\n".join(values.tolist()).encode())
+        return parts
+
+
 def train_tail_name(name: str, rows: int) -> str:
-    """The name a dataset cut to its last ``rows`` training rows is filed under."""
+    """The name a dataset cut to its last ``rows`` training rows is filed under.
+
+    Args:
+        name: the full dataset's name.
+        rows: the training rows kept.
+
+    Returns:
+        ``<name>-last<rows>``.
+    """
     return f"{name}-last{rows}"
 
 
@@ -90,8 +130,8 @@ class SessionDataset:
     # text model that made them (``data.text``); None until attached with ``with_item_vectors``.
     item_vectors: np.ndarray | None = None
     text_model: str | None = None
-    # Graph side files (``<name>.link`` / ``.kg`` / ``.user``, ``data.graph_files``) in dataset
-    # ids; None until attached with ``with_graph_files`` (or when the dataset has none).
+    # Graph side files (``<name>.link`` / ``.kg`` / ``.user``, read by ``data.graph_files``) in
+    # dataset ids; None until attached with ``with_graph_files`` (or when the dataset has none).
     graph_files: GraphFiles | None = None
 
     def with_item_vectors(self, vectors: np.ndarray, text_model: str) -> SessionDataset:

@@ -12,7 +12,12 @@ from typing import BinaryIO
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through ``write`` into a temporary sibling, then rename it over ``path``: readers see
-    the old file or the complete new one, never a partial one; on error nothing is left behind."""
+    the old file or the complete new one, never a partial one; on error nothing is left behind.
+
+    Args:
+        path: the file to write.
+        write: writes the content to the binary file it is given.
+    """
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -25,7 +30,14 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def writable_dir(folder: Path) -> bool:
     """Create ``folder`` if needed and say whether we may write there. Also honours the permission
-    bits, which root's os.access ignores, so shared read-only data stays untouched."""
+    bits, which root's os.access ignores, so shared read-only data stays untouched.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        True where files can be written in it.
+    """
     try:
         folder.mkdir(parents=True, exist_ok=True)
         mode = folder.stat().st_mode

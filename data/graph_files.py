@@ -1,5 +1,5 @@
 """Graph side files of a dataset: ``<name>.link`` (item -> KG entity), ``<name>.kg`` (entity
-triples) and ``<name>.user`` (user attributes), read into one ``GraphFiles``.
+triples) and ``<name>.user`` (user attributes), read into one ``GraphFiles`` (``data.dataset``).
 
 Formats (RecBole atomic, tab-separated, a ``name:type`` header, one row per line):
 
@@ -24,13 +24,13 @@ takes ~0.1 s, so there is no cache.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data.dataset import SessionDataset
+from data.dataset import GraphFiles, SessionDataset
 from data.errors import AtomicFormatError
+from data.locations import resolve_data_dir
 
 LINK_COLUMNS = ("item_id:token", "entity_id:token")
 KG_COLUMNS = ("head_id:token", "relation_id:token", "tail_id:token")
@@ -40,45 +40,15 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _TAIL = re.compile(r"(?P<base>.+)-last(?P<rows>\d+)")
 
 
-@dataclass(frozen=True)
-class GraphFiles:
-    """The side files in dataset ids (any part may be empty when its file is missing).
-
-    ``item_entity``: int64 [n_items], index into ``entities`` of each item's linked entity, -1
-    for none (always at 0, the padding id). ``kg``: int64 [n_triples, 3] rows (head, relation,
-    tail) indexing ``entities`` / ``relations``. ``user_fields``: field -> object array of str per
-    user id (index 0 and users without a row: ``""``).
-    """
-
-    entities: np.ndarray  # str [n_entities]
-    relations: np.ndarray  # str [n_relations]
-    item_entity: np.ndarray  # int64 [n_items]
-    kg: np.ndarray  # int64 [n_triples, 3]
-    user_fields: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def n_links(self) -> int:
-        return int(np.sum(self.item_entity >= 0))
-
-    def digest_parts(self) -> list[bytes]:
-        """Byte strings that identify the content (for cache keys of derived data)."""
-        parts = [
-            "\n".join(self.entities.tolist()).encode(),
-            "\n".join(self.relations.tolist()).encode(),
-            self.item_entity.tobytes(),
-            self.kg.tobytes(),
-        ]
-        for name, values in self.user_fields.items():
-            parts.append(name.encode() + b"=" + "\n".join(values.tolist()).encode())
-        return parts
-
-
 def graph_paths(folder: str | Path, name: str) -> dict[str, Path]:
     """``{"link": <folder>/<name>.link, "kg": ..., "user": ...}``.
 
     Args:
         folder: the dataset's folder.
         name: the files' prefix.
+
+    Returns:
+        extension -> path (the files may not exist).
     """
     return {ext: Path(folder) / f"{name}.{ext}" for ext in EXTENSIONS}
 
@@ -143,8 +113,6 @@ def attach_graph_files(
     Returns:
         The dataset with ``graph_files`` set, or unchanged when no side file exists.
     """
-    from data.resolve import resolve_data_dir  # resolve imports the loaders; keep this light
-
     root = resolve_data_dir(data_dir)
     names = [dataset.name]
     tail = _TAIL.fullmatch(dataset.name)
@@ -203,6 +171,9 @@ def read_link_file(path: str | Path, n_items: int) -> list[tuple[int, str]]:
         path: the file.
         n_items: catalog size; item ids must lie in 1 .. n_items - 1.
 
+    Returns:
+        The pairs, in file order.
+
     Raises:
         AtomicFormatError: naming the line, for a bad header, a wrong column count, an item id
             that is not an integer or is outside the catalog, an empty entity, or an item or
@@ -247,6 +218,9 @@ def read_kg_file(path: str | Path) -> list[tuple[str, str, str]]:
     Args:
         path: the file.
 
+    Returns:
+        The triples, in file order.
+
     Raises:
         AtomicFormatError: naming the line, for a bad header, a wrong column count or an empty
             field.
@@ -271,6 +245,9 @@ def read_user_file(path: str | Path) -> dict[str, np.ndarray]:
 
     Args:
         path: the file: ``user_id:token`` plus ``name:type`` attribute columns.
+
+    Returns:
+        field -> str per user id (``""`` for ids without a row).
 
     Raises:
         AtomicFormatError: naming the line, for a bad header, a wrong column count, a user id that

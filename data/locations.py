@@ -16,6 +16,9 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
 
     Args:
         data_dir: a data directory given on the command line, or None.
+
+    Returns:
+        The data directory (not checked).
     """
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
@@ -26,6 +29,9 @@ def list_datasets(data_dir: str | Path | None = None) -> list[str]:
 
     Args:
         data_dir: the data directory (None: see ``resolve_data_dir``).
+
+    Returns:
+        The names.
     """
     root = resolve_data_dir(data_dir)
     found = set()

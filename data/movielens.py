@@ -93,6 +93,9 @@ def read_folder(folder: str | Path, name: str = NAME) -> MovieLens:
     Args:
         folder: the raw ml-100k folder.
         name: the files' prefix.
+
+    Returns:
+        The ratings and the items (``MovieLens``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -148,6 +151,9 @@ def survey(ratings: pd.DataFrame, gaps: Sequence[float] = SURVEY_GAPS) -> pd.Dat
     Args:
         ratings: columns user, item, time.
         gaps: candidate session gaps in seconds.
+
+    Returns:
+        One row per gap.
     """
     records = []
     for gap in gaps:

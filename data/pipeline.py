@@ -64,6 +64,9 @@ def build_dataset(events: pd.DataFrame, name: str, **options) -> SessionDataset:
             ``users``.
         name: the dataset's name.
         **options: ``max_len``, ``log``, ``items`` and ``item_types``, as ``build`` takes them.
+
+    Returns:
+        The dataset.
     """
     return build(events, name, **options).dataset
 
@@ -87,6 +90,9 @@ def build(
         items: optional item metadata, indexed by raw item id (same dtype as ``events.item``),
             one column per field; missing values become empty text. Becomes ``dataset.items``.
         item_types: field -> ``token`` / ``token_seq`` / ``float``; default ``token_seq``.
+
+    Returns:
+        The dataset and the raw ids (``Built``).
     """
     types = _check_item_metadata(items, item_types) if items is not None else None
     report = _Reporter(log)
@@ -179,7 +185,16 @@ def _item_table(
 
 def expand_sessions(items: np.ndarray, lengths: np.ndarray, max_len: int = MAX_SEQ_LENGTH) -> Split:
     """Session [v1..vm] -> m-1 rows ``v1..v(m-i) -> v(m-i+1)``, i = 1..m-1 (longest first, as in
-    CORE's files); prefixes keep their last ``max_len`` items."""
+    CORE's files); prefixes keep their last ``max_len`` items.
+
+    Args:
+        items: the sessions' items, concatenated in session order.
+        lengths: session lengths (>= 2).
+        max_len: prefix window.
+
+    Returns:
+        The rows (a ``Split``).
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     rows_per_session = lengths - 1
     session_of_row = np.repeat(np.arange(len(lengths)), rows_per_session)

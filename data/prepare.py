@@ -39,6 +39,14 @@ SESSION_DATASET = "retailrocket"  # the one raw log whose sessions are cut by a 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m data.prepare``: build a benchmark's atomic files from its raw log.
+
+    Args:
+        argv: the command line's arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
     args = _parser().parse_args(argv)
     name = args.name or args.dataset
     start = time.perf_counter()
@@ -110,6 +118,9 @@ def split_counts(split: Split) -> dict[str, int]:
 
     Args:
         split: an expanded split; each session has exactly one row with a 1-item prefix.
+
+    Returns:
+        ``sessions``, ``rows``, ``items`` and ``users``.
     """
     items = np.union1d(split.prefixes[split.prefixes > 0], split.targets)
     users = 0 if split.users is None else len(np.unique(split.users[split.users > 0]))
@@ -126,6 +137,9 @@ def describe(dataset: SessionDataset) -> list[str]:
 
     Args:
         dataset: a dataset with all three splits.
+
+    Returns:
+        The table's lines.
     """
     lines = [f"{'split':<6} {'sessions':>9} {'rows':>10} {'items':>8} {'users':>7}"]
     for name in SPLITS:

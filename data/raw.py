@@ -27,7 +27,14 @@ DEFAULT_SESSION_GAP_HOURS = 8.0
 
 
 def read_diginetica(path: Path) -> pd.DataFrame:
-    """``train-item-views.csv``: clicks ordered by ``timeframe``; ``eventdate`` dates sessions."""
+    """``train-item-views.csv``: clicks ordered by ``timeframe``; ``eventdate`` dates sessions.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The event frame (session, item, time, session_time).
+    """
     raw = _read(path, sep=";", columns=["session_id", "item_id", "timeframe", "eventdate"])
     return pd.DataFrame(
         {
@@ -119,7 +126,14 @@ def _gap_sessions(
 def read_yoochoose(path: Path) -> pd.DataFrame:
     """``yoochoose-clicks.dat`` (no header). Keeps the most recent quarter of sessions: sessions
     ranked by their last click, the latest 25% kept, before any filtering (so item support is
-    counted on the data that is actually used)."""
+    counted on the data that is actually used).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The event frame (session, item, time).
+    """
     names = ["session", "timestamp", "item", "category"]
     raw = _read(path, sep=",", columns=names[:3], names=names)
     frame = pd.DataFrame(
@@ -135,14 +149,28 @@ def read_yoochoose(path: Path) -> pd.DataFrame:
 
 
 def read_tmall(path: Path) -> pd.DataFrame:
-    """``dataset15.csv`` (tab-separated SessionId, ItemId, Time): session ids <= 120000 only."""
+    """``dataset15.csv`` (tab-separated SessionId, ItemId, Time): session ids <= 120000 only.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The event frame (session, item, time).
+    """
     frame = _read_session_item_time(path)
     session = _numeric(frame["session"], path, "SessionId")
     return frame[session <= TMALL_MAX_SESSION_ID]
 
 
 def read_nowplaying(path: Path) -> pd.DataFrame:
-    """``nowplaying.csv`` (tab-separated SessionId, ItemId, Time), used as is."""
+    """``nowplaying.csv`` (tab-separated SessionId, ItemId, Time), used as is.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The event frame (session, item, time).
+    """
     return _read_session_item_time(path)
 
 

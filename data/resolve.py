@@ -39,7 +39,18 @@ def load_dataset(
     ``<data_dir>``). ``synthetic`` (preset ``synthetic_preset``), ``synthetic-<preset>`` and
     ``synthetic-<preset>-seed<n>`` (the names such datasets carry) are generated into
     ``<data_dir>/synthetic-<preset>[-seed<n>]/`` on first use; ``seed`` only matters for
-    synthetic data. ``use_cache=False`` parses the text even if a cache exists."""
+    synthetic data. ``use_cache=False`` parses the text even if a cache exists.
+
+    Args:
+        name: the dataset's name.
+        data_dir: the data directory (None: ``$CORE_DATA_DIR``, else ``./datasets``).
+        synthetic_preset: the preset of the name ``synthetic``.
+        seed: the generator's seed (synthetic data only).
+        use_cache: read and write the cache of the parsed files.
+
+    Returns:
+        The dataset.
+    """
     root = resolve_data_dir(data_dir)
     generated = _generated_name(name)
     if generated:
@@ -57,7 +68,18 @@ def _generated_name(name: str) -> re.Match | None:
 
 
 def atomic_folder(name: str, root: Path) -> Path:
-    """The folder holding ``name``'s atomic files: ``<root>/<name>/`` or ``<root>`` itself."""
+    """The folder holding ``name``'s atomic files: ``<root>/<name>/`` or ``<root>`` itself.
+
+    Args:
+        name: the dataset's name.
+        root: the data directory.
+
+    Returns:
+        The folder.
+
+    Raises:
+        DatasetNotFoundError: neither holds them (the message says where to get them).
+    """
     folders = [root / name, root]
     for folder in folders:
         if any(path.exists() for path in split_paths(folder, name).values()):

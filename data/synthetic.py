@@ -121,6 +121,9 @@ def make_dataset(
         name: dataset name (default ``synthetic-<preset>``).
         log: receives the pipeline's stage lines.
         **overrides: ``SyntheticConfig`` fields to change, e.g. ``n_sessions=1000``.
+
+    Returns:
+        The dataset.
     """
     events, items = generate(_config(preset, overrides), seed)
     return build_dataset(
@@ -156,7 +159,15 @@ def write_atomic(
 
 
 def describe(preset: str, seed: int) -> dict:
-    """Everything that determines a generated preset (stored next to generated files)."""
+    """Everything that determines a generated preset (stored next to generated files).
+
+    Args:
+        preset: a key of ``PRESETS``.
+        seed: the generator's seed.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
     return {"generator_version": GENERATOR_VERSION, "seed": seed, **asdict(_config(preset, {}))}
 
 
@@ -166,6 +177,9 @@ def generate_events(config: SyntheticConfig, seed: int) -> pd.DataFrame:
     Args:
         config: generator knobs.
         seed: random seed.
+
+    Returns:
+        The event frame.
     """
     return generate(config, seed)[0]
 
@@ -177,6 +191,9 @@ def generate(config: SyntheticConfig, seed: int) -> tuple[pd.DataFrame, pd.DataF
     Args:
         config: generator knobs.
         seed: random seed.
+
+    Returns:
+        The event frame and the item metadata.
     """
     rng = np.random.default_rng(seed)
     catalog = _Catalog(config, rng)

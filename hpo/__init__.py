@@ -1,2 +1,3 @@
 """Hyperparameter search: search spaces, Ray Tune + Optuna + ASHA searches, MLflow tracking,
-selection-then-test and its statistics and report."""
+selection on validation, the seed runs of the selected configurations and studies; their
+statistics and reports are the ``verdict`` package's."""

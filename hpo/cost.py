@@ -19,11 +19,9 @@ share the CPUs run slower each).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -132,14 +130,13 @@ def time_variant(config: dict, dataset, *, threads: int, cache: bool = True) -> 
     Returns:
         The timing.
     """
-    from models.trainer import make_trainer
+    from data.cache import CacheStore
+    from models.trainers import make_trainer
 
     device = device_name()
     key = f"{config['model']}|{dataset.name}|{device}|{threads}"
-    from data.cache import cache_root
-
-    cache = cache_root() / TIMINGS_FILE if cache else None
-    known = _read(cache)
+    store = CacheStore() if cache else None
+    known = store.read_records(TIMINGS_FILE) if store else {}
     if key in known:
         return Timing(known[key], device, threads)
     before = _torch_threads()
@@ -148,22 +145,10 @@ def time_variant(config: dict, dataset, *, threads: int, cache: bool = True) -> 
         epoch_s = trainer.time_epoch(TIMED_BATCHES)["epoch_s"]
     finally:
         _set_torch_threads(before)
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({**_read(cache), key: epoch_s}, indent=1))
-        except OSError as exc:  # an estimate is not worth failing a dry-run for
-            log.warning("cannot keep the timing in %s: %s", cache, exc)
+    if store and store.write_record(TIMINGS_FILE, key, epoch_s) is None:
+        # an estimate is not worth failing a dry-run for
+        log.warning("cannot keep the timing in %s", store.path(TIMINGS_FILE))
     return Timing(epoch_s, device, threads)
-
-
-def _read(cache: Path | None) -> dict:
-    if cache is None or not cache.is_file():
-        return {}
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _torch_threads() -> int:

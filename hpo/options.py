@@ -1,6 +1,7 @@
-"""What the command line offers, import-light so ``launch.py --help`` needs no heavy library:
-the protocol's choices (one source, imported by the modules that implement them) and the
-search-space files and datasets there are."""
+"""What the command line offers for the search and the seed runs, import-light so
+``launch.py --help`` needs no heavy library: the protocol's choices (one source, imported by the
+modules that implement them) and the search-space files there are. The verdict's own choices
+(corrections, significance level) are in ``verdict.options``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from models.metrics import METRIC_NAMES
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 METRICS = tuple(f"valid_{name}" for name in METRIC_NAMES)  # what a search may optimise
-CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")  # multiple-comparison corrections
-DEFAULT_ALPHA = 0.01
 # What --baseline strongest chooses between: CORE's own two and the tuned kNN baselines.
 BASELINE_VARIANTS = ("ave", "trm", "sknn", "vsknn", "stan", "vstan")
 STRONGEST = "strongest"

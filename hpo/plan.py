@@ -16,6 +16,7 @@ from hpo.ablation import parse_arms, validate_arms
 from hpo.cluster import Resources, in_ray_job, validate_resources
 from hpo.fairness import check_fair_arms
 from hpo.search import SearchPlan, latest_search_dir, new_search_dir
+from hpo.seed_runs import TestPlan
 from hpo.selection import (
     BASELINE_VARIANTS,
     STRONGEST,
@@ -23,10 +24,9 @@ from hpo.selection import (
     strongest_baseline,
 )
 from hpo.space import SpaceError, load_space, validate_budget
-from hpo.stats import check_correction
-from hpo.test_stage import TestPlan
 from hpo.tracking import check_tracking, resolve_tracking_uri
 from models.registry import dataset_needs
+from verdict.options import check_correction
 
 log = logging.getLogger("launch")
 

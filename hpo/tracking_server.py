@@ -39,25 +39,33 @@ This only builds and runs the `mlflow server` command (`--print-command` shows i
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import importlib.util
 import os
 import shlex
-import stat
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hpo.tracking_auth import (
+    ADMIN_USERNAME,
+    AUTH_APP,
+    AUTH_DB_FILE,
+    DEFAULT_PERMISSION,
+    PERMISSIONS,
+    AuthSetupError,
+    create_user_main,
+    login_environment,
+)
+from hpo.tracking_store import (
+    BackendStoreError,
+    backend_store_uri,
+    check_backend_store,
+    redact,
+)
+
 DEFAULT_PORT = 5000
 DEFAULT_WORKERS = 4
-# The extra that installs each database's drivers: for postgresql://, psycopg2 (SQLAlchemy < 2.1's
-# default) and psycopg 3 (SQLAlchemy >= 2.1's), as MLflow's own `db` extra does.
-DRIVER_EXTRAS = {"postgresql": "postgres"}
-LIBPQ_DRIVERS = ("psycopg2", "psycopg")  # they take libpq's connect_timeout
 # Requests one server worker handles at once: MLflow's FastAPI app runs its Flask handlers in
 # anyio's worker threads, 40 by default. A request that waits 30 s for a pooled database
 # connection is answered 400 Bad Request, which clients do not retry, so its data is lost; with
@@ -68,42 +76,7 @@ REQUESTS_PER_WORKER = 40
 POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5",
             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(REQUESTS_PER_WORKER - 5)}
 
-
-# Login (--auth): MLflow's basic-auth app, its user store, and who may do what by default.
-AUTH_APP = "basic-auth"
-ADMIN_USERNAME = "admin"
-PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
-DEFAULT_PERMISSION = "EDIT"  # logged-in users read and write; deleting stays with owners
-MIN_PASSWORD_CHARS = 12  # MLflow refuses shorter passwords
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-AUTH_DB_FILE = "basic_auth.db"  # beside a SQLite backend store
-
-
-class BackendStoreError(RuntimeError):
-    """The backend store database cannot be used; raised before the server starts."""
-
-
-class AuthSetupError(RuntimeError):
-    """The login cannot be set up (password file, user store, package); before the server."""
-
-
-def backend_store_uri(store: str) -> str:
-    """A database URI; a bare path means a SQLite file (absolute, parent created).
-
-    Args:
-        store: A SQLite file path, a ``sqlite:///`` URI or another SQLAlchemy database URI
-            (``postgresql://user:password@host:port/database``).
-
-    Returns:
-        The URI to give ``mlflow server --backend-store-uri``.
-    """
-    if "://" in store:
-        if store.startswith("sqlite:///"):
-            Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return store
-    path = Path(store).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
 
 
 def artifacts_uri(destination: str) -> str:
@@ -127,6 +100,7 @@ def server_command(
     artifacts_destination: str,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
+    *,
     workers: int | None = None,
     allowed_hosts: str | None = None,
     auth: bool = False,
@@ -173,172 +147,6 @@ def server_command(
     return command
 
 
-def read_password_file(path: Path) -> str:
-    """The password in ``path``: its first line, without the line break.
-
-    Args:
-        path: a file holding the password.
-
-    Returns:
-        The password.
-
-    Raises:
-        AuthSetupError: the file is missing, unreadable, empty, or the password is shorter
-            than MLflow accepts.
-    """
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise AuthSetupError(f"password file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuthSetupError(f"cannot read password file {path}: {exc}") from None
-    lines = text.splitlines()
-    password = lines[0] if lines else ""
-    if not password.strip():
-        raise AuthSetupError(f"password file {path} is empty")
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise AuthSetupError(f"the password in {path} has {len(password)} characters; MLflow "
-                             f"accepts {MIN_PASSWORD_CHARS} or more")
-    return password
-
-
-def others_can_read(path: Path) -> bool:
-    """Whether any user of the machine may read the file (its "others" bits; a group's are
-    allowed: a Kubernetes Secret mounted for a pod's fsGroup is group-readable).
-
-    Args:
-        path: a file.
-
-    Returns:
-        True when its mode lets them.
-    """
-    return bool(Path(path).stat().st_mode & stat.S_IRWXO)
-
-
-def auth_database_uri(backend: str, auth_db: str | None = None) -> str:
-    """Where MLflow keeps users and permissions: ``auth_db``; by default a SQLite file beside a
-    SQLite backend store, or the backend store's own database (its tables, ``users`` and
-    ``*_permissions`` with the version table ``alembic_version_auth``, do not collide with the
-    tracking store's).
-
-    Args:
-        backend: the backend store URI (``backend_store_uri``).
-        auth_db: a SQLite file path or database URI, if given.
-
-    Returns:
-        The URI.
-    """
-    if auth_db:
-        return backend_store_uri(auth_db)
-    if backend.startswith("sqlite:///"):
-        return f"sqlite:///{Path(backend.removeprefix('sqlite:///')).parent / AUTH_DB_FILE}"
-    return backend
-
-
-def auth_config_text(auth_db: str, admin: str, default_permission: str) -> str:
-    """MLflow's basic-auth configuration (``MLFLOW_AUTH_CONFIG_PATH``), without the password.
-
-    Args:
-        auth_db: the user store (``auth_database_uri``).
-        admin: the admin's user name.
-        default_permission: what a user may do where nobody granted it more or less.
-
-    Returns:
-        The file's text (INI).
-    """
-    return "\n".join([
-        "[mlflow]",
-        f"default_permission = {default_permission}",
-        f"database_uri = {auth_db.replace('%', '%%')}",
-        f"admin_username = {admin}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        "",
-    ])
-
-
-def write_auth_config(text: str) -> Path:
-    """Writes the basic-auth configuration where only this user can write, named by its
-    content (a restart with the same settings reuses the file).
-
-    Args:
-        text: ``auth_config_text``'s result.
-
-    Returns:
-        The file.
-    """
-    folder = Path(tempfile.gettempdir()) / f"core-hpo-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o022:
-        raise AuthSetupError(f"{folder} belongs to another user or others may write in it")
-    path = folder / f"mlflow-auth-{hashlib.sha256(text.encode()).hexdigest()[:16]}.ini"
-    partial = path.with_suffix(".partial")
-    partial.write_text(text)
-    partial.replace(path)
-    return path
-
-
-def auth_environment(config_path: Path, admin: str, password: str,
-                     environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables MLflow's basic-auth app reads: its configuration, the admin, the admin's
-    password (the environment, not the command line, so ``ps`` does not show it) and the secret
-    key of its forms (``MLFLOW_FLASK_SERVER_SECRET_KEY``, unless set: derived from the admin's
-    password, so that every replica of a server started with the same file has the same one).
-
-    Args:
-        config_path: ``write_auth_config``'s file.
-        admin: the admin's user name.
-        password: the admin's password.
-        environ: the environment the server inherits (default: ``os.environ``).
-
-    Returns:
-        The variables to add.
-    """
-    environ = os.environ if environ is None else environ
-    secret = environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or hmac.new(
-        password.encode(), b"core-hpo mlflow basic-auth form key", hashlib.sha256).hexdigest()
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(config_path), "MLFLOW_AUTH_ADMIN_USERNAME": admin,
-            "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
-
-
-def sync_admin_password(auth_db: str, admin: str, password: str) -> str:
-    """Makes the admin's password the file's: MLflow reads the configured password only when
-    it creates the admin, so a changed file would otherwise be ignored.
-
-    Args:
-        auth_db: the user store (``auth_database_uri``).
-        admin: the admin's user name.
-        password: the password from the file.
-
-    Returns:
-        What was done: "new" (the server creates the admin), "kept" or "changed".
-
-    Raises:
-        AuthSetupError: the user store cannot be opened, or the login package is missing.
-    """
-    if importlib.util.find_spec("flask_wtf") is None:
-        raise AuthSetupError("the tracking server's login needs Flask-WTF: "
-                             "pip install 'mlflow[auth]' (or pip install -e .)")
-    try:
-        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-
-        store = SqlAlchemyStore()
-        store.init_db(auth_db)
-        try:
-            if not store.has_user(admin, use_primary=True):
-                return "new"
-            if store.authenticate_user(admin, password, use_primary=True):
-                return "kept"
-            store.update_user(admin, password=password)
-            return "changed"
-        finally:
-            store.engine.dispose()
-    except AuthSetupError:
-        raise
-    except Exception as exc:  # the store's driver, connection and schema errors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AuthSetupError(f"cannot open the user store {redact(auth_db)}: {reason}") from exc
-
-
 def loopback(host: str) -> bool:
     """Whether ``host`` is reachable from this machine only.
 
@@ -349,87 +157,6 @@ def loopback(host: str) -> bool:
         True for the loopback.
     """
     return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-def redact(uri: str) -> str:
-    """The URI with its password, if any, replaced by ``***`` (for messages and logs).
-
-    Args:
-        uri: A database or server URI.
-
-    Returns:
-        The URI safe to print.
-    """
-    if "://" not in uri or "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
-        return uri
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
-def check_backend_store(uri: str, timeout_s: float = 10.0, wait_s: float = 0.0) -> None:
-    """Connect to a database backend store once, so that a bad URI fails before the server starts.
-
-    SQLite files are not checked (the server creates them). The error names the URI without
-    its password and says what is wrong: the driver is not installed, the server does not
-    answer, the database does not exist, the credentials are refused.
-
-    Args:
-        uri: The backend store URI (see :func:`backend_store_uri`).
-        timeout_s: Seconds one connection attempt may take.
-        wait_s: Seconds to keep retrying a failed connection (a database server that is still
-            starting); 0 tries once. A missing driver or a malformed URI fails at once.
-
-    Raises:
-        BackendStoreError: The database cannot be connected to.
-    """
-    if uri.startswith("sqlite:") or "://" not in uri:
-        return
-    import sqlalchemy
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-
-    shown = redact(uri)
-    try:
-        url = sqlalchemy.engine.make_url(uri)
-    except ArgumentError as exc:
-        raise BackendStoreError(f"backend store {shown} is not a database URI: {exc}") from exc
-    if url.get_backend_name() == "postgres":
-        raise BackendStoreError(f"backend store {shown}: SQLAlchemy (and so MLflow) needs the "
-                                "scheme postgresql://, not postgres://")
-    connect_args = {"connect_timeout": max(1, round(timeout_s))} \
-        if url.get_driver_name() in LIBPQ_DRIVERS else {}
-    extra = DRIVER_EXTRAS.get(url.get_backend_name())
-    install = (f'pip install "core-hpo[{extra}]"' if extra
-               else "install the SQLAlchemy driver it names")
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args,
-                                          poolclass=sqlalchemy.pool.NullPool)
-    except (ImportError, NoSuchModuleError) as exc:
-        raise BackendStoreError(f"the database driver for backend store {shown} is not "
-                                f"installed ({exc}): {install}") from exc
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                with engine.connect() as connection:
-                    connection.execute(sqlalchemy.text("SELECT 1"))
-                return
-            except SQLAlchemyError as exc:
-                if time.monotonic() < deadline:
-                    time.sleep(1.0)  # polling interval while the database server starts
-                    continue
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-                waited = f" (retried for {wait_s:.0f} s)" if wait_s > 0 else ""
-                raise BackendStoreError(
-                    f"cannot connect to backend store {shown}{waited}: "
-                    f"{'; '.join(line.strip() for line in reason if line.strip())}") from exc
-    finally:
-        engine.dispose()
 
 
 def server_environment(backend: str, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -542,109 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_create_user_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m hpo.tracking_server create-user``.
-
-    Returns:
-        The parser.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m hpo.tracking_server create-user",
-        description="Create a user of a tracking server started with --auth, as its admin "
-                    "(with --update-password, a user that exists gets the password).")
-    parser.add_argument("--server", required=True, metavar="URI",
-                        help="the tracking server (http://HOST:5000)")
-    parser.add_argument("--username", required=True, help="the new user's name")
-    parser.add_argument("--password-file", required=True, type=Path, metavar="PATH",
-                        help="file whose first line is the new user's password")
-    parser.add_argument("--admin-password-file", required=True, type=Path, metavar="PATH",
-                        help="the admin's password file (the server's)")
-    parser.add_argument("--admin-username", default=ADMIN_USERNAME,
-                        help=f"the admin's user name (default: {ADMIN_USERNAME})")
-    parser.add_argument("--update-password", action="store_true",
-                        help="a user that exists gets this password (without it, that is an "
-                             "error); for scripts that run at every start")
-    return parser
-
-
-def create_user(server: str, username: str, password: str, admin: str, admin_password: str,
-                update: bool = False, timeout_s: float = 30.0) -> str:
-    """Creates a user of a ``--auth`` server through its REST API, as its admin.
-
-    Args:
-        server: the server's URI.
-        username: the user.
-        password: the user's password.
-        admin: the admin's user name.
-        admin_password: the admin's password.
-        update: a user that exists gets this password (else that is an error).
-        timeout_s: seconds a request may take.
-
-    Returns:
-        What was done, in words.
-
-    Raises:
-        AuthSetupError: the server does not answer or refuses the admin's login, or the user
-            exists (without ``update``).
-    """
-    import requests
-
-    base = server.rstrip("/") + "/api/2.0/mlflow/users/"
-    body = {"username": username, "password": password}
-
-    def send(method: str, path: str):
-        try:
-            response = requests.request(method, base + path, json=body,
-                                        auth=(admin, admin_password), timeout=timeout_s)
-        except requests.exceptions.RequestException as exc:
-            raise AuthSetupError(f"tracking server {server} did not answer ({exc})") from exc
-        if response.status_code == 401:
-            raise AuthSetupError(f"tracking server {server} refused the login of {admin!r} "
-                                 "(401): wrong admin password, or a server started without "
-                                 "--auth")
-        if response.status_code == 403:
-            raise AuthSetupError(f"{admin!r} is not an admin of {server} (403)")
-        if response.status_code == 404:
-            raise AuthSetupError(f"{server} has no user API (404): was it started with --auth?")
-        return response
-
-    response = send("POST", "create")
-    if response.status_code == 200:
-        return f"created user {username!r} on {server}"
-    text = response.text.strip()
-    if "RESOURCE_ALREADY_EXISTS" not in text and "already exists" not in text:
-        raise AuthSetupError(f"{server} answered {response.status_code}: {text[:300]}")
-    if not update:
-        raise AuthSetupError(f"user {username!r} exists on {server}: pass --update-password "
-                             "to set its password")
-    response = send("PATCH", "update-password")
-    if response.status_code != 200:
-        raise AuthSetupError(f"{server} answered {response.status_code}: "
-                             f"{response.text.strip()[:300]}")
-    return f"user {username!r} exists on {server}: its password is set"
-
-
-def create_user_main(argv: list[str]) -> int:
-    """``python -m hpo.tracking_server create-user ...``.
-
-    Args:
-        argv: its arguments.
-
-    Returns:
-        0, or 2 with a one-line error.
-    """
-    args = build_create_user_parser().parse_args(argv)
-    try:
-        password = read_password_file(args.password_file)
-        admin_password = read_password_file(args.admin_password_file)
-        print(create_user(args.server, args.username, password, args.admin_username,
-                          admin_password, update=args.update_password))
-    except AuthSetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Check the backend store (and, with ``--auth``, the login), then replace this process
     with ``mlflow server``; or ``create-user`` (``create_user_main``).
@@ -668,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--admin-password-file: only with --auth")
     try:
         command = server_command(args.backend_store, args.artifacts_destination, args.host,
-                                 args.port, args.workers, args.allowed_hosts, auth=args.auth)
+                                 args.port, workers=args.workers,
+                                 allowed_hosts=args.allowed_hosts, auth=args.auth)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -684,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_backend_store(backend, wait_s=args.wait_for_database)
-        auth_env = _auth_setup(args, backend) if args.auth else {}
+        auth_env = login_environment(
+            backend, password_file=args.admin_password_file, admin=args.admin_username,
+            auth_db=args.auth_db, default_permission=args.default_permission,
+            wait_s=args.wait_for_database) if args.auth else {}
     except (BackendStoreError, AuthSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -700,34 +328,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{os.environ['MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW']} overflow", flush=True)
     os.execv(command[0], command)  # the server replaces this process: signals reach it directly
     return 0  # not reached
-
-
-def _auth_setup(args: argparse.Namespace, backend: str) -> dict[str, str]:
-    """Reads the admin's password, sets it in the user store, writes MLflow's basic-auth
-    configuration; returns the environment the server needs (``auth_environment``)."""
-    password = read_password_file(args.admin_password_file)
-    if others_can_read(args.admin_password_file):
-        print(f"warning: every user of this machine may read {args.admin_password_file}: "
-              "chmod 600 it", file=sys.stderr, flush=True)
-    try:
-        auth_db = auth_database_uri(backend, args.auth_db)
-    except OSError as exc:  # a SQLite file's folder that cannot be made
-        raise AuthSetupError(f"cannot open the user store {args.auth_db}: {exc}") from None
-    if auth_db != backend:  # another database server: reachable, or stop here
-        try:
-            check_backend_store(auth_db, wait_s=args.wait_for_database)
-        except BackendStoreError as exc:
-            raise AuthSetupError(str(exc).replace("backend store", "user store")) from None
-    done = sync_admin_password(auth_db, args.admin_username, password)
-    print(f"login: on (user store {redact(auth_db)}; admin {args.admin_username!r}"
-          + {"new": ", created from the password file",
-             "kept": "",
-             "changed": ", password changed to the password file's"}[done]
-          + f"; other users: python -m hpo.tracking_server create-user; default permission "
-          f"{args.default_permission})", flush=True)
-    config = write_auth_config(auth_config_text(auth_db, args.admin_username,
-                                                args.default_permission))
-    return auth_environment(config, args.admin_username, password)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ from hpo.outcome import (
 )
 from models.recommend import MODEL_FILE, save_bundle
 from models.registry import fits_once
-from models.trainer import Trainer, make_trainer
+from models.trainer import Trainer
+from models.trainers import make_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 TEST_ROWS_FILE = "test_rows.npz"
@@ -107,7 +108,7 @@ def retrain_trial(
     """A test-stage trial: `config["job"]` holds the selected configuration with its seed.
 
     Args:
-        config: the Tune trial's config (``{"job": ...}``, see ``hpo.test_stage.seed_job``).
+        config: the Tune trial's config (``{"job": ...}``, see ``hpo.seed_runs.seed_job``).
         dataset: the dataset, test split included (scored once, at the end).
         num_threads: torch threads.
         require_cuda: fail instead of training on CPU when a GPU was given but CUDA is unusable.

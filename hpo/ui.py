@@ -54,9 +54,9 @@ PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 180.0  # the MLflow server imports for a while on a busy machine
 TEST_METRICS = ("test_recall_20", "test_mrr_20", "test_ndcg_20")
-REPORT_ARTIFACT = "results.md"  # the test stage's report (hpo.report), rendered by the UI
+REPORT_ARTIFACT = "results.md"  # the test stage's report (verdict.report), rendered by the UI
 # Parent runs: a search's carries `schedule`, a test stage's `output_dir` (hpo.search,
-# hpo.test_stage); their children carry neither.
+# hpo.seed_runs); their children carry neither.
 PARENT_FILTERS = {"search": "tags.stage = 'search' and tags.schedule LIKE '%'",
                   "test": "tags.stage = 'test' and tags.output_dir LIKE '%'"}
 LATEST_PER_EXPERIMENT = 20  # parents per experiment given a view when none is named

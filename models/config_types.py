@@ -17,6 +17,9 @@ def coerce(key: str, value: object, default: object) -> object:
         value: the value given.
         default: the key's default value (bool, int, float or str).
 
+    Returns:
+        The value as a bool, int, float or str (the default's type).
+
     Raises:
         TypeError: a value of another type, naming the key.
     """

@@ -33,6 +33,8 @@ POS_ENCODINGS = ("absolute", "relative", "none")
 RELATIVE_MAX_DISTANCE = 32
 # How CORE-trm-enhanced combines its transformer layers (``EnhancedEncoder``).
 LAYER_AGGREGATIONS = ("weighted", "uniform", "last")
+# How CORE-DA scores a token (``DualAttentionEncoder``): an MLP on [f_i; f_last], or linear on f_i.
+DA_SCORERS = ("mlp", "linear")
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
@@ -43,12 +45,24 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
         shape: the mask's shape.
         p: the probability of a 0.
         device: where to draw it.
+
+    Returns:
+        The mask, float32 of ``shape``.
     """
     return torch.rand(shape, device=device).ge_(p)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """``F.dropout`` (keep with probability 1 - p, scale by 1 / (1 - p)) with ``keep_mask``."""
+    """``F.dropout`` (keep with probability 1 - p, scale by 1 / (1 - p)) with ``keep_mask``.
+
+    Args:
+        x: the input.
+        p: the probability of dropping an entry.
+        training: whether to drop (False: ``x`` itself).
+
+    Returns:
+        ``x`` with dropped entries zeroed and the others scaled.
+    """
     if not training or p == 0.0:
         return x
     keep = keep_mask(x.shape, p, x.device).mul_(1.0 / (1.0 - p))
@@ -62,7 +76,11 @@ class Dropout(nn.Dropout):
 
 def init_weights(module: nn.Module) -> None:
     """Spec initialisation of the non-item-table weights: Linear/Embedding N(0, 0.02), biases 0,
-    LayerNorm 1/0 (apply with ``module.apply``)."""
+    LayerNorm 1/0 (apply with ``module.apply``).
+
+    Args:
+        module: a module; others than Linear, Embedding and LayerNorm are left alone.
+    """
     if isinstance(module, nn.Linear | nn.Embedding):
         nn.init.normal_(module.weight, std=INIT_STD)
     if isinstance(module, nn.Linear) and module.bias is not None:
@@ -73,6 +91,16 @@ def init_weights(module: nn.Module) -> None:
 
 
 def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    """Linear -> GELU -> Linear.
+
+    Args:
+        n_in: input width.
+        n_hidden: hidden width.
+        n_out: output width.
+
+    Returns:
+        The untrained network.
+    """
     return nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_out))
 
 
@@ -355,7 +383,7 @@ class DualAttentionEncoder(nn.Module):
         scorer: str = "mlp",
     ) -> None:
         super().__init__()
-        if scorer not in ("mlp", "linear"):
+        if scorer not in DA_SCORERS:
             raise ValueError(f"unknown scorer {scorer!r}; expected 'mlp' or 'linear'")
         self.transformer = transformer
         d = transformer.d

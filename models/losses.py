@@ -15,7 +15,15 @@ from models.catalog_loss import hard_negatives as hard_negatives
 
 
 def in_batch_session_loss(h: Tensor, temperature: float) -> Tensor:
-    """mean_b logsumexp_{b' != b} (h_b . h_b' / tau): pushes the batch's sessions apart."""
+    """mean_b logsumexp_{b' != b} (h_b . h_b' / tau): pushes the batch's sessions apart.
+
+    Args:
+        h: normalised session vectors [B, d].
+        temperature: tau.
+
+    Returns:
+        The loss (a scalar).
+    """
     if len(h) < 2:
         return h.new_zeros(())
     similarity = (h @ h.t()) / temperature

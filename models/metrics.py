@@ -38,7 +38,16 @@ def rank_and_top_(
     ``k`` is None: validation needs ranks only, and top-k costs about as much as the count).
 
     Consumes ``scores`` (overwritten in place: counting through a float 0/1 buffer is several
-    times faster on CPU than reducing a boolean comparison)."""
+    times faster on CPU than reducing a boolean comparison).
+
+    Args:
+        scores: full-catalog scores [B, N], overwritten.
+        targets: target ids [B].
+        k: how many top items to return (None: none).
+
+    Returns:
+        The 1-based ranks [B] and the top-k ids [B, k] (or None).
+    """
     top = scores.topk(k, dim=1).indices if k else None
     target_scores = scores.gather(1, targets[:, None])
     at_least = scores.ge_(target_scores).sum(dim=1)  # the target itself included
@@ -76,6 +85,9 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
 
     Args:
         ranks: 1-based integer target ranks, one per row.
+
+    Returns:
+        metric name -> mean over the rows.
     """
     per_row = {}
     for k in KS:

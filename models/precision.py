@@ -26,7 +26,6 @@ A run records what it resolved (MLflow tags ``precision_used`` and ``loss_impl_u
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -91,6 +90,9 @@ def resolve_precision(precision: str, native: bool) -> str:
     Args:
         precision: the config's ``precision`` (``PRECISIONS``).
         native: ``native_bf16`` of the run's device.
+
+    Returns:
+        "fp32" or "bf16".
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -100,7 +102,14 @@ def resolve_precision(precision: str, native: bool) -> str:
 
 
 def device_label(device: torch.device) -> str:
-    """The GPU's or the CPU's model name, what timings are kept by."""
+    """The GPU's or the CPU's model name, what timings are kept by.
+
+    Args:
+        device: the run's device.
+
+    Returns:
+        The device's name ("unknown CPU" where /proc/cpuinfo cannot tell).
+    """
     if device.type == "cuda":
         import torch
 
@@ -132,24 +141,22 @@ def choose_loss_impl(
     """
     import torch
 
+    from data.cache import CacheStore
+
     key = (f"{device_label(device)}|{torch.get_num_threads()} threads|N={n_items}|"
            f"B={batch_size}|d={dim}|{precision}|hn={int(hard_negatives)}")
-    cache = Path(cache_dir) / LOSS_IMPL_FILE if cache_dir else None
-    known = _read(cache)
-    if key in known:
+    store = CacheStore(folder=cache_dir) if cache_dir else None
+    known = store.read_records(LOSS_IMPL_FILE) if store else {}
+    if isinstance(known.get(key), dict) and "choice" in known[key]:
         return known[key]["choice"]
     timer = timer or _loss_timer(n_items, batch_size, dim, precision, hard_negatives, device)
     seconds = {impl: timer(impl) for impl in ("dense", "chunked")}
     choice = min(seconds, key=seconds.get)
     log.info("loss_impl auto: %s (dense %.3f s, chunked %.3f s per batch; %s)", choice,
              seconds["dense"], seconds["chunked"], key)
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({**_read(cache), key: {"choice": choice, **seconds}},
-                                        indent=1))
-        except OSError as exc:  # a choice not kept is timed again next time
-            log.warning("cannot keep the loss choice in %s: %s", cache, exc)
+    if store and store.write_record(LOSS_IMPL_FILE, key, {"choice": choice, **seconds}) is None:
+        # a choice not kept is timed again next time
+        log.warning("cannot keep the loss choice in %s", store.path(LOSS_IMPL_FILE))
     return choice
 
 
@@ -185,12 +192,3 @@ def _loss_timer(n_items: int, batch_size: int, dim: int, precision: str, hard_ne
         return min(once(impl) for _ in range(TIMED_REPEATS))
 
     return timer
-
-
-def _read(cache: Path | None) -> dict:
-    if cache is None or not cache.is_file():
-        return {}
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -30,19 +30,17 @@ import torch
 from data.cli import EXIT_USAGE, OneLineParser, positive_int
 from models.core import CORE
 from models.encoders import PAD
-from models.registry import (
-    build_model,
-    build_persona_model,
-    needs_item_text,
-    resolve_config,
-)
+from models.persona.spec import build_persona_model
+from models.registry import build_model, needs_item_text, resolve_config
 
 MODEL_ARTIFACT_DIR = "model"
 MODEL_FILE = "model.pt"
 MODEL_ARTIFACT = f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}"
 BUNDLE_FORMAT = 1
-# What rebuilding the persona model needs besides its weights (PersonaCORE's data buffers).
+# What rebuilding the persona model needs besides its weights (PersonaCORE's data buffers, and
+# the argument of models.persona.spec.build_persona_model each one is).
 PERSONA_DATA = ("semantic", "personas", "known", "profiles", "profile_personas")
+_PERSONA_ARGUMENTS = ("item_vectors", "personas", "known", "profiles", "profile_personas")
 DEFAULT_STORE = Path("outputs") / "mlflow.db"  # launch.py's default store
 
 
@@ -144,7 +142,9 @@ def rebuild_model(bundle: dict) -> CORE:
         missing = [name for name in PERSONA_DATA if name not in buffers]
         if missing:
             raise BundleError(f"the persona bundle lacks {missing}: it cannot be rebuilt")
-        model = build_persona_model(config, n_items, *(buffers[n].numpy() for n in PERSONA_DATA))
+        model = build_persona_model(config, n_items, **{
+            argument: buffers[name].numpy()
+            for argument, name in zip(_PERSONA_ARGUMENTS, PERSONA_DATA, strict=True)})
     elif needs_item_text(variant):
         # SemSR-F keeps its frozen vectors as a buffer; SemSR-I's vectors only initialised the
         # item table, which the saved weights replace, so placeholders (no text) do.

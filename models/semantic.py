@@ -31,6 +31,9 @@ embeddings of item text into a data-driven session model. Of its variants, two f
 
 Items without text have a zero semantic vector (see ``data.text``): their semantic view is the
 projection's bias, so they rely on their ID vector; nothing divides by their norm.
+
+The dual-view item table, the gate / concat fusion of two vectors and their initialisation are
+``DualViewCORE``'s, which the ``persona`` variant's candidate model shares (``models.persona``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.core import CORE
+from models.core_variants import CORE_KEYS, TRANSFORMER, core_options, trm_encoder
 from models.encoders import INIT_STD, Packed, dropout, init_weights
+from models.spec import COUNT, FRACTION, Keys, VariantSpec, one_of
 
 FUSIONS = ("concat", "gate")
 
@@ -104,7 +109,15 @@ class SemanticAttention(nn.Module):
         self.score = nn.Linear(size, 1, bias=False)  # q
 
     def forward(self, packed: Packed, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Session vectors [B, size] and the weights beta [B, L] of token vectors [T, size]."""
+        """Session vectors [B, size] and the weights beta [B, L] of token vectors [T, size].
+
+        Args:
+            packed: the batch's layout.
+            tokens: the session tokens' vectors [T, size].
+
+        Returns:
+            The session vectors [B, size] and the weights beta [B, L].
+        """
         last = tokens[packed.last][packed.row]
         beta = packed.softmax(self.score(torch.sigmoid(self.query(last) + self.key(tokens))))
         return packed.weighted_sum(beta, tokens), beta
@@ -118,7 +131,96 @@ def _identity_then_noise(layer: nn.Linear, identity_columns: int) -> None:
         nn.init.zeros_(layer.bias)
 
 
-class SemanticFusionCORE(CORE):
+def fuse_vectors(h: Tensor, other: Tensor, layer: nn.Linear, fusion: str) -> Tensor:
+    """Two vectors fused by ``fusion``: "concat", W [h; other] + b, or "gate",
+    g * h + (1 - g) * other with g = sigmoid(W [h; other] + b) per dimension.
+
+    Args:
+        h: the main vectors [B, d].
+        other: the vectors fused into them [B, d].
+        layer: W, b (2d -> d).
+        fusion: one of ``FUSIONS``.
+
+    Returns:
+        The fused vectors [B, d].
+    """
+    both = torch.cat([h, other.to(h.dtype)], dim=1)
+    if fusion == "concat":
+        return layer(both)
+    gate = torch.sigmoid(layer(both))
+    return gate * h + (1 - gate) * other
+
+
+class DualViewCORE(CORE):
+    """CORE over dual-view items: the trainable ID vector e_i fused with the projected frozen
+    text vector, x_i = W_f [e_i; dropout(W_p S_i + b_p)] (W_f starts as [I | N(0, 0.02)]).
+    Subclasses add the views in their ``__init__`` (``_add_item_views``), then their own layers,
+    then initialise them together (``_init_item_views``): the order decides the random draws."""
+
+    def _add_item_views(self, semantic: np.ndarray | Tensor, *, sem_size: int,
+                        sem_dropout: float, fusion: str) -> None:
+        """Registers the frozen text vectors (a non-persistent buffer: no gradient, never
+        trained, not in checkpoints: they come from the dataset) and the two item-view layers.
+
+        Args:
+            semantic: text vectors [n_items, D] (zero rows: no text).
+            sem_size: projected text dimension.
+            sem_dropout: dropout on the projected text view.
+            fusion: the subclass's fusion of session vectors (checked here, one of ``FUSIONS``).
+        """
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
+        n_items, d = self.item_embedding.shape
+        semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.float32)
+        if semantic.ndim != 2 or len(semantic) != n_items:
+            raise ValueError(
+                f"semantic vectors must be [n_items={n_items}, D], got {tuple(semantic.shape)}"
+            )
+        self.register_buffer("semantic", semantic, persistent=False)
+        self.sem_dropout = sem_dropout
+        self.sem_project = nn.Linear(semantic.shape[1], sem_size)
+        self.item_fuse = nn.Linear(d + sem_size, d)
+
+    def _init_item_views(self, *modules: nn.Module, fusion_layer: nn.Linear, fusion: str) -> None:
+        """The spec initialisation of the projection and ``modules``, then W_f, and the fusion
+        layer as [I | N(0, 0.02)] when ``fusion`` is "concat" (its output starts as h).
+
+        Args:
+            *modules: the subclass's layers (``fusion_layer`` among them).
+            fusion_layer: the layer of ``fuse_vectors``.
+            fusion: its fusion.
+        """
+        for module in (self.sem_project, *modules):
+            module.apply(init_weights)
+        d = self.item_embedding.shape[1]
+        _identity_then_noise(self.item_fuse, d)
+        if fusion == "concat":
+            _identity_then_noise(fusion_layer, d)
+
+    def semantic_view(self, ids: Tensor | None = None) -> Tensor:
+        """Projected semantic vectors s = W_p S + b_p of ``ids`` (default: the whole catalog),
+        with ``sem_dropout`` in training (an independent draw per call, as CORE's session and
+        item dropouts are independent).
+
+        Args:
+            ids: item ids, any shape (None: the catalog).
+
+        Returns:
+            The projected vectors [..., sem_size].
+        """
+        semantic = self.semantic if ids is None else F.embedding(ids, self.semantic)
+        return dropout(self.sem_project(semantic), self.sem_dropout, self.training)
+
+    def item_table(self) -> Tensor:
+        """The fused item vectors x_i = W_f [e_i; s_i] + b_f of the catalog.
+
+        Returns:
+            [n_items, d].
+        """
+        return self.item_fuse(torch.cat([self.item_embedding, self.semantic_view()], dim=1))
+
+
+class SemanticFusionCORE(DualViewCORE):
     """SemSR-F: CORE-trm over fused ID + semantic item vectors, fused with a semantic session
     vector (see the module docstring)."""
 
@@ -135,45 +237,59 @@ class SemanticFusionCORE(CORE):
         **core_options,
     ) -> None:
         super().__init__(n_items, embedding_size, encoder, **core_options)
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
-        semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.float32)
-        if semantic.ndim != 2 or len(semantic) != n_items:
-            raise ValueError(
-                f"semantic vectors must be [n_items={n_items}, D], got {tuple(semantic.shape)}"
-            )
+        self._add_item_views(semantic, sem_size=sem_size, sem_dropout=sem_dropout, fusion=fusion)
         d = embedding_size
-        # Frozen: a buffer is never a parameter (no gradient, untouched by the optimiser), and
-        # not persistent: it comes from the dataset, not from checkpoints.
-        self.register_buffer("semantic", semantic, persistent=False)
-        self.sem_dropout = sem_dropout
         self.fusion = fusion
-        self.sem_project = nn.Linear(semantic.shape[1], sem_size)
-        self.item_fuse = nn.Linear(d + sem_size, d)
         self.sem_attention = SemanticAttention(sem_size)
         self.sem_out = nn.Linear(sem_size, d)
         self.combine = nn.Linear(2 * d, d)
-        for module in (self.sem_project, self.sem_attention, self.sem_out, self.combine):
-            module.apply(init_weights)
-        _identity_then_noise(self.item_fuse, d)
-        if fusion == "concat":
-            _identity_then_noise(self.combine, d)
-
-    def semantic_view(self, ids: Tensor | None = None) -> Tensor:
-        """Projected semantic vectors s = W_p S + b_p of ``ids`` (default: the whole catalog),
-        with ``sem_dropout`` in training (an independent draw per call, as CORE's session and
-        item dropouts are independent)."""
-        semantic = self.semantic if ids is None else F.embedding(ids, self.semantic)
-        return dropout(self.sem_project(semantic), self.sem_dropout, self.training)
-
-    def item_table(self) -> Tensor:
-        return self.item_fuse(torch.cat([self.item_embedding, self.semantic_view()], dim=1))
+        self._init_item_views(self.sem_attention, self.sem_out, self.combine,
+                              fusion_layer=self.combine, fusion=fusion)
 
     def session_vector(self, packed: Packed, items: Tensor, h: Tensor) -> Tensor:
+        """CORE-trm's session vector fused with the semantic one (``fusion``).
+
+        Args:
+            packed: the batch's layout.
+            items: right-padded item ids [B, L].
+            h: CORE-trm's session vectors [B, d] before normalisation.
+
+        Returns:
+            The fused session vectors [B, d].
+        """
         tokens = self.semantic_view(packed.pack(items))
         h_sem = self.sem_out(self.sem_attention(packed, tokens)[0])
-        both = torch.cat([h, h_sem.to(h.dtype)], dim=1)
-        if self.fusion == "concat":
-            return self.combine(both)
-        gate = torch.sigmoid(self.combine(both))
-        return gate * h + (1 - gate) * h_sem
+        return fuse_vectors(h, h_sem, self.combine, self.fusion)
+
+
+# --------------------------------------------------------------------------- specs
+
+# SemSR-F: size of the projected semantic view, its dropout, and how the behavioural and the
+# semantic session vectors are fused.
+SEMSR_F = Keys(
+    {"sem_size": 128, "sem_dropout": 0.2, "fusion": "gate"},
+    {"sem_size": COUNT, "sem_dropout": FRACTION, "fusion": one_of(FUSIONS)},
+)
+
+
+def _build_semsr_i(config: dict, n_items: int, item_vectors: np.ndarray) -> CORE:
+    model = CORE(n_items, config["embedding_size"], trm_encoder(config), **core_options(config))
+    with torch.no_grad():
+        model.item_embedding.copy_(semantic_init(item_vectors, model.item_embedding))
+    return model
+
+
+def _build_semsr_f(config: dict, n_items: int, item_vectors: np.ndarray) -> SemanticFusionCORE:
+    return SemanticFusionCORE(
+        n_items, config["embedding_size"], trm_encoder(config), item_vectors,
+        sem_size=config["sem_size"], sem_dropout=config["sem_dropout"], fusion=config["fusion"],
+        **core_options(config),
+    )
+
+
+SPECS = {
+    "semsr_i": VariantSpec("semsr_i", "SemSR-I (CORE-trm)", (CORE_KEYS, TRANSFORMER),
+                           build=_build_semsr_i, needs_item_text=True),
+    "semsr_f": VariantSpec("semsr_f", "SemSR-F (CORE-trm)", (CORE_KEYS, TRANSFORMER, SEMSR_F),
+                           build=_build_semsr_f, needs_item_text=True),
+}

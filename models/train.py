@@ -17,7 +17,7 @@ from data import DatasetSource
 from data.cli import OneLineParser, fail, positive_int
 from models.precision import PRECISIONS
 from models.registry import VARIANTS, dataset_needs, fits_once, resolve_config
-from models.trainer import make_trainer
+from models.trainers import make_trainer
 
 
 def _assignment(text: str) -> tuple[str, object]:

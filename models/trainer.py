@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from data.dataset import SessionDataset
 from models.batches import Rows
+from models.checkpoint import CheckpointFiles
 from models.ema import WeightEMA
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
 from models.precision import (  # noqa: F401 (cpuinfo_field, BF16_CPU_FLAGS: re-exported)
@@ -28,7 +28,7 @@ from models.precision import (  # noqa: F401 (cpuinfo_field, BF16_CPU_FLAGS: re-
     native_bf16,
     resolve_precision,
 )
-from models.registry import build_model_for, default_config, fits_once, resolve_config
+from models.registry import build_model_for, default_config, resolve_config
 from models.weighting import training_rows
 
 SELECTION_METRIC = "mrr_20"
@@ -69,43 +69,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU.
+
+    Returns:
+        The device.
+    """
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _at_least_as_good(value: float, best: float) -> bool:
     """Whether a checkpoint scoring ``value`` replaces the best one (see SELECTION_DECIMALS)."""
     return round(value, SELECTION_DECIMALS) >= round(best, SELECTION_DECIMALS)
-
-
-def make_trainer(config: dict, dataset: SessionDataset, **options):
-    """The trainer of ``config["model"]``: ``Trainer`` for the CORE variants, ``KnnTrainer``
-    (one fit, then validation) for the kNN baselines; both serve the same calls.
-
-    Args:
-        config: the run's config (a "model" key and any of its keys).
-        dataset: the dataset it trains on.
-        **options: ``device``, ``callback``, ``num_threads`` (see ``Trainer``).
-    """
-    if fits_once(config.get("model", "")):
-        from models.knn.trainer import KnnTrainer
-
-        return KnnTrainer(config, dataset, **options)
-    return Trainer(config, dataset, **options)
-
-
-class CheckpointFiles:
-    """``save_checkpoint`` / ``load_checkpoint`` of a trainer's ``state_dict`` (``Trainer`` and
-    ``models.knn.trainer.KnnTrainer`` alike)."""
-
-    def save_checkpoint(self, path: str | Path) -> None:
-        """Atomic write (temporary file then rename), so a killed trial leaves a valid file."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), partial)
-        os.replace(partial, path)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
 
 class Trainer(CheckpointFiles):

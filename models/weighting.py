@@ -25,10 +25,8 @@ import numpy as np
 import torch
 
 from data.dataset import Split
-from models.diffusion import Augmentation, AugmentSettings, DenoiserSettings, augment_training
-from models.registry import build_model, resolve_config
-
-POP_WEIGHTINGS = ("none", "ips")
+from models.diffusion import Augmentation, augment_training
+from models.diffusion.spec import augment_settings, base_config, build_base
 
 
 def ips_weights(targets: np.ndarray, power: float, clip: float = 0.0) -> np.ndarray:
@@ -76,41 +74,6 @@ class TrainingRows:
     augmentation: Augmentation | None = None
 
 
-def augment_settings(config: dict) -> AugmentSettings:
-    """The augmentation settings of a resolved ``diffaug`` config.
-
-    Args:
-        config: a resolved ``diffaug`` config.
-
-    Returns:
-        The settings (``models.diffusion.AugmentSettings``).
-    """
-    denoiser = DenoiserSettings(
-        steps=config["diffusion_steps"], schedule=config["beta_schedule"],
-        tail_quantile=config["tail_quantile"], window=config["diff_window"],
-        epochs=config["diff_epochs"], hidden=config["diff_hidden"],
-        cond_dropout=config["cond_dropout"],
-    )
-    return AugmentSettings(denoiser, guidance_scale=config["guidance_scale"],
-                           aug_ratio=config["aug_ratio"], sample_steps=config["sample_steps"],
-                           seed=config["seed"], anchor=config["diff_anchor"],
-                           anchor_t0=config["diff_anchor_t0"])
-
-
-def base_config(config: dict) -> dict:
-    """The base model of a ``diffaug`` config's first stage: the ``base`` variant's default
-    configuration, trained ``diff_base_epochs`` epochs with the run's seed.
-
-    Args:
-        config: a resolved ``diffaug`` config.
-
-    Returns:
-        A resolved config of the base variant.
-    """
-    return resolve_config({"model": config["base"], "epochs": config["diff_base_epochs"],
-                           "seed": config["seed"]})
-
-
 def training_rows(
     config: dict,
     train: Split,
@@ -138,7 +101,7 @@ def training_rows(
     if config["model"] != "diffaug":
         return TrainingRows(train, weights, len(train))
     augmentation = augment_training(train, n_items, base_config(config), augment_settings(config),
-                                    build_model, name=name, device=device)
+                                    build_base, name=name, device=device)
     extra = augmentation.rows
     users = None
     if train.users is not None:

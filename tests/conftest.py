@@ -9,6 +9,14 @@ import pytest
 TINY = "tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_root(tmp_path_factory):
+    """Every cache (``data.cache``: parsed datasets, text vectors, personas, loss choices,
+    timings) goes to a folder of this test session, never to ~/.cache; a test may point
+    CORE_CACHE_DIR elsewhere (monkeypatch). Set before Ray starts, so its workers inherit it."""
+    os.environ["CORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("core-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data dir with `tiny/tiny.{train,valid,test}.inter`, written by the synthetic generator."""

@@ -177,7 +177,7 @@ def seed_run(trial_id, space, seed, arm="full", status="RUNNING"):
 
 
 def test_the_test_stage_prints_each_seed_run_and_its_test_scores(tmp_path):
-    from hpo.test_stage import run_label
+    from hpo.seed_runs import run_label
 
     stream = io.StringIO()
     console = SeedRunReporter(3, 2, run_label, [("test_recall_20", "R@20")],
@@ -291,7 +291,7 @@ def search_reporter(stream, clock):
 
 
 def seed_reporter(stream, clock):
-    from hpo.test_stage import run_label
+    from hpo.seed_runs import run_label
 
     return SeedRunReporter(6, 1, run_label, [("test_recall_20", "R@20")], stream=stream,
                            clock=clock)
@@ -376,7 +376,7 @@ def test_a_terminal_gets_one_live_status_line_rewritten_in_place(monkeypatch):
 
 
 def test_the_test_stages_live_line(monkeypatch):
-    from hpo.test_stage import run_label
+    from hpo.seed_runs import run_label
 
     monkeypatch.setenv("COLUMNS", "200")
     clock, stream = Clock(), Terminal()

@@ -23,8 +23,13 @@ TEST = [("7 8", 6), ("7", 8)]
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    """Fallback caches go to the test's folder, never to ~/.cache."""
-    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "fallback-cache"))
+    """Caches go to the test's folder, never to ~/.cache."""
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def cached(folder: Path, name: str = "toy") -> Path:
+    """The cache entry of the dataset ``name`` parsed from ``folder``."""
+    return cache.CacheStore("datasets").path(f"{name}.{cache.folder_tag(folder)}.npz")
 
 
 def write_split(path: Path, rows, header: str = HEADER) -> Path:
@@ -98,7 +103,7 @@ def test_malformed_rows_report_file_and_line(tmp_path, rows, line, message):
         load_atomic(tmp_path, "toy")
     assert f"toy.train.inter:{line}:" in str(caught.value)
     assert caught.value.line == line
-    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.rglob("*.npz")) and not list(tmp_path.rglob(".*tmp"))
 
 
 def test_two_column_row_reports_its_line(tmp_path):
@@ -147,7 +152,7 @@ def test_format_error_survives_pickling_for_ray_workers():
 def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path, monkeypatch):
     write_small(tmp_path)
     first = load_atomic(tmp_path, "toy")
-    assert (tmp_path / "toy.cache.npz").is_file()
+    assert cached(tmp_path).is_file()
 
     def no_parse(paths):
         raise AssertionError("cache should have been used")
@@ -156,7 +161,7 @@ def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path, monkeyp
     np.testing.assert_array_equal(load_atomic(tmp_path, "toy").train.prefixes, first.train.prefixes)
 
     monkeypatch.undo()
-    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "fallback-cache"))
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "cache"))
     write_split(tmp_path / "toy.train.inter", [*TRAIN, ("8 8", 8)])
     assert len(load_atomic(tmp_path, "toy").train) == len(TRAIN) + 1
 
@@ -174,11 +179,11 @@ def test_touching_a_source_with_same_size_invalidates_the_cache(tmp_path):
 def test_damaged_cache_is_rebuilt(tmp_path):
     write_small(tmp_path)
     load_atomic(tmp_path, "toy")
-    (tmp_path / "toy.cache.npz").write_bytes(b"not a zip file")
+    cached(tmp_path).write_bytes(b"not a zip file")
     assert len(load_atomic(tmp_path, "toy").train) == len(TRAIN)
 
 
-def test_read_only_data_dir_uses_the_fallback_cache(tmp_path):
+def test_the_cache_is_in_the_cache_root_never_beside_the_data(tmp_path):
     folder = write_small(tmp_path / "ro")
     folder.chmod(0o555)
     try:
@@ -187,9 +192,24 @@ def test_read_only_data_dir_uses_the_fallback_cache(tmp_path):
         folder.chmod(0o755)
     assert len(dataset.valid) == len(VALID)
     assert not list(folder.glob("*.npz")) and not list(folder.glob(".*"))
-    fallback = cache.cache_dirs(folder)[1]
-    assert fallback.parent == tmp_path / "fallback-cache"
-    assert (fallback / "toy.cache.npz").is_file()
+    assert cached(folder).parent == tmp_path / "cache" / "datasets"
+    assert cached(folder).is_file()
+    # the same name in another folder is another entry
+    other = write_small(tmp_path / "other", train=[*TRAIN, ("8 8", 8)])
+    assert len(load_atomic(other, "toy").train) == len(TRAIN) + 1
+    assert cached(other) != cached(folder) and cached(other).is_file()
+    assert len(load_atomic(folder, "toy").train) == len(TRAIN)
+
+
+def test_an_unwritable_cache_root_warns_and_still_loads(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CORE_CACHE_DIR", str(blocker / "cache"))  # no folder can be made there
+    write_small(tmp_path / "data")
+    with pytest.warns(UserWarning, match="set CORE_CACHE_DIR"):
+        dataset = load_atomic(tmp_path / "data", "toy")
+    assert len(dataset.train) == len(TRAIN)
+    assert not list(tmp_path.rglob("*.npz")) and not list(tmp_path.rglob(".*tmp"))
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
@@ -289,7 +309,7 @@ def test_user_column_is_read_into_split_users_and_cached(tmp_path):
         assert dataset.train.users.tolist() == [5, 5, 2, 2, 2, 0]
         assert dataset.valid.users.tolist() == [7, 7] and dataset.test.users.tolist() == [2, 2]
         assert dataset.train.targets.tolist() == [3, 2, 7, 6, 5, 8]
-    assert (tmp_path / "toy.cache.npz").is_file()
+    assert cached(tmp_path).is_file()
     assert load_atomic(write_small(tmp_path / "plain"), "toy").train.users is None
 
 

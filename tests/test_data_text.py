@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from data import DataError, load_dataset, text
+from data.cache import CacheStore, folder_tag
 from data.synthetic import write_atomic
 from data.text import TextModelError
 
@@ -38,8 +39,13 @@ class Items:
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    """Fallback caches go to the test's folder, never to ~/.cache."""
-    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "fallback-cache"))
+    """Caches go to the test's folder, never to ~/.cache."""
+    monkeypatch.setenv("CORE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def cached(name: str) -> Path:
+    """The file of the text-vector cache entry ``name``."""
+    return CacheStore(text.TEXT_VECTORS).path(name)
 
 
 @pytest.fixture(scope="session")
@@ -152,10 +158,10 @@ def test_cache_is_written_then_reused_without_encoding(minilm, tmp_path, monkeyp
     monkeypatch.setattr(text, "encode_texts", counting)
     lines: list[str] = []
     first = text.item_vectors(
-        texts, minilm, cache_dir=tmp_path, cache_name="toy.npz", show_progress=False,
-        log=lines.append,
+        texts, minilm, cache_name="toy.npz", show_progress=False, log=lines.append,
     )
-    assert len(calls) == 1 and (tmp_path / "toy.npz").is_file()
+    assert len(calls) == 1 and cached("toy.npz").is_file()
+    assert cached("toy.npz").parent == tmp_path / "cache" / "text-vectors"
     assert "encoded 2 item texts (2 empty -> zero vectors)" in lines[0]
     assert re.search(r" on (cpu|cuda\S*) in [0-9.]+ s; cached at ", lines[0])
 
@@ -163,11 +169,9 @@ def test_cache_is_written_then_reused_without_encoding(minilm, tmp_path, monkeyp
         raise AssertionError("encoded again although the cache is valid")
 
     monkeypatch.setattr(text, "encode_texts", refuse)
-    second = text.item_vectors(
-        texts, minilm, cache_dir=tmp_path, cache_name="toy.npz", log=lines.append
-    )
+    second = text.item_vectors(texts, minilm, cache_name="toy.npz", log=lines.append)
     np.testing.assert_array_equal(first, second)
-    assert f"reused cache {tmp_path / 'toy.npz'}" in lines[1]
+    assert f"reused cache {cached('toy.npz')}" in lines[1]
 
 
 # --------------------------------------------------------------------------- cache validity
@@ -175,19 +179,19 @@ def test_cache_is_written_then_reused_without_encoding(minilm, tmp_path, monkeyp
 
 def test_changing_one_text_rebuilds_the_cache(minilm, tmp_path, encoder_calls):
     texts = ["", "Toy Story (1995)", "GoldenEye (1995)"]
-    first = text.item_vectors(texts, minilm, cache_dir=tmp_path, cache_name="c.npz")
+    first = text.item_vectors(texts, minilm, cache_name="c.npz")
     changed = ["", "Toy Story (1995)", "GoldenEye (1995) - a James Bond film"]
-    second = text.item_vectors(changed, minilm, cache_dir=tmp_path, cache_name="c.npz")
+    second = text.item_vectors(changed, minilm, cache_name="c.npz")
     assert len(encoder_calls) == 2
     np.testing.assert_array_equal(first[1], second[1])
     assert not np.allclose(first[2], second[2])
-    third = text.item_vectors(changed, minilm, cache_dir=tmp_path, cache_name="c.npz")
+    third = text.item_vectors(changed, minilm, cache_name="c.npz")
     assert len(encoder_calls) == 2 and np.array_equal(second, third)
 
 
 def test_model_content_not_its_path_decides_reuse(minilm, model_copy, tmp_path, encoder_calls):
     texts = ["", "Toy Story (1995)"]
-    cache = {"cache_dir": tmp_path / "data", "cache_name": "c.npz"}
+    cache = {"cache_name": "c.npz"}
     text.item_vectors(texts, minilm, **cache)
     text.item_vectors(texts, model_copy, **cache)  # same files elsewhere: same model
     assert len(encoder_calls) == 1
@@ -217,8 +221,8 @@ def test_fingerprint_follows_file_content_and_names_not_times(tmp_path):
 def test_damaged_or_mismatched_cache_is_rebuilt_never_used(tmp_path, encoder_calls, damage):
     model = fake_model(tmp_path / "model")
     texts = ["", "a", "b"]
-    path = tmp_path / "c.npz"
-    good = text.item_vectors(texts, model, cache_dir=tmp_path, cache_name="c.npz")
+    path = cached("c.npz")
+    good = text.item_vectors(texts, model, cache_name="c.npz")
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "wrong-rows":  # the right key on vectors of the wrong shape
@@ -227,24 +231,23 @@ def test_damaged_or_mismatched_cache_is_rebuilt_never_used(tmp_path, encoder_cal
         np.savez(path, vectors=np.zeros((2, 8), np.float32), key=key)
     else:
         path.write_bytes(damage)
-    rebuilt = text.item_vectors(texts, model, cache_dir=tmp_path, cache_name="c.npz")
+    rebuilt = text.item_vectors(texts, model, cache_name="c.npz")
     assert len(encoder_calls) == 2 and np.array_equal(good, rebuilt)
-    text.item_vectors(texts, model, cache_dir=tmp_path, cache_name="c.npz")
+    text.item_vectors(texts, model, cache_name="c.npz")
     assert len(encoder_calls) == 2  # the rewritten cache is valid again
 
 
-def test_read_only_data_dir_caches_in_the_fallback_folder(tmp_path, encoder_calls):
+def test_an_unwritable_cache_encodes_each_time_and_warns(tmp_path, encoder_calls, monkeypatch):
     model = fake_model(tmp_path / "model")
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    data_dir.chmod(0o555)
-    try:
-        text.item_vectors(["", "a"], model, cache_dir=data_dir, cache_name="c.npz")
-        text.item_vectors(["", "a"], model, cache_dir=data_dir, cache_name="c.npz")
-    finally:
-        data_dir.chmod(0o755)
-    assert len(encoder_calls) == 1 and list(data_dir.iterdir()) == []
-    assert len(list((tmp_path / "fallback-cache").rglob("c.npz"))) == 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CORE_CACHE_DIR", str(blocker / "cache"))  # no folder can be made there
+    lines: list[str] = []
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="set CORE_CACHE_DIR"):
+            text.item_vectors(["", "a"], model, cache_name="c.npz", log=lines.append)
+    assert len(encoder_calls) == 2 and "NOT cached (no writable folder)" in lines[-1]
+    assert not list(tmp_path.rglob("*.npz")) and not list(tmp_path.rglob(".*tmp"))
 
 
 def test_two_processes_building_the_same_cache_at_once(tmp_path):
@@ -275,12 +278,12 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path):
 
         text.encode_texts = together
         texts = [""] + [f"item {{i}}" for i in range(1, 2000)]
-        vectors = text.item_vectors(texts, {str(model)!r}, cache_dir={str(tmp_path)!r},
-                                    cache_name="c.npz")
+        vectors = text.item_vectors(texts, {str(model)!r}, cache_name="c.npz")
         print(vectors.sum(), flush=True)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    store = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CORE_CACHE_DIR": str(store)}
     runs = [
         subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
@@ -289,8 +292,9 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path):
     assert [run.returncode for run in runs] == [0, 0]
     assert all("encoded" in output for output in outputs)  # both missed the cache
     assert outputs[0].split()[-1] == outputs[1].split()[-1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "model"]  # no temp files
-    with np.load(tmp_path / "c.npz") as stored:
+    folder = store / text.TEXT_VECTORS
+    assert sorted(p.name for p in folder.iterdir()) == ["c.npz"]  # no temp files
+    with np.load(folder / "c.npz") as stored:
         assert stored["vectors"].shape == (2000, 8)
 
 
@@ -302,7 +306,7 @@ def test_missing_or_invalid_model_folder_is_refused_naming_it(tmp_path, encoder_
     with pytest.raises(TextModelError, match=f"text model {missing} does not exist"):
         text.check_text_model(missing)
     with pytest.raises(TextModelError, match="does not exist"):
-        text.item_vectors(["", "a"], missing, cache_dir=tmp_path, cache_name="c.npz")
+        text.item_vectors(["", "a"], missing, cache_name="c.npz")
     assert encoder_calls == []  # refused before any encoding
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -343,7 +347,7 @@ def test_dataset_without_item_text_is_refused_clearly(toy_dir, encoder_calls):
     assert encoder_calls == []
 
 
-def test_attach_caches_beside_the_atomic_files_and_a_tail_cut_reuses_it(
+def test_attach_caches_per_dataset_folder_and_a_tail_cut_reuses_it(
     minilm, toy_dir, encoder_calls
 ):
     dataset = load_dataset("toy", toy_dir)
@@ -352,8 +356,9 @@ def test_attach_caches_beside_the_atomic_files_and_a_tail_cut_reuses_it(
     full = text.attach_item_vectors(with_texts(dataset, texts), toy_dir, log=lines.append)
     assert full.item_vectors.shape == (dataset.n_items, 8) and full.text_model == str(minilm)
     assert not full.item_vectors[0].any() and not full.item_vectors[3].any()
-    cache = toy_dir / "toy" / "toy.all-MiniLM-L6-v2.vectors.npz"
+    cache = cached(f"toy.all-MiniLM-L6-v2.{folder_tag(toy_dir / 'toy')}.npz")
     assert cache.is_file() and len(encoder_calls) == 1
+    assert not list(toy_dir.rglob("*.npz"))  # nothing beside the data
 
     cut = with_texts(dataset, texts).with_train_tail(5)
     assert cut.name == "toy-last5"
@@ -363,14 +368,15 @@ def test_attach_caches_beside_the_atomic_files_and_a_tail_cut_reuses_it(
     assert len(attached.train) == 5
 
 
-def test_attach_on_generated_synthetic_data_caches_in_its_folder(tmp_path, encoder_calls):
+def test_attach_on_generated_synthetic_data_caches_for_its_folder(tmp_path, encoder_calls):
     dataset = load_dataset("synthetic-tiny", tmp_path)
     texts = ["stray padding text"] + [f"synthetic item {i}" for i in range(1, dataset.n_items)]
     attached = text.attach_item_vectors(with_texts(dataset, texts), tmp_path)
     assert attached.item_vectors.shape[0] == dataset.n_items
     assert not attached.item_vectors[0].any() and attached.item_vectors[1:].all(axis=1).any()
     assert encoder_calls[0][0] == ""  # the padding row is never encoded
-    assert (tmp_path / "synthetic-tiny" / "synthetic-tiny.all-MiniLM-L6-v2.vectors.npz").is_file()
+    tag = folder_tag(tmp_path / "synthetic-tiny")
+    assert cached(f"synthetic-tiny.all-MiniLM-L6-v2.{tag}.npz").is_file()
 
 
 # --------------------------------------------------------------------------- extraction
@@ -413,7 +419,7 @@ def test_a_partial_package_folder_is_never_handed_out_nor_replaced(tmp_path, mon
     (partial / "config.json").write_text("{}")  # an interrupted (or running) extraction
     monkeypatch.setenv("HOME", str(home))
     folder = Path(text.default_text_model())
-    assert folder != partial and folder.is_relative_to(tmp_path / "fallback-cache")
+    assert folder != partial and folder.is_relative_to(tmp_path / "cache")
     assert text.check_text_model(folder) == folder.resolve()
     listing = _packaged_listing()
     assert (folder / "model.safetensors").stat().st_size == listing["model.safetensors"]

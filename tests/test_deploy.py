@@ -17,7 +17,7 @@ from mlflow.server.security_utils import is_allowed_host_header
 from sqlalchemy.engine import make_url
 
 import launch
-from hpo import tracking_server
+from hpo import tracking_auth, tracking_server
 from hpo.cluster import Resources, validate_resources
 from hpo.space import load_space
 
@@ -240,7 +240,7 @@ def check_login(config: dict, server, head_start: str) -> None:
     assert str(server.admin_password_file) in files.values()
     [create] = [c for c in config["head_start_ray_commands"] if " create-user " in c]
     words = shlex.split(create[create.index("python -m hpo.tracking_server"):])
-    user = tracking_server.build_create_user_parser().parse_args(words[4:])
+    user = tracking_auth.build_create_user_parser().parse_args(words[4:])
     assert user.admin_password_file == server.admin_password_file
     assert str(user.password_file) in files.values() and user.update_password
     assert f"MLFLOW_TRACKING_USERNAME={user.username}" in head_start
@@ -338,7 +338,7 @@ def check_k8s_login(head: dict, deployment: dict, container: dict, server) -> No
                       (DEPLOY / "mlflow.yaml").read_text().splitlines() if line.startswith("#"))
     create = re.search(r"python -m hpo\.tracking_server create-user (.*?--update-password)",
                        " ".join(header.split()))
-    user = tracking_server.build_create_user_parser().parse_args(shlex.split(create.group(1)))
+    user = tracking_auth.build_create_user_parser().parse_args(shlex.split(create.group(1)))
     assert user.admin_password_file == server.admin_password_file
     assert mounted[str(Path(user.password_file).parent)] == user_secret
     for secret in (admin_secret, user_secret):
@@ -399,7 +399,7 @@ def test_readme_cluster_commands_parse():
     assert launches and servers and users
     for command in users:  # the user the searches log in as, created with the server's admin
         words = shlex.split(command)
-        user = tracking_server.build_create_user_parser().parse_args(
+        user = tracking_auth.build_create_user_parser().parse_args(
             words[words.index("create-user") + 1:])
         assert any(user.admin_password_file == parse_server(c).admin_password_file
                    for c in servers)

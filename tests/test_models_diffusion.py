@@ -19,10 +19,11 @@ from models.diffusion import stages
 from models.diffusion.augment import augment_training, stage_keys
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.schedule import Schedule, guided_eps, make_betas
+from models.diffusion.spec import base_config
 from models.diffusion.stages import HEAD, MID, TAIL, DenoiserSettings
 from models.item_groups import head_item_mask
 from models.registry import build_model, resolve_config
-from models.weighting import base_config, training_rows
+from models.weighting import training_rows
 
 # ------------------------------------------------------------------ schedule
 
@@ -428,7 +429,7 @@ def test_the_cache_is_reused_on_the_second_call(tmp_path, monkeypatch):
 
 
 def augment_settings_of(config):
-    from models.weighting import augment_settings
+    from models.diffusion.spec import augment_settings
 
     return augment_settings(config)
 

@@ -327,7 +327,7 @@ def test_configuration_api():
 def test_knn_trainer_fits_once_validates_and_keeps_test_for_the_end(tmp_path):
     from data.synthetic import make_dataset
     from models.knn.trainer import KnnTrainer
-    from models.trainer import make_trainer
+    from models.trainers import make_trainer
 
     dataset = make_dataset("tiny", seed=0)
     trainer = make_trainer({"model": "stan", "k": 20}, dataset.without_test())

@@ -10,8 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from data.dataset import SessionDataset, Split
-from data.graph_files import GraphFiles
+from data.dataset import GraphFiles, SessionDataset, Split
 from data.items import ItemTable
 from data.synthetic import make_dataset
 from models.persona import hdgi as hdgi_module

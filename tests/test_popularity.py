@@ -1,5 +1,5 @@
 """Popularity bias: the IPS loss weights (models.weighting) and the report's popularity view
-(hpo.popularity: ARP, tail share, exposure Gini, session tests on tail targets)."""
+(verdict.popularity: ARP, tail share, exposure Gini, session tests on tail targets)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from data.dataset import SessionDataset, Split
-from hpo.beyond import exposure_counts, item_groups
-from hpo.popularity import (
+from models.registry import VARIANTS, default_config, fits_once, resolve_config
+from models.weighting import ips_weights, training_rows
+from verdict.beyond import item_groups
+from verdict.popularity import (
     average_recommendation_popularity,
     exposure_gini,
     gini,
@@ -18,10 +20,9 @@ from hpo.popularity import (
     tail_session_tests,
     tail_share,
 )
-from hpo.stats import row_level_tests
-from hpo.tables import popularity_markdown
-from models.registry import VARIANTS, default_config, fits_once, resolve_config
-from models.weighting import ips_weights, training_rows
+from verdict.results import exposure_counts
+from verdict.row_tables import popularity_markdown
+from verdict.session_level import row_level_tests
 
 # ------------------------------------------------------------------ IPS
 

@@ -1,5 +1,5 @@
-"""The report: head/tail/cold split and coverage (hpo.beyond), the Table-1 frame and markdown
-(hpo.tables) and the files written (hpo.report)."""
+"""The report: head/tail/cold split and coverage (verdict.beyond), the Table-1 frame and markdown
+(verdict.tables) and the files written (verdict.report)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from hpo.beyond import (
+from verdict.beyond import (
     beyond_mean_table,
     catalog_coverage,
-    exposure_counts,
     group_metrics,
     head_item_mask,
     item_groups,
 )
-from hpo.report import write_report
-from hpo.stats import FULL_ARM, METRICS, paired_tests
-from hpo.tables import BETTER, WORSE, results_table_frame, results_table_markdown
+from verdict.markdown import BETTER, WORSE
+from verdict.options import FULL_ARM
+from verdict.report import write_report
+from verdict.results import TestResults, exposure_counts
+from verdict.seed_level import METRICS, paired_tests
+from verdict.tables import results_table_frame, results_table_markdown
 
 # ids 1..10; by popularity: 3(9) 9(7) 1(5) 10(4) 6(3) 7(3) 8(2) 2(1) 4(1) 5(0)
 POPULARITY = np.array([0, 5, 1, 9, 1, 0, 3, 3, 2, 7, 4], dtype=np.int64)
@@ -88,17 +90,19 @@ def test_head_items_are_the_most_popular_targeted_items_with_ties_to_lower_id():
 def test_the_report_and_the_diffusion_stages_share_one_head_definition():
     import inspect
 
-    import hpo.beyond
-    import hpo.popularity
-    import hpo.report
     import models.item_groups
+    import verdict.beyond
+    import verdict.popularity
+    import verdict.report
     from models.diffusion import stages
 
     # The same objects, not copies that could drift apart.
-    assert hpo.beyond.head_item_mask is stages.head_item_mask is models.item_groups.head_item_mask
-    assert hpo.beyond.HEAD_FRACTION is stages.HEAD_FRACTION is models.item_groups.HEAD_FRACTION
-    for function in (hpo.report.write_report, hpo.beyond.item_groups,
-                     hpo.popularity.popularity_table, hpo.popularity.tail_session_tests):
+    assert verdict.beyond.head_item_mask is stages.head_item_mask \
+        is models.item_groups.head_item_mask
+    assert verdict.beyond.HEAD_FRACTION is stages.HEAD_FRACTION \
+        is models.item_groups.HEAD_FRACTION
+    for function in (verdict.report.write_report, verdict.beyond.item_groups,
+                     verdict.popularity.popularity_table, verdict.popularity.tail_session_tests):
         default = inspect.signature(function).parameters["head_fraction"].default
         assert default is models.item_groups.HEAD_FRACTION, function.__name__
     # And the same items: the stages' head group is the report's head, on sparse counts too.
@@ -263,12 +267,9 @@ def test_write_report_writes_every_file(tmp_path):
     per_row = per_row_for(("ave", "trm", "da", "hn"))
     paths = write_report(
         tmp_path / "report",
-        results,
+        TestResults(results, per_row, targets={"diginetica": targets},
+                    popularity={"diginetica": POPULARITY}, n_items={"diginetica": 11}),
         baseline="trm",
-        per_row=per_row,
-        targets_by_dataset={"diginetica": targets},
-        popularity_by_dataset={"diginetica": POPULARITY},
-        n_items_by_dataset={"diginetica": 11},
         correction="bonferroni",
         baseline_note="strongest baseline on validation: ave 0.1, trm 0.2",
     )
@@ -329,7 +330,7 @@ def test_write_report_with_ablation_arms_writes_the_ablation_table(tmp_path):
     frame = pd.concat([results, arm], ignore_index=True)
     skipped = {("diginetica", "da", "da_recent=false"): "the selected configuration already "
                "has da_recent=false, so this arm is the full model"}
-    paths = write_report(tmp_path, frame, skipped_arms=skipped)
+    paths = write_report(tmp_path, TestResults(frame, skipped_arms=skipped))
     ablation = pd.read_csv(paths["ablation_csv"])
     assert set(ablation["variant"]) == {"da"}
     assert list(dict.fromkeys(ablation["arm"])) == [FULL_ARM, "da_gating=false",
@@ -347,18 +348,20 @@ def test_write_report_with_ablation_arms_writes_the_ablation_table(tmp_path):
 
 def test_write_report_without_per_row_skips_row_level_outputs(tmp_path):
     two = table_results().query("variant in ['trm', 'da']")
-    paths = write_report(tmp_path, two)
+    paths = write_report(tmp_path, TestResults(two))
     assert "beyond_mean_csv" not in paths and not (tmp_path / "beyond_mean.csv").exists()
     assert "ablation_csv" not in paths
     markdown = paths["results_md"].read_text()
     assert "Not computed: no dataset has more than two variants" in markdown
     assert "Session-level" not in markdown and "## Ablation" not in markdown
     with pytest.raises(ValueError, match="unknown correction"):
-        write_report(tmp_path, two, correction="sidak")
+        write_report(tmp_path, TestResults(two), correction="sidak")
+    with pytest.raises(ValueError, match="per_row needs targets, popularity and n_items"):
+        TestResults(two, per_row_for(("trm", "da")))
 
 
 def test_row_group_table_averages_each_user_group_over_seeds():
-    from hpo.beyond import row_group_table
+    from verdict.beyond import row_group_table
 
     groups = np.array(["known", "unknown", "known", "few"], dtype=object)
     seeds = [(np.array([1, 30, 2, 5]), np.zeros(11, dtype=int)),

@@ -1,6 +1,6 @@
-"""hpo.stats: metric formulas, seed pairing, corrections, intervals, effect sizes, MDE, ANOVA,
-session-level resampling tests: each against a hand-computed case and against scipy /
-statsmodels themselves."""
+"""verdict.stats, verdict.seed_level and verdict.session_level: metric formulas, seed pairing,
+corrections, intervals, effect sizes, MDE, ANOVA, session-level resampling tests: each against a
+hand-computed case and against scipy / statsmodels themselves."""
 
 from __future__ import annotations
 
@@ -17,24 +17,23 @@ from statsmodels.stats.anova import AnovaRM, anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from hpo.stats import (
-    FULL_ARM,
+from models.metrics import row_metrics
+from verdict.options import FULL_ARM
+from verdict.seed_level import (
     METRICS,
-    SESSION_LEVEL,
     ablation_tests,
-    adjust_pvalues,
     anova,
-    bootstrap_interval,
-    mde_effect_size,
-    mean_interval,
-    paired_comparison,
     paired_tests,
     posthoc_tests,
-    randomization_test,
-    row_level_tests,
-    row_metrics,
     summarize,
 )
+from verdict.session_level import (
+    SESSION_LEVEL,
+    bootstrap_interval,
+    randomization_test,
+    row_level_tests,
+)
+from verdict.stats import adjust_pvalues, mde_effect_size, mean_interval, paired_comparison
 
 
 def seed_frame(values: dict[tuple[str, str], dict[int, float]]) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Study files (hpo.studies): checked whole before anything runs, run piece by piece, resumed
-after a kill, exported as small files, and the report rebuilt from those files alone."""
+"""Study files (hpo.studies, run by hpo.study_runs): checked whole before anything runs, run
+piece by piece, resumed after a kill, exported as small files (verdict.study_results), and the
+report rebuilt from those files alone (verdict.study_report)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,12 @@ from hpo.studies import (
     StudyError,
     load_study,
     pieces,
-    readme_markers,
-    study_table,
-    update_readme,
-    write_reports,
+    study_status,
 )
-from hpo.study_results import CLIPPED_RANK, StudyResults
+from hpo.study_runs import update_readme, write_reports
 from hpo.tracking import PARENT_TAG
+from verdict.study_report import readme_markers, study_table
+from verdict.study_results import CLIPPED_RANK, StudyResults
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny"  # written by the tiny_data_dir fixture
@@ -178,7 +178,7 @@ def test_table_of_a_dataset_in_progress_lists_the_finished_arms_without_tests(tm
     fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
     for seed in study.seeds:
         fake_seed(results, TINY, "sknn", "full", seed, rng)
-    text = study_table(study)
+    text = study_table(study_status(study))
     assert "No dataset of the study is complete yet." in text
     assert f"{TINY}: {1 + len(study.seeds)} of " in text  # the search and the seed runs
     seeds = results.seed_results(TINY, [("sknn", "full", s) for s in study.seeds])[0]
@@ -211,7 +211,7 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     assert f"{mean:.2f} ±" in table and "(b)" in table
     # the README block is the table, and only it is rewritten
     readme = tmp_path / "README.md"
-    start, end = readme_markers(study)
+    start, end = readme_markers(study.name)
     readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nafter\n")
     assert update_readme(study, readme)
     assert readme.read_text() == f"# x\n\n{start}\n{table.strip()}\n{end}\n\nafter\n"
@@ -220,13 +220,13 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
 def test_readme_table1_equals_the_study_files():
     """Every number of README's Table 1 is the one the committed study files give."""
     study = load_study(ROOT / "studies" / "table1.yaml")
-    start, end = readme_markers(study)
+    start, end = readme_markers(study.name)
     text = (ROOT / "README.md").read_text()
     assert start in text and end in text, "README.md has no Table 1 block"
     block = text.split(start, 1)[1].split(end, 1)[0].strip()
-    assert block == study_table(study).strip()
+    assert block == study_table(study_status(study)).strip()
     numbers = re.findall(r"\d+\.\d\d", block)
-    assert numbers == re.findall(r"\d+\.\d\d", study_table(study))
+    assert numbers == re.findall(r"\d+\.\d\d", study_table(study_status(study)))
 
 
 # ---------------------------------------------------------------- end to end, with a kill

@@ -20,7 +20,7 @@ from local_cluster import kill_tree, start_mlflow_server
 from mlflow.tracking import MlflowClient
 
 import launch
-from hpo import tracking_server
+from hpo import tracking_auth, tracking_server, tracking_store
 from hpo.tracking import PARENT_TAG, TrackingUnavailableError, check_tracking
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,13 @@ def server_args(backend: Path, *extra: str) -> list[str]:
 def test_password_file_is_its_first_line_and_bad_files_are_refused(tmp_path):
     path, password = password_file(tmp_path, "ok.pw")
     path.write_text(password + "\nignored second line\n")
-    assert tracking_server.read_password_file(path) == password
+    assert tracking_auth.read_password_file(path) == password
     (tmp_path / "empty.pw").write_text("\n")
     (tmp_path / "short.pw").write_text("tooshort\n")
     for name, message in (("missing.pw", "does not exist"), ("empty.pw", "is empty"),
                           ("short.pw", "has 8 characters; MLflow accepts 12 or more")):
-        with pytest.raises(tracking_server.AuthSetupError, match=message):
-            tracking_server.read_password_file(tmp_path / name)
+        with pytest.raises(tracking_auth.AuthSetupError, match=message):
+            tracking_auth.read_password_file(tmp_path / name)
 
 
 def test_auth_needs_a_password_file_and_a_file_needs_auth(tmp_path, capsys):
@@ -72,8 +72,10 @@ def test_a_password_file_everyone_may_read_is_warned_about(tmp_path, capsys):
     pw.chmod(0o644)
     args = tracking_server.build_parser().parse_args(server_args(
         tmp_path, "--auth", "--admin-password-file", str(pw)))
-    backend = tracking_server.backend_store_uri(args.backend_store)
-    env = tracking_server._auth_setup(args, backend)
+    backend = tracking_store.backend_store_uri(args.backend_store)
+    env = tracking_auth.login_environment(
+        backend, password_file=args.admin_password_file, admin=args.admin_username,
+        auth_db=args.auth_db, default_permission=args.default_permission)
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == password
     out = capsys.readouterr()
     assert f"warning: every user of this machine may read {pw}: chmod 600 it" in out.err
@@ -100,28 +102,28 @@ def test_a_public_interface_without_login_warns(tmp_path, capsys):
 
 
 def test_auth_settings_reach_mlflow_through_its_environment_only(tmp_path):
-    backend = tracking_server.backend_store_uri(str(tmp_path / "m" / "mlflow.db"))
-    auth_db = tracking_server.auth_database_uri(backend)
+    backend = tracking_store.backend_store_uri(str(tmp_path / "m" / "mlflow.db"))
+    auth_db = tracking_auth.auth_database_uri(backend)
     assert auth_db == f"sqlite:///{tmp_path / 'm' / 'basic_auth.db'}"
     postgres = "postgresql://mlflow@db:5432/mlflow"
-    assert tracking_server.auth_database_uri(postgres) == postgres
-    assert tracking_server.auth_database_uri(postgres, str(tmp_path / "u.db")) == \
+    assert tracking_auth.auth_database_uri(postgres) == postgres
+    assert tracking_auth.auth_database_uri(postgres, str(tmp_path / "u.db")) == \
         f"sqlite:///{tmp_path / 'u.db'}"
-    text = tracking_server.auth_config_text(auth_db, "root", "READ")
+    text = tracking_auth.auth_config_text(auth_db, "root", "READ")
     assert "default_permission = READ" in text and "admin_username = root" in text
-    config = tracking_server.write_auth_config(text)
+    config = tracking_auth.write_auth_config(text)
     assert config.read_text() == text and config.parent.stat().st_mode & 0o077 == 0
     password = secrets.token_hex(12)
-    env = tracking_server.auth_environment(config, "root", password, environ={})
+    env = tracking_auth.auth_environment(config, "root", password, environ={})
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == password
     assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(config)
     # The forms' key: the same for every replica started with the same file, not the password.
-    again = tracking_server.auth_environment(config, "root", password, environ={})
-    other = tracking_server.auth_environment(config, "root", password + "x", environ={})
+    again = tracking_auth.auth_environment(config, "root", password, environ={})
+    other = tracking_auth.auth_environment(config, "root", password + "x", environ={})
     key = env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     assert key == again["MLFLOW_FLASK_SERVER_SECRET_KEY"] != other["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     assert password not in key
-    kept = tracking_server.auth_environment(
+    kept = tracking_auth.auth_environment(
         config, "root", password, environ={"MLFLOW_FLASK_SERVER_SECRET_KEY": "set"})
     assert kept["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "set"
 
@@ -131,12 +133,12 @@ def test_the_admin_password_follows_the_file(tmp_path):
 
     auth_db = f"sqlite:///{tmp_path / 'basic_auth.db'}"
     first, second = secrets.token_hex(12), secrets.token_hex(12)
-    assert tracking_server.sync_admin_password(auth_db, "admin", first) == "new"
+    assert tracking_auth.sync_admin_password(auth_db, "admin", first) == "new"
     store = SqlAlchemyStore()
     store.init_db(auth_db)
     store.create_user("admin", first, is_admin=True)  # as the server does on its first start
-    assert tracking_server.sync_admin_password(auth_db, "admin", first) == "kept"
-    assert tracking_server.sync_admin_password(auth_db, "admin", second) == "changed"
+    assert tracking_auth.sync_admin_password(auth_db, "admin", first) == "kept"
+    assert tracking_auth.sync_admin_password(auth_db, "admin", second) == "changed"
     assert store.authenticate_user("admin", second)
     assert not store.authenticate_user("admin", first)
     store.engine.dispose()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_tracking  # noqa: E402
 
-from hpo import tracking_server  # noqa: E402
+from hpo import tracking_server, tracking_store  # noqa: E402
 
 # Small but concurrent: every trial is its own process, all logging at once.
 TRIALS, EPOCHS, METRICS = 12, 6, 8
@@ -64,8 +64,8 @@ def test_printed_command_hides_the_database_password(tmp_path, capsys):
     assert command[command.index("--backend-store-uri") + 1] == \
         "postgresql://mlflow:***@db.internal:5432/mlflow"
     assert command[command.index("--workers") + 1] == "3"
-    assert tracking_server.redact(url) == "postgresql://mlflow:***@db.internal:5432/mlflow"
-    assert tracking_server.redact("postgresql://mlflow@db/m") == "postgresql://mlflow@db/m"
+    assert tracking_store.redact(url) == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert tracking_store.redact("postgresql://mlflow@db/m") == "postgresql://mlflow@db/m"
 
 
 def test_database_servers_get_a_pool_per_worker_as_large_as_its_request_threads():

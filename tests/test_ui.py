@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from hpo import ui
 from hpo.outcome import META_KEY
 from hpo.search import METRIC_TAG, SEARCHED_TAG, trial_run_name
-from hpo.test_stage import seed_run_name
+from hpo.seed_runs import seed_run_name
 from hpo.tracking import PARENT_TAG, MLflowTrialLogger
 
 PARAMETERS = ["lr", "temperature"]

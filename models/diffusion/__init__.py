@@ -50,7 +50,6 @@ from models.diffusion.augment import (
     Augmentation,
     AugmentSettings,
     augment_training,
-    cache_folder,
     stage_keys,
 )
 from models.diffusion.denoiser import Denoiser
@@ -68,7 +67,6 @@ __all__ = [
     "DenoiserSettings",
     "Schedule",
     "augment_training",
-    "cache_folder",
     "guided_eps",
     "make_betas",
     "stage_keys",

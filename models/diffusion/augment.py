@@ -1,9 +1,10 @@
 """``augment_training``: the cached three-stage pipeline of the ``diffaug`` variant (base item
 vectors -> conditional diffusion model -> tail-conditioned counterfactual rows).
 
-Cache. Each stage's result is stored under ``$CORE_CACHE_DIR/diffaug`` (default
-``~/.cache/core-hpo/diffaug``), keyed by a SHA-256 of its upstream settings and of the training
-split's content (prefixes, lengths, targets and the catalog size, never a name or a path):
+Cache. Each stage's result is kept in the project's cache store (``data.cache``, section
+``diffaug``: ``$CORE_CACHE_DIR/diffaug``, default ``~/.cache/core-hpo/diffaug``), keyed by a
+SHA-256 of its upstream settings and of the training split's content (prefixes, lengths, targets
+and the catalog size, never a name or a path):
 
 - base: the data digest and the base model's whole resolved config (variant, epochs, seed, ...);
 - diffusion: the base key and ``DenoiserSettings`` and the seed;
@@ -15,8 +16,8 @@ split's content (prefixes, lengths, targets and the catalog size, never a name o
 So trials of a search that differ only downstream (e.g. the guidance scale, or any setting of the
 recommender trained on the augmented rows) reuse the upstream stages, and a stage whose result is
 cached is not even loaded when the next one's result is cached too. Files are written to a
-temporary file and renamed (``data.fileio.write_atomically``): concurrent first uses may both
-compute a stage, and each rename installs a complete file. A file whose stored key differs, or
+temporary file and renamed: concurrent first uses may both compute a stage, and each rename
+installs a complete file. A file whose stored key differs, or
 that cannot be read, is recomputed. The stages run under their own RNG
 (``torch.random.fork_rng``), so the recommender trained afterwards draws the same random numbers
 whether the stages were computed or read from the cache.
@@ -27,9 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cache import CacheStore
 from data.dataset import Split
-from data.fileio import writable_dir, write_atomically
 from models.diffusion import stages
 from models.diffusion.denoiser import Denoiser
 from models.diffusion.stages import ANCHORS, GROUP_NAMES, DenoiserSettings
@@ -47,6 +46,9 @@ from models.diffusion.stages import ANCHORS, GROUP_NAMES, DenoiserSettings
 # stale). diffusion 2: popularity groups over the targeted items, not the catalog.
 STAGE_VERSIONS = {"base": 1, "diffusion": 2, "sampling": 1}
 STAGES = ("base", "diffusion", "sampling")
+CACHE_SECTION = "diffaug"  # the cache store's folder (data.cache)
+_TITLES = {"base": "base item vectors", "diffusion": "diffusion model",
+           "sampling": "tail-conditioned samples"}
 # Config keys added after the base stage's cache keys were first made, with the value that
 # computes what the configs without them computed: left out of the base key at that value, so
 # the caches made before they existed stay valid (a base config is its variant's defaults, so
@@ -117,12 +119,6 @@ class Augmentation:
     seconds: dict[str, float]
     status: dict[str, str]
     keys: dict[str, str]
-
-
-def cache_folder() -> Path:
-    """``$CORE_CACHE_DIR/diffaug`` (default ``~/.cache/core-hpo/diffaug``)."""
-    root = Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "core-hpo")
-    return root / "diffaug"
 
 
 def data_digest(train: Split, n_items: int) -> str:
@@ -211,44 +207,42 @@ def augment_training(
         base_config: the base model's resolved config (its default configuration, with the
             augmentation's epochs and seed).
         settings: the augmentation's settings.
-        build: builds an untrained model from (config, n_items) (``models.registry.build_model``).
+        build: builds an untrained model from (config, n_items)
+            (``models.diffusion.spec.build_base``).
         name: the dataset's name, for the cache files' names only (not part of any key).
         device: where the stages train and sample (default CPU).
         log: receives the stages' progress lines (default: this module's logger).
         use_cache: read and write the cache.
-        cache_dir: the cache folder (default ``cache_folder()``).
+        cache_dir: the cache folder (default: the cache store's ``CACHE_SECTION``).
 
     Returns:
         The generated rows, their counts, each stage's time and status, and the keys.
     """
     say = log or logger.info
     device = torch.device(device or "cpu")
-    folder = cache_dir or cache_folder()
+    store = CacheStore(CACHE_SECTION, folder=cache_dir) if use_cache else None
     keys = stage_keys(train, n_items, base_config, settings)
-    paths = {
-        "base": folder / f"{name}.base.{keys['base'][:24]}.npz",
-        "diffusion": folder / f"{name}.diffusion.{keys['diffusion'][:24]}.pt",
-        "sampling": folder / f"{name}.sampling.{keys['sampling'][:24]}.npz",
+    names = {
+        "base": f"{name}.base.{keys['base'][:24]}.npz",
+        "diffusion": f"{name}.diffusion.{keys['diffusion'][:24]}.pt",
+        "sampling": f"{name}.sampling.{keys['sampling'][:24]}.npz",
     }
-    seconds = dict.fromkeys(STAGES, 0.0)
-    status = dict.fromkeys(STAGES, "skipped")
+    cache = _StageCache(store, names, keys, say)
+    seconds, status = cache.seconds, cache.status
     n_wanted = wanted_rows(len(train), settings.aug_ratio)
     gpus = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=gpus):
         start = time.perf_counter()
-        found = _read_samples(paths["sampling"], keys["sampling"]) if use_cache else None
+        found = cache.samples()
         if found is not None:
             windows, counts = found
-            status["sampling"] = "reused"
-            seconds["sampling"] = time.perf_counter() - start
-            say(f"diffaug stage 3/3 (tail-conditioned samples): reused cache {paths['sampling']}"
-                f" ({seconds['sampling']:.2f} s)")
+            cache.reused("sampling", start)
             for stage in ("base", "diffusion"):
                 say(f"diffaug stage {STAGES.index(stage) + 1}/3 ({stage}): not needed, the "
                     "samples are cached")
         else:
             windows, counts = _compute(train, n_items, base_config, settings, build, device, say,
-                                       use_cache, keys, paths, seconds, status, n_wanted)
+                                       cache, n_wanted)
     rows = stages.windows_to_split(windows, train.max_len)
     counts = {**counts, "added": len(rows)}
     say(f"diffaug: generated {counts['generated']:,} rows, kept {counts['kept']:,} (dropped: "
@@ -259,39 +253,30 @@ def augment_training(
     return Augmentation(rows, counts, seconds, status, keys)
 
 
-def _compute(train, n_items, base_config, settings, build, device, say, use_cache, keys, paths,
-             seconds, status, n_wanted):
-    """Stages 1 and 2 (each from the cache when possible) and stage 3; fills seconds / status."""
+def _compute(train, n_items, base_config, settings, build, device, say, cache, n_wanted):
+    """Stages 1 and 2 (each from the cache when possible) and stage 3; the cache records each
+    stage's time and status."""
     # Stage 1: base item vectors.
     start = time.perf_counter()
-    vectors = _read_array(paths["base"], keys["base"], "vectors") if use_cache else None
+    vectors = cache.base_vectors()
     if vectors is not None:
-        status["base"] = "reused"
-        seconds["base"] = time.perf_counter() - start
-        say(f"diffaug stage 1/3 (base item vectors): reused cache {paths['base']} "
-            f"({seconds['base']:.2f} s)")
+        cache.reused("base", start)
     else:
         say(f"diffaug stage 1/3 (base item vectors): training {base_config['model']} for "
             f"{base_config['epochs']} epochs on {len(train):,} training rows")
         vectors = stages.train_base_vectors(train, n_items, base_config, build, device, say)
-        status["base"] = "computed"
-        seconds["base"] = time.perf_counter() - start
-        where = _store(use_cache, paths["base"], lambda file: np.savez(
-            file, key=np.asarray(keys["base"]), vectors=vectors))
-        say(f"diffaug stage 1/3 (base item vectors): computed in {seconds['base']:.1f} s; {where}")
+        took = cache.computed("base", start)
+        where = cache.store("base", vectors=vectors)
+        say(f"diffaug stage 1/3 (base item vectors): computed in {took:.1f} s; {where}")
     table = stages.scaled_vectors(vectors)
     windows = stages.row_windows(train, settings.denoiser.window)
     groups = stages.popularity_groups(train.targets, n_items, settings.denoiser.tail_quantile)
 
     # Stage 2: the conditional diffusion model.
     start = time.perf_counter()
-    model = _read_denoiser(paths["diffusion"], keys["diffusion"], table.shape[1],
-                           settings.denoiser) if use_cache else None
+    model = cache.denoiser(table.shape[1], settings.denoiser)
     if model is not None:
-        status["diffusion"] = "reused"
-        seconds["diffusion"] = time.perf_counter() - start
-        say(f"diffaug stage 2/3 (diffusion model): reused cache {paths['diffusion']} "
-            f"({seconds['diffusion']:.2f} s)")
+        cache.reused("diffusion", start)
     else:
         d = settings.denoiser
         sizes = np.bincount(groups[train.targets], minlength=len(GROUP_NAMES))
@@ -301,12 +286,10 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
             + f" by target group), condition dropout {d.cond_dropout:g}")
         model, losses = stages.train_denoiser(windows, groups[train.targets], table, d,
                                               settings.seed, device, say)
-        status["diffusion"] = "computed"
-        seconds["diffusion"] = time.perf_counter() - start
+        took = cache.computed("diffusion", start)
         state = {name: value.cpu() for name, value in model.state_dict().items()}
-        where = _store(use_cache, paths["diffusion"], lambda file: torch.save(
-            {"key": keys["diffusion"], "state": state, "losses": losses}, file))
-        say(f"diffaug stage 2/3 (diffusion model): computed in {seconds['diffusion']:.1f} s, "
+        where = cache.store("diffusion", state=state, losses=losses)
+        say(f"diffaug stage 2/3 (diffusion model): computed in {took:.1f} s, "
             f"final loss {losses[-1]:.4f}; {where}")
 
     # Stage 3: tail-conditioned samples, mapped to items and filtered.
@@ -328,61 +311,84 @@ def _compute(train, n_items, base_config, settings, build, device, say, use_cach
                                       settings.seed, device, say,
                                       sample_steps=settings.steps_sampled, anchors=anchors,
                                       anchor_t0=settings.anchor_t0)
-    status["sampling"] = "computed"
-    seconds["sampling"] = time.perf_counter() - start
-    where = _store(use_cache, paths["sampling"], lambda file: np.savez(
-        file, key=np.asarray(keys["sampling"]), windows=rows,
-        count_names=np.asarray(list(counts)), count_values=np.asarray(list(counts.values()))))
+    took = cache.computed("sampling", start)
+    where = cache.store("sampling", windows=rows, count_names=np.asarray(list(counts)),
+                        count_values=np.asarray(list(counts.values())))
     say(f"diffaug stage 3/3 (tail-conditioned samples, guidance {settings.guidance_scale:g}): "
-        f"computed in {seconds['sampling']:.1f} s; {where}")
+        f"computed in {took:.1f} s; {where}")
     return rows, counts
 
 
-def _store(use_cache: bool, path: Path, write: Callable) -> str:
-    """Writes a stage's file atomically; says where it went (or why not)."""
-    if not use_cache:
-        return "not cached (cache off)"
-    if not writable_dir(path.parent):
-        return f"could not write {path}; set CORE_CACHE_DIR to a writable folder"
-    try:
-        write_atomically(path, write)
-    except OSError as exc:
-        return f"could not write {path}: {exc}"
-    return f"cached in {path}"
+class _StageCache:
+    """The stages' entries in the cache store (``store`` None: the cache is off), and each
+    stage's status and seconds in this call."""
 
+    def __init__(self, store: CacheStore | None, names: dict[str, str], keys: dict[str, str],
+                 say: Log):
+        self._store, self._names, self._keys, self._say = store, names, keys, say
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.status = dict.fromkeys(STAGES, "skipped")
 
-def _read_array(path: Path, key: str, name: str) -> np.ndarray | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
-            return stored[name]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # missing, stale format or damaged: recompute
+    def path(self, stage: str) -> Path:
+        return self._store.path(self._names[stage])
 
+    def reused(self, stage: str, start: float) -> None:
+        """Records, and says, that ``stage``'s result was read from the cache since ``start``."""
+        self.status[stage] = "reused"
+        self.seconds[stage] = time.perf_counter() - start
+        self._say(f"diffaug stage {STAGES.index(stage) + 1}/3 ({_TITLES[stage]}): reused cache "
+                  f"{self.path(stage)} ({self.seconds[stage]:.2f} s)")
 
-def _read_samples(path: Path, key: str) -> tuple[np.ndarray, dict[str, int]] | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
+    def computed(self, stage: str, start: float) -> float:
+        """Records that ``stage`` was computed since ``start``; returns its seconds."""
+        self.status[stage] = "computed"
+        self.seconds[stage] = time.perf_counter() - start
+        return self.seconds[stage]
+
+    def store(self, stage: str, **values) -> str:
+        """Writes a stage's result (arrays, or the denoiser's tensors); says where it went."""
+        if self._store is None:
+            return "not cached (cache off)"
+        name, key = self._names[stage], self._keys[stage]
+        if name.endswith(".pt"):
+            written = self._store.write_tensors(name, key, values)
+        else:
+            written = self._store.write_arrays(name, key, values)
+        if written is None:
+            return f"could not write {self.path(stage)}; set CORE_CACHE_DIR to a writable folder"
+        return f"cached in {written}"
+
+    def _arrays(self, stage: str) -> dict[str, np.ndarray] | None:
+        if self._store is None:
+            return None
+        return self._store.read_arrays(self._names[stage], self._keys[stage])
+
+    def base_vectors(self) -> np.ndarray | None:
+        """Stage 1's item vectors, when cached."""
+        return (self._arrays("base") or {}).get("vectors")
+
+    def samples(self) -> tuple[np.ndarray, dict[str, int]] | None:
+        """Stage 3's rows and counts, when cached."""
+        stored = self._arrays("sampling")
+        if stored is None:
+            return None
+        try:
             counts = dict(zip(stored["count_names"].tolist(),
                               (int(v) for v in stored["count_values"]), strict=True))
             return stored["windows"].astype(np.int64), counts
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
+        except (KeyError, ValueError):
+            return None  # another layout: recompute
 
-
-def _read_denoiser(
-    path: Path, key: str, dim: int, settings: DenoiserSettings
-) -> Denoiser | None:
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("key") != key:
+    def denoiser(self, dim: int, settings: DenoiserSettings) -> Denoiser | None:
+        """Stage 2's model, when cached."""
+        if self._store is None:
+            return None
+        stored = self._store.read_tensors(self._names["diffusion"], self._keys["diffusion"])
+        if stored is None:
             return None
         model = Denoiser(dim, settings.window, len(GROUP_NAMES), settings.hidden)
-        model.load_state_dict(stored["state"])
-    except (OSError, KeyError, RuntimeError, EOFError, ValueError, AttributeError,
-            zipfile.BadZipFile):
-        return None
-    return model.eval()
+        try:
+            model.load_state_dict(stored["state"])
+        except (KeyError, RuntimeError, ValueError, AttributeError, TypeError):
+            return None
+        return model.eval()

@@ -88,7 +88,8 @@ def train_base_vectors(
         train: the training split.
         n_items: catalog rows (row 0 is padding).
         base_config: the base variant's resolved config (``resolve_config``).
-        build: builds an untrained model from (config, n_items) (``models.registry.build_model``).
+        build: builds an untrained model from (config, n_items)
+            (``models.diffusion.spec.build_base``).
         device: where to train.
         log: receives one line per epoch.
 

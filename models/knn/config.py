@@ -11,7 +11,7 @@ arguments of the constructors of ``algorithms/knn/{sknn,vsknn,stan,vstan}.py``, 
 - ``lambda_snh``, which session-rec gives in days (5) and this package in the time unit of
   ``models.knn.sessions`` (the training split spans 1): see ``days_to_time``.
 
-Value types are those of the defaults (int, float, str): ``models.registry``-style coercion
+Value types are those of the defaults (int, float, str): ``models.config_types.coerce``
 accepts an int for a float.
 """
 
@@ -20,8 +20,11 @@ from __future__ import annotations
 import math
 
 from models.config_types import coerce
+from models.spec import Keys, counts
 
 KNN_VARIANTS = ("sknn", "vsknn", "stan", "vstan")
+# How reports name each variant.
+KNN_LABELS = {"sknn": "SKNN", "vsknn": "V-SKNN", "stan": "STAN", "vstan": "VSTAN"}
 
 SAMPLINGS = ("recent", "random")
 # Session similarities each variant offers (session-rec's names; its vsknn also names jaccard,
@@ -107,6 +110,28 @@ KNN_RANGES: dict[str, tuple] = {
     "lambda_ipw": _POSITIVE,
     "lambda_idf": _NON_NEGATIVE,
 }
+
+
+# What a kNN baseline's config has besides its hyperparameters: the seed (of "random" sampling),
+# the epoch budget a search or test stage sets (a fit is one pass, so it is unused) and how many
+# rows are scored at a time.
+KNN_RUN = Keys({"seed": 2020, "epochs": 1, "eval_batch_size": 1024},
+               counts("epochs", "eval_batch_size"))
+
+
+def knn_keys(variant: str) -> Keys:
+    """The hyperparameters of ``variant`` as a key group of its spec (``models.spec``): its
+    ``KNN_DEFAULTS``, their ``KNN_RANGES`` and the rule of ``check_knn_params``.
+
+    Args:
+        variant: one of ``KNN_VARIANTS``.
+
+    Returns:
+        The group.
+    """
+    defaults = KNN_DEFAULTS[variant]
+    return Keys(defaults, {key: KNN_RANGES[key] for key in defaults},
+                rules=(lambda config: check_knn_params(variant, config),))
 
 
 def resolve_knn_params(variant: str, config: dict) -> dict:

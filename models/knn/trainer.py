@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from data.dataset import SessionDataset, Split
-from models.knn import build_knn
+from models.checkpoint import CheckpointFiles
+from models.knn import KNN_SPECS, KNN_VARIANTS, knn_model
 from models.metrics import TOP_K, metrics_from_ranks, rank_and_top_
-from models.registry import resolve_config
-from models.trainer import CheckpointFiles
 
 
 class KnnTrainer(CheckpointFiles):
@@ -42,12 +41,15 @@ class KnnTrainer(CheckpointFiles):
 
     def __init__(self, config: dict, dataset: SessionDataset, device=None, callback=None,
                  num_threads: int | None = None) -> None:
-        self.config = resolve_config(config)
+        variant = config.get("model")
+        if variant not in KNN_VARIANTS:
+            raise ValueError(f"unknown kNN model {variant!r}; expected one of {KNN_VARIANTS}")
+        self.config = KNN_SPECS[variant].resolve(config)  # as models.registry.resolve_config
         self.dataset = dataset
         self.device = torch.device("cpu")
         self.callback = callback
         torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
-        self.model = build_knn(self.config, dataset.n_items)
+        self.model = knn_model(self.config, dataset.n_items)
         self.fitted = False
         self.epoch = 0
         self.best_epoch = 0

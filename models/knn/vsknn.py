@@ -22,6 +22,14 @@ def position_weight(name: str, position: np.ndarray, length: np.ndarray) -> np.n
 
     session-rec's linear is ``1 - 0.1 (L - p) if p <= 10 else 0``: equal to this for sessions
     of up to 10 clicks; longer ones would weigh their last clicks 0 and their first negatively.
+
+    Args:
+        name: one of ``WEIGHTINGS``.
+        position: 1-based positions p of the items' last clicks.
+        length: the sessions' lengths L, broadcast against ``position``.
+
+    Returns:
+        float weights, the shape of ``position``.
     """
     p = position.astype(np.float64)
     length = length.astype(np.float64)
@@ -51,6 +59,13 @@ def score_decay(name: str, step: np.ndarray) -> np.ndarray:
 
     session-rec's linear is ``1 - 0.1 step if step <= 100 else 0``, negative for steps 11..100
     (a neighbour matched only by an old click would lower scores): clipped at 0 here.
+
+    Args:
+        name: one of ``WEIGHTINGS``.
+        step: how far back each matching click is (>= 1).
+
+    Returns:
+        float decays, the shape of ``step``.
     """
     step = step.astype(np.float64)
     if name == "same":

@@ -145,6 +145,9 @@ def session_of_rows(split: Split) -> np.ndarray:
     Args:
         split: rows as ``data.pipeline.expand_sessions`` writes them (a session's rows
             consecutive, longest prefix first), with or without users.
+
+    Returns:
+        int64 [n_rows].
     """
     ends = split.lengths == 1
     if split.users is not None and len(split) > 1:
@@ -160,6 +163,9 @@ def session_items(split: Split, n_items: int) -> tuple[sp.csr_matrix, np.ndarray
     Args:
         split: an expanded split.
         n_items: catalog size.
+
+    Returns:
+        The incidence (CSR) and the users [n_sessions].
     """
     session = session_of_rows(split)
     n_sessions = int(session[-1]) + 1 if len(session) else 0
@@ -181,6 +187,9 @@ def feature_fields(items: ItemTable | None) -> list[str]:
 
     Args:
         items: the dataset's item table (None: no fields).
+
+    Returns:
+        The field names, in the table's order.
     """
     if items is None:
         return []
@@ -225,6 +234,9 @@ def build_graph(dataset: SessionDataset, settings: GraphSettings | None = None) 
     Args:
         dataset: a dataset whose training split carries users.
         settings: co-occurrence threshold and entity pruning (default ``GraphSettings()``).
+
+    Returns:
+        The graph (``HeteroGraph``).
 
     Raises:
         ValueError: the training split has no users.
@@ -327,6 +339,9 @@ def user_metapaths(graph: HeteroGraph, settings: GraphSettings) -> list[Metapath
     Args:
         graph: the graph.
         settings: which metapath families are enabled.
+
+    Returns:
+        The metapaths, in ``METAPATH_FAMILIES`` order.
     """
     ui, iu = (USER, INTERACTS, ITEM), (ITEM, INTERACTS, USER)
     candidates = []
@@ -355,6 +370,9 @@ def metapath_counts(graph: HeteroGraph, steps: tuple[Step, ...]) -> sp.csr_matri
     Args:
         graph: the graph.
         steps: relation steps (source type, relation name or None for all, target type).
+
+    Returns:
+        The counts [n_source, n_target] (CSR).
     """
     return reduce(lambda a, b: (a @ b).tocsr(), [_step(graph, step) for step in steps])
 
@@ -370,6 +388,9 @@ def metapath_adjacency(
         graph: the graph.
         steps: relation steps whose first source type is the last target type.
         max_neighbors: strongest neighbours kept per row (None: all).
+
+    Returns:
+        The adjacency [n, n] (CSR, float).
     """
     if steps[0][0] != steps[-1][2]:
         raise ValueError(f"a metapath adjacency needs a path back to {steps[0][0]}: {steps}")
@@ -405,6 +426,9 @@ def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     Args:
         matrix: a sparse matrix.
         k: entries kept per row.
+
+    Returns:
+        A new CSR matrix of ``matrix``'s shape.
     """
     coo = matrix.tocoo()
     order = np.lexsort((coo.col, -coo.data, coo.row))
@@ -425,6 +449,9 @@ def train_rows_per_user(dataset: SessionDataset) -> np.ndarray:
 
     Args:
         dataset: the dataset.
+
+    Returns:
+        int64 [max user id + 1].
     """
     users = dataset.train.users
     if users is None:

@@ -23,11 +23,11 @@ dependency and nothing this needs.
 
 Cache. ``train_personas`` keys the result on the content of everything it reads (training rows
 and users, item vectors, item table, graph side files), the graph and HDGI settings and the seed;
-it keeps results in process and as ``.npz`` under ``$CORE_CACHE_DIR/persona`` (default
-``~/.cache/core-hpo/persona``), written atomically (concurrent trials may race; each rename
-installs a complete file). Training runs under its own RNG (``torch.random.fork_rng``), so a
-model built after it sees the same global random stream whether the personas were trained or
-read from the cache.
+it keeps results in process and in the project's cache store (``data.cache``, section
+``persona``: ``$CORE_CACHE_DIR/persona``, default ``~/.cache/core-hpo/persona``), written
+atomically (concurrent trials may race; each rename installs a complete file). Training runs
+under its own RNG (``torch.random.fork_rng``), so a model built after it sees the same global
+random stream whether the personas were trained or read from the cache.
 """
 
 from __future__ import annotations
@@ -35,14 +35,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -51,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data.cache import CacheStore
 from data.dataset import SessionDataset
-from data.fileio import writable_dir, write_atomically
 from models.persona.graph import (
     GraphSettings,
     HeteroGraph,
@@ -62,6 +59,7 @@ from models.persona.graph import (
 )
 
 CACHE_VERSION = 1
+CACHE_SECTION = "persona"  # the cache store's folder (data.cache)
 # Below this many users an HDGI step is a few milliseconds on one thread: more threads only add
 # synchronisation (on a busy 2-core machine a step took 100x longer with two threads).
 MANY_USERS = 20_000
@@ -135,6 +133,9 @@ def user_profiles(graph: HeteroGraph, item_vectors: np.ndarray) -> np.ndarray:
     Args:
         graph: the graph (its user -> item relation).
         item_vectors: item text vectors [n_items, D].
+
+    Returns:
+        float32 [n_users, D].
     """
     vectors = _unit_rows(np.asarray(item_vectors, dtype=np.float64))
     interacts = graph.relation("user", "item")
@@ -150,6 +151,9 @@ def user_attributes(dataset: SessionDataset, user_ids: np.ndarray) -> np.ndarray
     Args:
         dataset: the dataset (its ``graph_files.user_fields``).
         user_ids: dataset user ids of the rows wanted.
+
+    Returns:
+        float32 [len(user_ids), n_values].
     """
     files = dataset.graph_files
     if files is None or not files.user_fields:
@@ -191,6 +195,9 @@ def gcn_normalise(adjacency: sp.spmatrix) -> Propagation:
 
     Args:
         adjacency: a square non-negative [n, n] adjacency (row sums are the degrees).
+
+    Returns:
+        The normalised matrix and its transpose (``Propagation``).
     """
     a = sp.csr_matrix(adjacency, dtype=np.float64) + sp.identity(adjacency.shape[0], format="csr")
     degree = np.asarray(a.sum(axis=1)).ravel()
@@ -322,6 +329,9 @@ def train_hdgi(
         settings: size, epochs, learning rate, patience.
         seed: seeds the weights and the corruptions (global RNG state is left untouched).
         log: receives a loss line every tenth of the epochs.
+
+    Returns:
+        The embeddings of the lowest loss, the metapath attention and the loss per epoch.
     """
     say = log or logger.info
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
@@ -398,6 +408,9 @@ def train_personas(
         log: receives progress lines (graph counts, losses; default: this module's logger).
         use_cache: read and write the caches.
 
+    Returns:
+        The personas (``Personas``; ``source`` says where they came from).
+
     Raises:
         ValueError: no users, no item vectors, or no metapath with any path instance.
     """
@@ -410,13 +423,15 @@ def train_personas(
             "data.text.attach_item_vectors"
         )
     key = cache_key(dataset, graph_settings, hdgi_settings, seed)
-    path = cache_folder() / f"{dataset.name}.{key[:24]}.personas.npz"
+    store = CacheStore(CACHE_SECTION)
+    name = f"{dataset.name}.{key[:24]}.personas.npz"
+    path = store.path(name)
     if use_cache:
         if key in _MEMORY:
             found = _MEMORY[key]
             say(f"personas: reused from this process ({len(found.user_ids):,} users)")
             return _with_source(found, "memory")
-        found = _read(path, key)
+        found = _read(store, name, key)
         if found is not None:
             say(f"personas: reused cache {path} ({len(found.user_ids):,} users, "
                 f"{len(found.losses)} HDGI epochs, final loss {found.losses[-1]:.4f})")
@@ -427,7 +442,7 @@ def train_personas(
     personas = compute_personas(dataset, graph_settings, hdgi_settings, seed, log=say)
     if use_cache:
         _remember(key, personas)
-        if _write(path, key, personas):
+        if _write(store, name, key, personas):
             say(f"personas: cached in {path}")
         else:
             say(f"personas: could not write {path}; set CORE_CACHE_DIR to a writable folder")
@@ -450,6 +465,9 @@ def compute_personas(
         hdgi_settings: HDGI settings.
         seed: HDGI seed.
         log: receives progress lines.
+
+    Returns:
+        The personas (``Personas``).
     """
     say = log or logger.info
     start = time.perf_counter()
@@ -501,6 +519,9 @@ def cache_key(
         graph_settings: graph settings.
         hdgi_settings: HDGI settings.
         seed: HDGI seed.
+
+    Returns:
+        A hex digest.
     """
     digest = hashlib.sha256()
     settings = {
@@ -526,12 +547,6 @@ def cache_key(
     return digest.hexdigest()
 
 
-def cache_folder() -> Path:
-    """``$CORE_CACHE_DIR/persona`` (default ``~/.cache/core-hpo/persona``)."""
-    root = Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "core-hpo")
-    return root / "persona"
-
-
 def _with_source(personas: Personas, source: str) -> Personas:
     return Personas(**{**personas.__dict__, "source": source})
 
@@ -545,30 +560,21 @@ def _remember(key: str, personas: Personas) -> None:
 _ARRAYS = ("user_ids", "vectors", "profiles", "beta", "losses")
 
 
-def _read(path: Path, key: str) -> Personas | None:
+def _read(store: CacheStore, name: str, key: str) -> Personas | None:
+    stored = store.read_arrays(name, key)
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
-            return Personas(
-                **{name: stored[name] for name in _ARRAYS},
-                metapaths=tuple(stored["metapaths"].tolist()),
-                graph_summary=tuple(stored["graph_summary"].tolist()),
-                source=str(path),
-            )
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # missing, stale format or damaged: recompute
+        return None if stored is None else Personas(
+            **{array: stored[array] for array in _ARRAYS},
+            metapaths=tuple(stored["metapaths"].tolist()),
+            graph_summary=tuple(stored["graph_summary"].tolist()),
+            source=str(store.path(name)),
+        )
+    except KeyError:
+        return None  # another layout: recompute
 
 
-def _write(path: Path, key: str, personas: Personas) -> bool:
-    if not writable_dir(path.parent):
-        return False
-    arrays = {name: getattr(personas, name) for name in _ARRAYS}
+def _write(store: CacheStore, name: str, key: str, personas: Personas) -> bool:
+    arrays = {array: getattr(personas, array) for array in _ARRAYS}
     arrays["metapaths"] = np.asarray(personas.metapaths, dtype=str)
     arrays["graph_summary"] = np.asarray(personas.graph_summary, dtype=str)
-    arrays["key"] = np.asarray(key)
-    try:
-        write_atomically(path, lambda file: np.savez(file, **arrays))
-    except OSError:
-        return False
-    return True
+    return store.write_arrays(name, key, arrays) is not None

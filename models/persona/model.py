@@ -4,8 +4,9 @@ Two models are trained together, on the same batches, with the sum of their full
 cross-entropies (each keeps its own table, encoder and temperature-scaled cosine scores):
 
 * **candidate model** (``PersonaCORE`` itself): CORE-trm over dual-view items, the trainable ID
-  vector fused with the projected frozen text vector as SemSR-F does, x_i = W_f [e_i;
-  dropout(W_p S_i)] (W_f starts as [I | N(0, 0.02)]); its session vector h is conditioned on
+  vector fused with the projected frozen text vector, SemSR-F's item view
+  (``models.semantic.DualViewCORE``), x_i = W_f [e_i; dropout(W_p S_i)] (W_f starts as
+  [I | N(0, 0.02)]); its session vector h is conditioned on
   the persona p_u of the session's user (unit-normalised, projected q = W_q p_u) by
   ``persona_fusion``: ``gate``, h' = g * h + (1 - g) * q with g = sigmoid(W_g [h; q] + b), or
   ``concat``, h' = W_c [h; q] (W_c starts as [I | N(0, 0.02)]);
@@ -35,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.core import CORE
-from models.encoders import INIT_STD, PAD, Packed, dropout, init_weights
+from models.encoders import PAD, Packed, dropout
 from models.losses import catalog_loss
+from models.semantic import DualViewCORE, fuse_vectors
 
 PERSONA_FUSIONS = ("gate", "concat")
 
@@ -70,15 +72,7 @@ def two_stage_scores(
     return out.scatter_(1, top, final)
 
 
-def _identity_then_noise(layer: nn.Linear, identity_columns: int) -> None:
-    """Weight [I | N(0, INIT_STD)], bias 0: the output starts as the first input block."""
-    with torch.no_grad():
-        nn.init.normal_(layer.weight, std=INIT_STD)
-        layer.weight[:, :identity_columns] = torch.eye(layer.out_features, identity_columns)
-        nn.init.zeros_(layer.bias)
-
-
-class PersonaCORE(CORE):
+class PersonaCORE(DualViewCORE):
     """Persona-conditioned CORE-trm candidates re-ranked by a jointly trained CORE-trm (see the
     module docstring). ``wants_users``: the trainer passes each row's user id.
 
@@ -124,11 +118,6 @@ class PersonaCORE(CORE):
         **core_options,
     ) -> None:
         super().__init__(n_items, embedding_size, encoder, **core_options)
-        if persona_fusion not in PERSONA_FUSIONS:
-            raise ValueError(f"unknown persona_fusion {persona_fusion!r}; {PERSONA_FUSIONS}")
-        semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.float32)
-        if semantic.ndim != 2 or len(semantic) != n_items:
-            raise ValueError(f"item vectors must be [n_items={n_items}, D], got {semantic.shape}")
         if not len(profiles):
             raise ValueError("no training user has a persona")
         d = embedding_size
@@ -138,38 +127,32 @@ class PersonaCORE(CORE):
         self.n_candidates = n_candidates
         self.rerank_mix = rerank_mix
         self.fallback_k = min(fallback_k, len(profiles))
-        self.sem_dropout = sem_dropout
+        self._add_item_views(semantic, sem_size=sem_size, sem_dropout=sem_dropout,
+                             fusion=persona_fusion)
         # Data, not weights: non-persistent buffers (they come from the dataset, not checkpoints).
         unit = F.normalize
-        self.register_buffer("semantic", semantic, persistent=False)
-        self.register_buffer("unit_semantic", unit(semantic, dim=1), persistent=False)
+        self.register_buffer("unit_semantic", unit(self.semantic, dim=1), persistent=False)
         self.register_buffer("personas", unit(torch.as_tensor(personas), dim=1), persistent=False)
         self.register_buffer("known", torch.as_tensor(known, dtype=torch.bool), persistent=False)
         self.register_buffer("profiles", unit(torch.as_tensor(profiles), dim=1), persistent=False)
         self.register_buffer(
             "profile_personas", unit(torch.as_tensor(profile_personas), dim=1), persistent=False
         )
-        self.sem_project = nn.Linear(semantic.shape[1], sem_size)
-        self.item_fuse = nn.Linear(d + sem_size, d)
         self.persona_project = nn.Linear(size, d)
         self.fuse = nn.Linear(2 * d, d)
-        for module in (self.sem_project, self.persona_project, self.fuse):
-            module.apply(init_weights)
-        _identity_then_noise(self.item_fuse, d)
-        if persona_fusion == "concat":
-            _identity_then_noise(self.fuse, d)
+        self._init_item_views(self.persona_project, self.fuse, fusion_layer=self.fuse,
+                              fusion=persona_fusion)
 
     # -- representations --------------------------------------------------------------------
-
-    def item_table(self) -> Tensor:
-        view = dropout(self.sem_project(self.semantic), self.sem_dropout, self.training)
-        return self.item_fuse(torch.cat([self.item_embedding, view], dim=1))
 
     def known_users(self, users: Tensor) -> Tensor:
         """Bool [B]: which user ids have a persona.
 
         Args:
             users: user ids [B] (0 = unknown; ids beyond the table are unknown too).
+
+        Returns:
+            Bool [B].
         """
         inside = (users > 0) & (users < len(self.known))
         return inside & self.known[torch.where(inside, users, 0)]
@@ -180,6 +163,9 @@ class PersonaCORE(CORE):
         Args:
             items: right-padded prefixes [B, L] (for the fallback).
             users: user ids [B]; None: no row has a known user.
+
+        Returns:
+            [B, P].
         """
         if users is None:
             users = torch.zeros(len(items), dtype=torch.long, device=items.device)
@@ -196,6 +182,9 @@ class PersonaCORE(CORE):
 
         Args:
             items: right-padded prefixes [B, L].
+
+        Returns:
+            [B, P].
         """
         # embedding_bag sums each row's vectors without a [B, L, D] intermediate.
         summed = F.embedding_bag(items, self.unit_semantic, mode="sum", padding_idx=PAD)
@@ -209,13 +198,12 @@ class PersonaCORE(CORE):
         Args:
             h: session vectors [B, d] before normalisation.
             persona: unit personas [B, P].
+
+        Returns:
+            The conditioned session vectors [B, d].
         """
         q = self.persona_project(persona).to(h.dtype)
-        both = torch.cat([h, q], dim=1)
-        if self.persona_fusion == "concat":
-            return self.fuse(both)
-        gate = torch.sigmoid(self.fuse(both))
-        return gate * h + (1 - gate) * q
+        return fuse_vectors(h, q, self.fuse, self.persona_fusion)
 
     def encode(
         self, items: Tensor, table: Tensor | None = None, users: Tensor | None = None
@@ -226,6 +214,9 @@ class PersonaCORE(CORE):
             items: right-padded item ids [B, L].
             table: the batch's ``item_table()`` when already computed.
             users: user id per row [B] (None: every row without a known user).
+
+        Returns:
+            The session vectors and the encoder's weights [B, L].
         """
         packed = Packed(items)
         table = self.item_table() if table is None else table
@@ -247,6 +238,9 @@ class PersonaCORE(CORE):
             targets: next items [B].
             users: user ids [B] (None: all rows use the fallback persona).
             weights: loss weight per row [B] (None: all 1), for both losses.
+
+        Returns:
+            The loss (a scalar).
         """
         table = self.item_table()
         h, _ = self.encode(items, table, users)
@@ -260,7 +254,11 @@ class PersonaCORE(CORE):
 
     def inference_context(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What every inference batch shares: both models' tables and normalised catalogs
-        (compute once per evaluation)."""
+        (compute once per evaluation).
+
+        Returns:
+            The candidate model's table and catalog, then the re-ranker's.
+        """
         table, base_table = self.item_table(), self.base.item_table()
         return table, F.normalize(table, dim=-1), base_table, F.normalize(base_table, dim=-1)
 
@@ -273,6 +271,9 @@ class PersonaCORE(CORE):
             items: right-padded prefixes [B, L].
             users: user ids [B].
             context: ``inference_context()``, when scoring many batches.
+
+        Returns:
+            [B, N].
         """
         table, catalog, _, _ = context or self.inference_context()
         return self.score(self.encode(items, table, users)[0], catalog)
@@ -283,6 +284,9 @@ class PersonaCORE(CORE):
         Args:
             items: right-padded prefixes [B, L].
             context: ``inference_context()``, when scoring many batches.
+
+        Returns:
+            [B, N].
         """
         _, _, base_table, base_catalog = context or self.inference_context()
         return self.base.score(self.base.encode(items, base_table)[0], base_catalog)
@@ -296,6 +300,9 @@ class PersonaCORE(CORE):
             items: right-padded prefixes [B, L].
             users: user id per row [B] (None: all rows use the fallback persona).
             context: ``inference_context()``, when scoring many batches.
+
+        Returns:
+            [B, N], padding -inf.
         """
         context = context or self.inference_context()
         scores = two_stage_scores(

@@ -1,4 +1,4 @@
-"""A study's results as small files in the repository, and the report rebuilt from them alone.
+"""A study's results as small files in the repository, from which its report is rebuilt alone.
 
 Every finished piece of a study (``hpo.studies``) exports what the verdict needs under
 ``studies/<name>/<dataset label>/``, so the next session, on a fresh machine without the MLflow
@@ -13,11 +13,12 @@ store that produced them, continues the study and rebuilds its report:
 - ``seeds/<space>/<arm>/seed-<N>.json``: the seed run's test metrics, best epoch, epochs
   trained, code version, CPU and wall time; ``seed-<N>.npz``: each test row's target rank
   clipped at ``TOP_K + 1`` (every metric and session-level test needs ranks up to the largest
-  cut-off only; uint8) and the top-k slots each item holds (``hpo.beyond.exposure_counts``,
+  cut-off only; uint8) and the top-k slots each item holds (``verdict.results.exposure_counts``,
   stored sparse), which is all the list metrics need.
 
-``dataset_report`` rebuilds a dataset's whole test-stage report (``hpo.report.write_report``)
-from these files; ``study_table`` makes the study's Table 1 across datasets.
+``StudyResults.test_results`` reads a dataset's seed runs back as the report's input
+(``verdict.results.TestResults``); ``verdict.study_report`` rebuilds each dataset's report and
+the study's Table 1 from them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hpo.stats import FULL_ARM, METRICS
+from models.metrics import METRIC_NAMES as METRICS
 from models.metrics import TOP_K
+from verdict.options import FULL_ARM
+from verdict.results import TestResults
 
 CLIPPED_RANK = TOP_K + 1  # every rank above the largest cut-off is stored as this
 SELECTION_FIELDS = ("space", "variant", "trial_id", "metric", "value", "max_epochs", "config")
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (the space files a result was made with)."""
+    """The SHA-256 of a file's bytes (the space files a result was made with).
+
+    Args:
+        path: the file.
+    """
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -92,19 +99,49 @@ class StudyResults:
     # -- paths ------------------------------------------------------------------------------
 
     def dataset_dir(self, label: str) -> Path:
+        """A dataset's folder: ``<root>/<label>``.
+
+        Args:
+            label: the dataset's label (its training-row cut included).
+        """
         return self.root / label
 
     def search_file(self, label: str, space: str) -> Path:
+        """A search's record: ``<label>/search/<space>.json``.
+
+        Args:
+            label: the dataset's label.
+            space: the space's name.
+        """
         return self.root / label / "search" / f"{space}.json"
 
     def trials_file(self, label: str, space: str) -> Path:
+        """A search's trials: ``<label>/search/<space>.trials.csv``.
+
+        Args:
+            label: the dataset's label.
+            space: the space's name.
+        """
         return self.root / label / "search" / f"{space}.trials.csv"
 
     def seed_files(self, label: str, space: str, arm: str, seed: int) -> tuple[Path, Path]:
+        """A seed run's record and arrays: ``<label>/seeds/<space>/<arm>/seed-<N>.json|.npz``.
+
+        Args:
+            label: the dataset's label.
+            space: the space's name.
+            arm: ``FULL_ARM`` or the ablation arm's name.
+            seed: the training seed.
+        """
         base = self.root / label / "seeds" / space / arm / f"seed-{seed}"
         return base.with_suffix(".json"), base.with_suffix(".npz")
 
     def report_dir(self, label: str) -> Path:
+        """Where a dataset's report is rebuilt: ``<label>/report``.
+
+        Args:
+            label: the dataset's label.
+        """
         return self.root / label / "report"
 
     # -- dataset ----------------------------------------------------------------------------
@@ -128,11 +165,23 @@ class StudyResults:
                                            "test_rows": int(len(targets))})
 
     def has_dataset(self, label: str) -> bool:
+        """Whether a dataset's arrays were exported (``write_dataset``).
+
+        Args:
+            label: the dataset's label.
+        """
         folder = self.dataset_dir(label)
         return (folder / "data.npz").is_file() and (folder / "data.json").is_file()
 
     def read_dataset(self, label: str) -> tuple[np.ndarray, np.ndarray, int]:
-        """(test targets, training-target counts, n_items) of a dataset."""
+        """A dataset's exported arrays.
+
+        Args:
+            label: the dataset's label.
+
+        Returns:
+            (test targets, training-target counts per item id, n_items).
+        """
         folder = self.dataset_dir(label)
         with np.load(folder / "data.npz") as arrays:
             targets, popularity = arrays["targets"].astype(np.int64), arrays["popularity"]
@@ -160,11 +209,22 @@ class StudyResults:
         return path
 
     def search(self, label: str, space: str) -> dict | None:
-        """A finished search's record (``selection`` and meta), or None."""
+        """A finished search's record (``selection`` and meta), or None.
+
+        Args:
+            label: the dataset's label.
+            space: the space's name.
+        """
         path = self.search_file(label, space)
         return _read_json(path) if path.is_file() else None
 
     def trials(self, label: str, space: str) -> pd.DataFrame:
+        """A finished search's trials table.
+
+        Args:
+            label: the dataset's label.
+            space: the space's name.
+        """
         return pd.read_csv(self.trials_file(label, space))
 
     # -- seed runs --------------------------------------------------------------------------
@@ -177,7 +237,7 @@ class StudyResults:
             label, space, arm, seed: which run.
             record: test metrics (``test_<name>``), best epoch, epochs, meta.
             ranks: the test rows' target ranks.
-            exposure: top-k slots per item id (``hpo.beyond.exposure_counts``).
+            exposure: top-k slots per item id (``verdict.results.exposure_counts``).
         """
         json_path, npz_path = self.seed_files(label, space, arm, seed)
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,10 +251,23 @@ class StudyResults:
         return json_path
 
     def has_seed(self, label: str, space: str, arm: str, seed: int) -> bool:
+        """Whether a seed run was exported whole (``write_seed``).
+
+        Args:
+            label, space, arm, seed: which run (``seed_files``).
+        """
         json_path, npz_path = self.seed_files(label, space, arm, seed)
         return json_path.is_file() and npz_path.is_file()
 
     def seed(self, label: str, space: str, arm: str, seed: int) -> SeedRun:
+        """An exported seed run, read back.
+
+        Args:
+            label, space, arm, seed: which run (``seed_files``).
+
+        Returns:
+            Its record, its ranks (clipped at ``CLIPPED_RANK``) and its exposure counts.
+        """
         json_path, npz_path = self.seed_files(label, space, arm, seed)
         with np.load(npz_path) as arrays:
             exposure = np.zeros(int(arrays["n_items"]), dtype=np.int64)
@@ -225,6 +298,27 @@ class StudyResults:
             if arm == FULL_ARM:
                 per_row.setdefault((label, space), []).append((run.ranks, run.exposure))
         return pd.DataFrame(rows), per_row
+
+    def test_results(
+        self, label: str, runs: Sequence[tuple[str, str, int]], *,
+        skipped_arms: Mapping[tuple[str, str, str], str] | None = None,
+    ) -> TestResults:
+        """A dataset's exported seed runs as the report's input (``verdict.report``).
+
+        Args:
+            label: the dataset's label.
+            runs: (space, arm, seed) of every run, in report order.
+            skipped_arms: (label, space, arm) -> why that ablation arm was not retrained.
+
+        Returns:
+            ``seed_results``' frame and per-row results with the dataset's test targets,
+            training-target counts and catalog size.
+        """
+        seed_results, per_row = self.seed_results(label, runs)
+        targets, popularity, n_items = self.read_dataset(label)
+        return TestResults(seed_results, per_row, targets={label: targets},
+                           popularity={label: popularity}, n_items={label: n_items},
+                           skipped_arms=skipped_arms or None)
 
 
 def _write_json(path: Path, data: dict) -> None:

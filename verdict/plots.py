@@ -1,4 +1,4 @@
-"""Figures of the test-stage report."""
+"""Figures of the test-stage report: the per-seed scores of every variant."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from hpo.stats import check_seed_results
-from hpo.tables import TABLE_METRICS, variant_label
 from models.metrics import METRIC_LABELS
+from verdict.markdown import variant_label
+from verdict.options import TABLE_METRICS
+from verdict.seed_level import check_seed_results
 
 
 def plot_seed_distributions(
@@ -22,7 +23,8 @@ def plot_seed_distributions(
     One panel per (dataset, metric); the points matter because there are only a few seeds.
 
     Args:
-        seed_results: one row per (dataset, variant, seed), see ``hpo.stats.check_seed_results``.
+        seed_results: one row per (dataset, variant, seed), see
+            ``verdict.seed_level.check_seed_results``.
         path: the PNG file to write.
         metrics: the metrics drawn, one panel column each.
 

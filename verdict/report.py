@@ -1,55 +1,54 @@
-"""The selection-then-test report: computes the tables (``hpo.stats``, ``hpo.beyond``), renders
-them (``hpo.tables``, ``hpo.plots``) and writes the files the test stage logs to MLflow.
+"""The selection-then-test report: computes the tables (``verdict.seed_level``,
+``verdict.session_level``, ``verdict.beyond``, ``verdict.popularity``), renders them
+(``verdict.tables``, ``verdict.row_tables``, ``verdict.plots``) and writes the files the test
+stage logs to MLflow.
 
 Files: results.md, results.csv, seed_results.csv, anova.csv, posthoc.csv, seed_distributions.png;
 with per-row results session_tests.csv, beyond_mean.csv, popularity.csv and
-tail_session_tests.csv; with ablation arms ablation.csv.
+tail_session_tests.csv (and user_groups.csv with row groups); with ablation arms ablation.csv.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from hpo.beyond import beyond_mean_table, row_group_table
-from hpo.plots import plot_seed_distributions
-from hpo.popularity import popularity_table, tail_session_tests
-from hpo.stats import (
-    DEFAULT_ALPHA,
-    FULL_ARM,
+from models.item_groups import HEAD_FRACTION
+from verdict.beyond import beyond_mean_table, row_group_table
+from verdict.markdown import variant_label
+from verdict.options import DEFAULT_ALPHA, FULL_ARM, check_correction
+from verdict.plots import plot_seed_distributions
+from verdict.popularity import popularity_table, tail_session_tests
+from verdict.results import TestResults
+from verdict.row_tables import (
+    beyond_markdown,
+    popularity_markdown,
+    row_groups_markdown,
+    session_markdown,
+)
+from verdict.seed_level import (
     METRICS,
-    N_RESAMPLES,
     ablation_tests,
     anova,
-    check_correction,
     check_seed_results,
     paired_tests,
     posthoc_tests,
-    session_tests,
 )
-from hpo.tables import (
+from verdict.session_level import N_RESAMPLES, session_tests
+from verdict.tables import (
     ablation_markdown,
     anova_markdown,
-    beyond_markdown,
     comparisons_markdown,
-    popularity_markdown,
     posthoc_markdown,
     protocol_markdown,
     results_table_frame,
     results_table_markdown,
-    row_groups_markdown,
-    session_markdown,
-    variant_label,
 )
-from models.item_groups import HEAD_FRACTION
-
-PerRow = Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]]
 
 
-def deterministic_notes(seed_results: pd.DataFrame) -> list[str]:
+def _deterministic_notes(seed_results: pd.DataFrame) -> list[str]:
     """A sentence naming the variants whose seed runs agree exactly on every metric (nothing in
     them is random: a kNN model with "recent" sampling), for the report's opening lines: their
     spread is 0, and a paired test between two of them is undefined, not significant.
@@ -86,62 +85,47 @@ def split_arms(seed_results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame |
 
 def write_report(
     out_dir: str | Path,
-    seed_results: pd.DataFrame,
+    results: TestResults,
+    *,
     baseline: str = "trm",
-    per_row: PerRow | None = None,
-    targets_by_dataset: Mapping[str, np.ndarray] | None = None,
-    popularity_by_dataset: Mapping[str, np.ndarray] | None = None,
-    n_items_by_dataset: Mapping[str, int] | None = None,
     alpha: float = DEFAULT_ALPHA,
-    head_fraction: float = HEAD_FRACTION,
     correction: str = "holm",
     baseline_note: str = "",
     resample_seed: int = 0,
     n_resamples: int = N_RESAMPLES,
-    skipped_arms: Mapping[tuple[str, str, str], str] | None = None,
-    row_groups_by_dataset: Mapping[str, np.ndarray] | None = None,
+    head_fraction: float = HEAD_FRACTION,
     protocol_notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the report's files; return their paths by name.
 
     Args:
         out_dir: the report directory (created).
-        seed_results: one row per (dataset, variant, seed) with every metric; an ``arm`` column
-            (``FULL_ARM`` for the selected configurations) adds the ablation table.
+        results: the seed runs' results (``TestResults``): per-seed metrics, and optionally
+            per-row results, user groups and the ablation arms not retrained.
         baseline: the variant every other one is compared with.
-        per_row: (dataset, variant) -> one (ranks, exposure) pair per seed of the selected
-            configuration: adds the session-level tests, the beyond-the-mean table and the
-            popularity view (ARP, tail share, exposure Gini; tests on the tail-target rows).
-        targets_by_dataset: test targets per dataset (with per_row).
-        popularity_by_dataset: training-target counts per dataset (with per_row).
-        n_items_by_dataset: catalog size per dataset (with per_row).
         alpha: the significance level of every table.
-        head_fraction: the head's share of the items that occur as training targets
-            (``models.item_groups``: the diffusion stages' head too).
-        correction: one of ``hpo.stats.CORRECTIONS``, applied within each table.
+        correction: one of ``verdict.options.CORRECTIONS``, applied within each table.
         baseline_note: how the baseline was chosen, for the report's opening lines.
         resample_seed: seed of the randomization and bootstrap tests.
         n_resamples: resamples of the randomization and bootstrap tests.
-        skipped_arms: (dataset, variant, arm) -> why the arm was not retrained.
-        row_groups_by_dataset: a group label per test row (the session's user: known / few /
-            unknown), for datasets with users; with per_row, adds user_groups.csv and its table.
+        head_fraction: the head's share of the items that occur as training targets
+            (``models.item_groups``: the diffusion stages' head too).
         protocol_notes: further lines for the report's opening list (how the results were
             made: a training-row cut, arms compared although unequal, ...).
 
     Returns:
         results_md, results_csv, seed_results_csv, anova_csv, posthoc_csv,
         seed_distributions_png; session_tests_csv, beyond_mean_csv, popularity_csv and
-        tail_session_tests_csv with per_row; ablation_csv with arms.
+        tail_session_tests_csv with per-row results (user_groups_csv with row groups);
+        ablation_csv with arms.
+
+    Raises:
+        ValueError: an unknown correction, or seed results that ``check_seed_results`` refuses.
     """
     check_correction(correction)
+    seed_results, per_row = results.seed_results, results.per_row
     full, arms = split_arms(seed_results)
     check_seed_results(full)
-    if per_row is not None and (
-        targets_by_dataset is None or popularity_by_dataset is None or n_items_by_dataset is None
-    ):
-        raise ValueError(
-            "per_row needs targets_by_dataset, popularity_by_dataset and n_items_by_dataset"
-        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"alpha": alpha, "correction": correction}
@@ -156,11 +140,12 @@ def write_report(
     omnibus.to_csv(paths["anova_csv"], index=False)
     posthoc.to_csv(paths["posthoc_csv"], index=False)
     n_seeds = int(full.groupby(["dataset", "variant"]).size().max())
-    protocol_notes = [*protocol_notes, *deterministic_notes(full)]
+    protocol_notes = [*protocol_notes, *_deterministic_notes(full)]
     sections = [
         "# Test results (selection-then-test)",
-        protocol_markdown(list(dict.fromkeys(full["dataset"])), baseline, baseline_note,
-                          n_seeds, correction, alpha, protocol_notes),
+        protocol_markdown(list(dict.fromkeys(full["dataset"])), baseline=baseline,
+                          baseline_note=baseline_note, n_seeds=n_seeds, correction=correction,
+                          alpha=alpha, notes=protocol_notes),
         results_table_markdown(full, tests, baseline),
         comparisons_markdown(tests),
         anova_markdown(omnibus),
@@ -169,16 +154,15 @@ def write_report(
     if per_row is not None:
         session = session_tests(per_row, baseline, n_resamples=n_resamples, seed=resample_seed,
                                 **options)
-        beyond = beyond_mean_table(
-            per_row, targets_by_dataset, popularity_by_dataset, n_items_by_dataset, head_fraction
-        )
+        beyond = beyond_mean_table(per_row, results.targets, results.popularity,
+                                   results.n_items, head_fraction=head_fraction)
         paths["session_tests_csv"] = out_dir / "session_tests.csv"
         paths["beyond_mean_csv"] = out_dir / "beyond_mean.csv"
         session.to_csv(paths["session_tests_csv"], index=False)
         beyond.to_csv(paths["beyond_mean_csv"], index=False)
-        popularity = popularity_table(per_row, popularity_by_dataset, head_fraction)
+        popularity = popularity_table(per_row, results.popularity, head_fraction=head_fraction)
         tail_tests = tail_session_tests(
-            per_row, targets_by_dataset, popularity_by_dataset, baseline, head_fraction,
+            per_row, results.targets, results.popularity, baseline, head_fraction=head_fraction,
             n_resamples=n_resamples, seed=resample_seed, **options,
         )
         paths["popularity_csv"] = out_dir / "popularity.csv"
@@ -187,14 +171,14 @@ def write_report(
         tail_tests.to_csv(paths["tail_session_tests_csv"], index=False)
         sections += [session_markdown(session), beyond_markdown(beyond, head_fraction),
                      popularity_markdown(popularity, tail_tests, head_fraction)]
-        if row_groups_by_dataset:
-            groups = row_group_table(per_row, row_groups_by_dataset)
+        if results.row_groups:
+            groups = row_group_table(per_row, results.row_groups)
             paths["user_groups_csv"] = out_dir / "user_groups.csv"
             groups.to_csv(paths["user_groups_csv"], index=False)
             sections.append(row_groups_markdown(groups))
-    if arms is not None or skipped_arms:
+    if arms is not None or results.skipped_arms:
         source = arms if arms is not None else full.assign(arm=FULL_ARM)
-        ablation = ablation_tests(source, skipped=skipped_arms, **options)
+        ablation = ablation_tests(source, skipped=results.skipped_arms, **options)
         paths["ablation_csv"] = out_dir / "ablation.csv"
         ablation.to_csv(paths["ablation_csv"], index=False)
         sections.append(ablation_markdown(ablation))

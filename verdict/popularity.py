@@ -2,14 +2,14 @@
 popular, and whether it does better on tail targets.
 
 From each seed's top-k lists (k = 20), kept as the number of slots each item holds
-(``hpo.beyond.exposure_counts``), and the training-target counts (``train_popularity``, the
-same counts ``hpo.beyond`` groups items by):
+(``verdict.results.exposure_counts``), and the training-target counts (``train_popularity``, the
+same counts ``verdict.beyond`` groups items by):
 
 - ARP, average recommendation popularity (Abdollahpouri et al. 2019, "Managing Popularity Bias
   in Recommender Systems with Personalized Re-ranking"): the mean training-target count of the
   items in all top-k slots, which is the paper's mean over test rows of each list's mean when
   every list holds k real items (always here: only padding scores -inf);
-- tail share: the share of all top-k slots that hold a tail item (``hpo.beyond.item_groups``:
+- tail share: the share of all top-k slots that hold a tail item (``verdict.beyond.item_groups``:
   an item that occurs as a training target and is not head, the head being the most popular
   20% of the targeted items, ``models.item_groups``; the same items as the tail rows of the
   beyond-the-mean table);
@@ -20,20 +20,22 @@ same counts ``hpo.beyond`` groups items by):
   statsmodels and pandas do not), so it is this one numpy line, checked by hand in the tests.
 
 Each is averaged over seeds (mean, sample std, t-interval). ``tail_session_tests`` runs the
-session-level tests of ``hpo.stats`` on the test rows whose target is a tail item only, corrected
-within each dataset's table as the all-rows session tests are.
+session-level tests of ``verdict.session_level`` on the test rows whose target is a tail item
+only, corrected within each dataset's table as the all-rows session tests are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
-from hpo.beyond import item_groups
-from hpo.stats import CONFIDENCE, mean_interval, session_tests
 from models.item_groups import HEAD_FRACTION
+from verdict.beyond import item_groups
+from verdict.results import PerRow, checked_exposure
+from verdict.session_level import session_tests
+from verdict.stats import CONFIDENCE, mean_interval
 
 POPULARITY_METRICS = ("arp", "tail_share", "gini")
 
@@ -43,13 +45,13 @@ def average_recommendation_popularity(exposure, train_popularity) -> float:
     index 0, are not items).
 
     Args:
-        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
+        exposure: top-k slots per item id [n_items] (``verdict.results.exposure_counts``).
         train_popularity: training-target count per item id [n_items] (padding at 0).
 
     Returns:
         ARP in training rows (nan without a slot).
     """
-    slots = _exposure(exposure, len(train_popularity))[1:].astype(np.float64)
+    slots = checked_exposure(exposure, len(train_popularity))[1:].astype(np.float64)
     popularity = np.asarray(train_popularity, dtype=np.float64)[1:]
     total = slots.sum()
     return float(slots @ popularity / total) if total else float("nan")
@@ -59,23 +61,16 @@ def tail_share(exposure, tail_mask) -> float:
     """The share of top-k slots (padding excluded) that hold a tail item.
 
     Args:
-        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
+        exposure: top-k slots per item id [n_items] (``verdict.results.exposure_counts``).
         tail_mask: boolean [n_items], True for tail items.
 
     Returns:
         A fraction in [0, 1] (nan when there is no slot).
     """
     tail_mask = np.asarray(tail_mask)
-    slots = _exposure(exposure, len(tail_mask))
+    slots = checked_exposure(exposure, len(tail_mask))
     total = slots[1:].sum()
     return float(slots[1:][tail_mask[1:]].sum() / total) if total else float("nan")
-
-
-def _exposure(exposure, n_items: int) -> np.ndarray:
-    exposure = np.asarray(exposure)
-    if exposure.shape != (n_items,):
-        raise ValueError(f"exposure counts must be [n_items={n_items}], got {exposure.shape}")
-    return exposure
 
 
 def gini(values) -> float:
@@ -104,7 +99,7 @@ def exposure_gini(exposure) -> float:
     """Gini index of how many top-k slots each catalog item (ids 1..n_items-1) holds.
 
     Args:
-        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``; padding
+        exposure: top-k slots per item id [n_items] (``verdict.results.exposure_counts``; padding
             at 0 ignored).
 
     Returns:
@@ -119,9 +114,9 @@ def popularity_metrics(
     """ARP, tail share and exposure Gini of one seed's top-k lists.
 
     Args:
-        exposure: top-k slots per item id [n_items] (``hpo.beyond.exposure_counts``).
+        exposure: top-k slots per item id [n_items] (``verdict.results.exposure_counts``).
         train_popularity: training-target count per item id [n_items].
-        head_fraction: the head's share of the targeted items (``hpo.beyond.head_item_mask``).
+        head_fraction: the head's share of the targeted items (``verdict.beyond.head_item_mask``).
 
     Returns:
         ``{"arp": ..., "tail_share": ..., "gini": ...}``.
@@ -131,13 +126,14 @@ def popularity_metrics(
     return {
         "arp": average_recommendation_popularity(exposure, popularity),
         "tail_share": tail_share(exposure, tail),
-        "gini": exposure_gini(_exposure(exposure, len(popularity))),
+        "gini": exposure_gini(checked_exposure(exposure, len(popularity))),
     }
 
 
 def popularity_table(
-    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    per_row: PerRow,
     popularity_by_dataset: Mapping[str, np.ndarray],
+    *,
     head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     confidence: float = CONFIDENCE,
@@ -147,9 +143,9 @@ def popularity_table(
 
     Args:
         per_row: (dataset, variant) -> one (ranks, exposure [n_items]) pair per seed
-            (``hpo.beyond.exposure_counts`` at cut-off ``k``).
+            (``verdict.results.exposure_counts`` at cut-off ``k``).
         popularity_by_dataset: training-target counts of each dataset [n_items].
-        head_fraction: see ``hpo.beyond.head_item_mask``.
+        head_fraction: see ``verdict.beyond.head_item_mask``.
         k: the cut-off the exposure was counted at (names the columns).
         confidence: confidence level of the intervals.
 
@@ -182,27 +178,28 @@ def popularity_table(
 
 
 def tail_session_tests(
-    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    per_row: PerRow,
     targets_by_dataset: Mapping[str, np.ndarray],
     popularity_by_dataset: Mapping[str, np.ndarray],
     baseline: str,
+    *,
     head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     **options,
 ) -> pd.DataFrame:
-    """``hpo.stats.session_tests`` on the test rows whose target is a tail item: the same paired
-    randomization test, bootstrap interval, t-test and correction within each dataset's family
-    (variants x metrics), on that subset of rows.
+    """``verdict.session_level.session_tests`` on the test rows whose target is a tail item:
+    the same paired randomization test, bootstrap interval, t-test and correction within each
+    dataset's family (variants x metrics), on that subset of rows.
 
     Args:
         per_row: (dataset, variant) -> one (ranks [n_rows], exposure) pair per seed.
         targets_by_dataset: the test targets of each dataset [n_rows].
         popularity_by_dataset: training-target counts of each dataset [n_items].
         baseline: the variant compared with.
-        head_fraction: see ``hpo.beyond.head_item_mask``.
+        head_fraction: see ``verdict.beyond.head_item_mask``.
         k: the metrics' cut-off.
         **options: alpha, correction, n_resamples, seed, confidence, power of
-            ``hpo.stats.row_level_tests``.
+            ``verdict.session_level.row_level_tests``.
 
     Returns:
         ``session_tests``' columns with ``subset`` ("tail targets") after ``dataset``; datasets
@@ -219,6 +216,6 @@ def tail_session_tests(
         ]
     if not subset:
         return pd.DataFrame(columns=["dataset", "subset"])
-    out = session_tests(subset, baseline, k, **options)
+    out = session_tests(subset, baseline, k=k, **options)
     out.insert(1, "subset", "tail targets")
     return out

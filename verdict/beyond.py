@@ -15,14 +15,15 @@ Pure functions over numpy/pandas; per-row metrics come from ``models.metrics.row
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
-from hpo.stats import CONFIDENCE, mean_interval
 from models.item_groups import HEAD_FRACTION, head_item_mask
 from models.metrics import row_metrics
+from verdict.results import PerRow, checked_exposure
+from verdict.stats import CONFIDENCE, mean_interval
 
 GROUPS = ("head", "tail", "cold")
 
@@ -45,7 +46,7 @@ def item_groups(train_popularity, head_fraction: float = HEAD_FRACTION) -> dict[
 
 
 def group_metrics(
-    ranks, targets, train_popularity, head_fraction: float = HEAD_FRACTION, k: int = 20
+    ranks, targets, train_popularity, *, head_fraction: float = HEAD_FRACTION, k: int = 20
 ) -> dict[str, float]:
     """Recall@k and MRR@k over the test rows of each item group, with the groups' sizes (one seed).
 
@@ -82,28 +83,6 @@ def group_metrics(
     return out
 
 
-def exposure_counts(topk, n_items: int, k: int = 20) -> np.ndarray:
-    """How many top-k slots each item id holds over all rows of one seed: what every list
-    metric of the report (coverage, ARP, tail share, exposure Gini) is computed from, and what a
-    study keeps of the lists (``hpo.studies``), instead of the lists themselves.
-
-    Args:
-        topk: recommended item ids, [n_rows, >= k] (0 = padding).
-        n_items: catalog size including the padding id 0.
-        k: the cut-off.
-
-    Returns:
-        int64 [n_items]: slots per item id; index 0 counts padding slots (never an item).
-
-    Raises:
-        ValueError: an id outside [0, n_items - 1].
-    """
-    top = np.asarray(topk)[:, :k].ravel()
-    if top.size and (top.min() < 0 or top.max() >= n_items):
-        raise ValueError(f"top-k ids must lie in [0, {n_items - 1}]")
-    return np.bincount(top, minlength=n_items).astype(np.int64)
-
-
 def catalog_coverage(exposure) -> float:
     """Share of the catalog (ids 1..n_items-1) that appears in at least one top-k list.
 
@@ -115,10 +94,11 @@ def catalog_coverage(exposure) -> float:
 
 
 def beyond_mean_table(
-    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    per_row: PerRow,
     targets_by_dataset: Mapping[str, np.ndarray],
     popularity_by_dataset: Mapping[str, np.ndarray],
     n_items_by_dataset: Mapping[str, int],
+    *,
     head_fraction: float = HEAD_FRACTION,
     k: int = 20,
     confidence: float = CONFIDENCE,
@@ -155,8 +135,9 @@ def beyond_mean_table(
             )
         per_seed = pd.DataFrame(
             {
-                **group_metrics(ranks, targets_by_dataset[dataset], popularity, head_fraction, k),
-                f"coverage_{k}": catalog_coverage(_exposure(exposure, n_items)),
+                **group_metrics(ranks, targets_by_dataset[dataset], popularity,
+                                 head_fraction=head_fraction, k=k),
+                f"coverage_{k}": catalog_coverage(checked_exposure(exposure, n_items)),
             }
             for ranks, exposure in seeds
         )
@@ -173,17 +154,10 @@ def beyond_mean_table(
     return pd.DataFrame(rows)
 
 
-def _exposure(exposure, n_items: int) -> np.ndarray:
-    """``exposure`` checked against the catalog size."""
-    exposure = np.asarray(exposure)
-    if exposure.shape != (n_items,):
-        raise ValueError(f"exposure counts must be [n_items={n_items}], got {exposure.shape}")
-    return exposure
-
-
 def row_group_table(
-    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    per_row: PerRow,
     groups_by_dataset: Mapping[str, np.ndarray],
+    *,
     k: int = 20,
     confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""The test stage: retrain each selected configuration over several seeds, score test once, report.
+"""The seed runs: retrain each selected configuration over several seeds, score test once, and
+hand the results to the report (``verdict.report``).
 
 Runs as one Ray Tune experiment (a grid over variant x arm x seed, no scheduler), so seeds train
 in parallel with the same resource options as a search, and every seed is an MLflow child run of
@@ -22,14 +23,10 @@ from ray import tune
 from data import DatasetSource, SessionDataset
 from hpo import faultpoints
 from hpo.ablation import Arm, arm_jobs
-from hpo.beyond import exposure_counts
 from hpo.cluster import Resources, init_ray, tune_experiment_name
 from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
-from hpo.report import write_report
 from hpo.selection import Selection
-from hpo.stats import DEFAULT_ALPHA, FULL_ARM, METRICS
-from hpo.tables import TABLE_METRICS
 from hpo.tracking import (
     TEST_PREFIXES,
     MLflowTrialLogger,
@@ -40,9 +37,13 @@ from hpo.tracking import (
 )
 from hpo.trainable import TEST_ROWS_FILE, has_model_bundle, retrain_trial
 from models.metrics import METRIC_LABELS
+from models.metrics import METRIC_NAMES as METRICS
 from models.persona import persona_groups
 from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
 from models.registry import config_keys, dataset_needs
+from verdict.options import DEFAULT_ALPHA, FULL_ARM, TABLE_METRICS
+from verdict.report import write_report
+from verdict.results import TestResults, exposure_counts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class TestPlan:
 
     @property
     def experiment_name(self) -> str:
+        """The MLflow experiment of the seed runs: ``<dataset label>/test``."""
         return f"{self.dataset.label}/test"
 
 
@@ -139,22 +141,25 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         )
     seed_results, per_row = _collect(grid, label, [(s.space, arm) for s, arm, _ in configs],
                                      dataset.n_items)
+    results = TestResults(
+        seed_results,
+        per_row,
+        targets={label: dataset.test.targets},
+        popularity={label: train_popularity(dataset)},
+        n_items={label: dataset.n_items},
+        row_groups=(
+            {label: persona_groups(dataset, "test")} if dataset.test.users is not None else None
+        ),
+        skipped_arms=skipped,
+    )
     paths = write_report(
         out_dir,
-        seed_results,
+        results,
         baseline=plan.baseline,
-        per_row=per_row,
-        targets_by_dataset={label: dataset.test.targets},
-        popularity_by_dataset={label: train_popularity(dataset)},
-        n_items_by_dataset={label: dataset.n_items},
         alpha=plan.alpha,
         correction=plan.correction,
         baseline_note=plan.baseline_note,
         resample_seed=plan.resample_seed,
-        skipped_arms=skipped,
-        row_groups_by_dataset=(
-            {label: persona_groups(dataset, "test")} if dataset.test.users is not None else None
-        ),
         protocol_notes=[f"Unequal arms, compared with --allow-unequal-spaces: {plan.unequal_arms}"]
         if plan.unequal_arms else (),
     )
@@ -291,7 +296,7 @@ def _collect(
     grid, dataset_name: str, order: list[tuple[str, str]], n_items: int
 ) -> tuple[pd.DataFrame, dict]:
     """Per-seed results (in ``order`` of (variant, arm), then seed) and the per-row ranks and
-    top-k exposure counts (``hpo.beyond.exposure_counts``) of the full configurations."""
+    top-k exposure counts (``verdict.results.exposure_counts``) of the full configurations."""
     rows, per_row = [], {}
     for result in grid:
         job, metrics = result.config["job"], result.metrics

@@ -1,0 +1,484 @@
+"""Running a study's pieces (``hpo.studies``): each search or seed run in order, exported as it
+finishes (``verdict.study_results``), committed with ``--commit``; a dataset's report and the
+study's Table 1 rebuilt when its last piece finishes or with ``--report``
+(``verdict.study_report``); and, for ``--dry-run``, the plan with what the pieces still to run
+will cost here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+from hpo.cluster import Resources
+from hpo.options import STRONGEST
+from hpo.space import Budget
+from hpo.studies import (
+    DONE,
+    PARTIAL,
+    SKIPPED,
+    Piece,
+    PieceState,
+    Study,
+    StudyDataset,
+    StudyError,
+    dataset_complete,
+    pieces,
+    safe_name,
+    search_dir,
+    seed_dir,
+    select,
+    study_status,
+    work_dir,
+)
+from verdict.results import exposure_counts
+from verdict.study_report import TABLE_FILE, replace_readme_table, write_study_reports
+from verdict.study_results import StudyResults, code_version, file_sha256
+
+
+@dataclass
+class StudyRun:
+    """How the pieces run: where data and working state are, resources, tracking."""
+
+    study: Study
+    output_dir: Path
+    data_dir: Path | None = None
+    text_model: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    mlflow_uri: str | None = None
+    optuna_storage: str | None = None
+    verbose: bool = False
+    commit: bool = False
+    command_line: str = ""
+    precision: str | None = None  # --precision of every piece (None: the configs', auto)
+
+    @property
+    def work(self) -> Path:
+        """The study's working state (``hpo.studies.work_dir``)."""
+        return work_dir(self.study, self.output_dir)
+
+    @property
+    def results(self) -> StudyResults:
+        """The study's exported files."""
+        return StudyResults(self.study.results_dir)
+
+    def tracking_uri(self) -> str:
+        """The MLflow store of every piece (``--mlflow-uri``, or one in the working state)."""
+        from hpo.tracking import resolve_tracking_uri
+
+        return resolve_tracking_uri(self.mlflow_uri, self.work)
+
+    def run_piece(self, state: PieceState) -> dict:
+        """Run (or resume) one piece and export its results.
+
+        Args:
+            state: the piece and its state (a partial one resumes).
+
+        Returns:
+            Its export record.
+        """
+        started = time.perf_counter()
+        piece = state.piece
+        if piece.kind == "search":
+            record = self._run_search(piece, resume=state.state == PARTIAL)
+        else:
+            record = self._run_seed(piece, state.config, restore=state.state == PARTIAL,
+                                    started=started)
+        if self.commit:
+            commit_results(self.study, f"study {self.study.name}: {piece.id}")
+        return record
+
+    def _run_search(self, piece: Piece, resume: bool) -> dict:
+        from hpo.cost import device_name
+        from hpo.search import SearchPlan, run_search
+        from hpo.selection import select_best
+        from hpo.tracking import check_tracking
+
+        folder = search_dir(self.study, self.output_dir, piece)
+        if not resume and folder.exists():
+            shutil.rmtree(folder)  # a start that died before it recorded anything
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        plan = SearchPlan(
+            space=piece.space, dataset=piece.dataset.source(self.data_dir, self.text_model),
+            budget=piece.dataset.budget, seed=self.study.seed, resources=self.resources,
+            output_dir=self.work, tracking_uri=self.tracking_uri(),
+            command_line=self.command_line, search_dir=folder,
+            optuna_storage=self.optuna_storage, precision=self.precision)
+        print(plan.headline(), flush=True)
+        attempts = _attempt(folder.parent / "search-piece.json")
+        started = time.perf_counter()
+        outcome = run_search(plan, resume=resume, verbose=self.verbose)
+        wall = time.perf_counter() - started
+        client = check_tracking(plan.tracking_uri)
+        selection = select_best(client, plan.dataset.label, piece.space.name,
+                                plan.budget.metric, plan.budget.mode,
+                                search_run_id=outcome.parent_run_id)
+        table = outcome.table
+        meta = {
+            "study": self.study.name, "dataset": plan.dataset.label,
+            "budget": {k: getattr(plan.budget, k) for k in Budget.__dataclass_fields__},
+            "trials": int(len(table)),
+            "outcomes": {str(k): int(v) for k, v in table["outcome"].value_counts().items()},
+            "trial_epochs": int(table["epochs"].sum()),
+            "importance": {r.parameter: float(r.importance)
+                           for r in outcome.importance.itertuples()},
+            "importance_method": outcome.importance_note,
+            "space_file": piece.space.path.name,
+            "space_sha256": file_sha256(piece.space.path),
+            "code_version": code_version(), "device": device_name(),
+            "cpus_per_trial": self.resources.cpus_per_trial,
+            "wall_s": round(wall, 1), **attempts,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "parent_run_id": outcome.parent_run_id,
+        }
+        sel = {"space": selection.space, "variant": selection.variant,
+               "trial_id": selection.trial_id, "metric": selection.metric,
+               "value": selection.value, "max_epochs": selection.max_epochs,
+               "config": selection.config}
+        self.results.write_search(plan.dataset.label, piece.space.name, selection=sel,
+                                  trials=table, meta=meta)
+        print(f"piece {piece.id} done in {_minutes(wall)}: selected trial {selection.trial_id} "
+              f"({selection.metric} {selection.value:.4f})", flush=True)
+        return meta
+
+    def _run_seed(self, piece: Piece, config: dict, restore: bool, started: float) -> dict:
+        import numpy as np
+
+        from hpo.cluster import init_ray, tune_experiment_name
+        from hpo.cost import device_name
+        from hpo.seed_runs import TEST_ROWS_FILE, run_seed_jobs, seed_job, train_popularity
+        from models.registry import dataset_needs
+
+        source = piece.dataset.source(self.data_dir, self.text_model)
+        dataset = source.load(**dataset_needs(piece.space.model))
+        label = source.label
+        if not self.results.has_dataset(label):
+            self.results.write_dataset(label, targets=dataset.test.targets,
+                                       popularity=train_popularity(dataset),
+                                       n_items=dataset.n_items, summary=dataset.summary())
+        folder = seed_dir(self.study, self.output_dir, piece)
+        folder.mkdir(parents=True, exist_ok=True)
+        init_ray(self.resources.address, log_to_driver=self.verbose)
+        resources = _whole_node(self.resources)
+        parent = self._test_parent(label)
+        search = self.results.search(label, piece.space.name)
+        job = seed_job(space=piece.space.name, arm=piece.arm, seed=piece.seed,
+                       selected_from=search["selection"]["trial_id"], config=config,
+                       max_epochs=self.study.retrain_max_epochs, precision=self.precision)
+        state_file = folder / "piece.json"
+        attempts = _attempt(state_file)
+        known = json.loads(state_file.read_text())
+        name = known.get("experiment") or (tune_experiment_name("seed", parent)
+                                            + f"-{safe_name(piece.id)[-60:]}")
+        state_file.write_text(json.dumps({**known, "experiment": name, "piece": piece.id}))
+        grid = run_seed_jobs([job], dataset, resources=resources,
+                             tracking_uri=self.tracking_uri(), parent_run_id=parent,
+                             storage=str(folder), name=name,
+                             tags={"dataset": label, "study": self.study.name},
+                             verbose=self.verbose, restore=restore)
+        result = grid[0]
+        if result.error is not None:
+            raise StudyError(f"piece {piece.id} failed: {result.error}")
+        with result.checkpoint.as_directory() as directory:
+            with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
+                ranks, topk = arrays["ranks"], arrays["topk"]
+        metrics = result.metrics
+        wall = time.perf_counter() - started
+        record = {
+            "study": self.study.name, "dataset": label, "space": piece.space.name,
+            "variant": piece.space.model, "arm": piece.arm, "seed": piece.seed,
+            "selected_from": job["selected_from"], "config": job["config"],
+            "best_epoch": int(metrics["best_epoch"]), "epochs": int(metrics["epoch"]),
+            **{k: float(v) for k, v in metrics.items() if k.startswith("test_")},
+            "code_version": code_version(), "device": device_name(),
+            "threads": resources.torch_threads,
+            **{key: metrics[key] for key in ("precision_used", "loss_impl_used") if key in metrics},
+            "wall_s": round(wall, 1), **attempts,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        self.results.write_seed(label, piece.space.name, piece.arm, piece.seed, record=record,
+                                ranks=ranks, exposure=exposure_counts(topk, dataset.n_items))
+        print(f"piece {piece.id} done in {_minutes(wall)}: best epoch {record['best_epoch']} "
+              f"of {record['epochs']}; test R@20 {100 * record['test_recall_20']:.2f} "
+              f"MRR@20 {100 * record['test_mrr_20']:.2f}", flush=True)
+        return record
+
+    def _test_parent(self, label: str) -> str:
+        """The MLflow parent run of the study's seed runs on ``label`` (created once per store)."""
+        from hpo.tracking import (
+            check_tracking,
+            default_artifact_location,
+            get_or_create_experiment,
+            log_params,
+        )
+
+        uri = self.tracking_uri()
+        record = self.work / label / "test_parent.json"
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        client = check_tracking(uri)
+        if uri in known:
+            return known[uri]
+        experiment = f"{label}/test"
+        experiment_id = get_or_create_experiment(
+            client, experiment, default_artifact_location(uri, self.work, experiment))
+        run = client.create_run(experiment_id, run_name=f"study-{self.study.name}",
+                                tags={"stage": "test", "dataset": label,
+                                      "study": self.study.name})
+        log_params(client, run.info.run_id, {
+            "study_file": str(self.study.path.name), "seeds": ",".join(map(str, self.study.seeds)),
+            "retrain_max_epochs": self.study.retrain_max_epochs,
+            "command_line": self.command_line})
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({**known, uri: run.info.run_id}))
+        return run.info.run_id
+
+
+def _whole_node(resources: Resources) -> Resources:
+    """A seed piece's resources: one trial given every CPU a search would spread over its
+    concurrent trials (one seed run at a time; its torch threads follow)."""
+    from dataclasses import replace
+
+    cpus = resources.cpus_per_trial * resources.concurrent_trials()
+    return replace(resources, cpus_per_trial=float(max(1, int(cpus))), max_concurrent=1)
+
+
+def _attempt(record: Path) -> dict:
+    """Count one more attempt at a piece in its working-state ``record`` (JSON), keeping when the
+    first began: an interrupted piece's export says it took several attempts, and its
+    ``wall_s`` is the last attempt's alone.
+
+    Returns:
+        ``{"attempts": n, "first_started": "YYYY-mm-dd HH:MM:SS"}``.
+    """
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    known["attempts"] = int(known.get("attempts", 0)) + 1
+    known.setdefault("first_started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(known))
+    return {"attempts": known["attempts"], "first_started": known["first_started"]}
+
+
+def _minutes(seconds: float) -> str:
+    from hpo.cost import format_duration
+
+    return format_duration(seconds)
+
+
+def commit_results(study: Study, message: str) -> None:
+    """``git add`` the study's results folder and commit it (``--commit``).
+
+    Args:
+        study: the study.
+        message: the commit message.
+
+    Raises:
+        StudyError: git refused (the message says why).
+    """
+    folder = study.results_dir
+    try:
+        subprocess.run(["git", "add", "--", str(folder)], cwd=folder.parent, check=True,
+                       capture_output=True, text=True, timeout=60)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(folder)],
+                                cwd=folder.parent, capture_output=True, timeout=60)
+        if staged.returncode == 0:
+            return
+        subprocess.run(["git", "commit", "-q", "-m", message, "--", str(folder)],
+                       cwd=folder.parent, check=True, capture_output=True, text=True,
+                       timeout=60)
+    except subprocess.CalledProcessError as exc:
+        raise StudyError(f"--commit: git failed: {exc.stderr.strip() or exc}") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StudyError(f"--commit: {exc}") from None
+
+
+# ------------------------------------------------------------------------- the plan and cost
+
+
+def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
+    """The study's plan for ``--dry-run``: each dataset's pieces grouped by state, and what the
+    pieces still to run will cost here (timed on this machine: ``hpo.cost``).
+
+    Args:
+        run: the study and how it runs.
+        only: globs limiting the pieces to run (as ``--only``).
+    """
+    from hpo.cost import asha_trial_epochs, format_duration, local_slots, time_variant
+    from models.registry import dataset_needs, fits_once
+
+    study = run.study
+    states = pieces(study, run.output_dir)
+    slots = run.resources.max_concurrent or local_slots(run.resources.cpus_per_trial)
+    lines = [f"study {study.name} ({study.path}): {len(study.spaces)} arms x "
+             f"{len(study.datasets)} datasets, {len(study.seeds)} seeds, ablation arms "
+             + (", ".join(a.arm.name + (f" on {', '.join(a.spaces)}" if a.spaces else "")
+                          for a in study.arms) or "none"),
+             f"results     {study.results_dir}  (commit them; working state in {run.work})",
+             f"baseline    {study.baseline}"
+             + (f" of {', '.join(study.baseline_candidates)} on validation, per dataset"
+                if study.baseline == STRONGEST else "")
+             + f"; {study.correction} correction, alpha {study.alpha:g}"]
+    if study.unequal:
+        lines.append("unequal     " + "; ".join(study.unequal))
+    total_s, n_runs = 0.0, 0
+    for dataset in study.datasets:
+        mine = [s for s in states if s.piece.dataset.label == dataset.label]
+        counts: dict[str, int] = {}
+        for s in mine:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        b = dataset.budget
+        lines.append("")
+        lines.append(f"{dataset.label}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+                     + f"; budget {b.num_samples} trials x <= {b.max_epochs} epochs, ASHA "
+                     f"grace {b.grace_period}, rf {b.reduction_factor}"
+                     + (f"; last {dataset.train_rows:,} training rows" if dataset.train_rows
+                        else "; full training split"))
+        loaded = None
+        groups: dict[tuple, list[PieceState]] = {}
+        for state in mine:  # a search alone; seed runs grouped by (space, arm, state)
+            piece = state.piece
+            key = ((piece.id, state.state) if piece.kind == "search"
+                   else (piece.space.name, piece.arm, state.state))
+            groups.setdefault(key, []).append(state)
+        for group in groups.values():
+            first = group[0]
+            piece = first.piece
+            name = piece.id[len(dataset.label) + 1:]
+            if piece.kind == "seed":
+                seeds = [g.piece.seed for g in group]
+                name = f"seed/{piece.space.name}/{piece.arm}/{_seed_range(seeds)}"
+            if first.state in (DONE, SKIPPED) or (only and not any(
+                    fnmatch(g.piece.id, pattern) for g in group for pattern in only)):
+                note = f" ({first.note})" if first.note and first.state == SKIPPED else ""
+                lines.append(f"  {name:<34} {first.state}{note}")
+                continue
+            if loaded is None:
+                source = dataset.source(run.data_dir, run.text_model)
+                needs = dataset_needs([s.model for s in study.spaces])
+                loaded = source.load(**needs).without_test()
+            timing = time_variant({"model": piece.space.model, **piece.space.fixed}, loaded,
+                                  threads=run.resources.torch_threads)
+            once = fits_once(piece.space.model)
+            if piece.kind == "search":
+                most, expected = asha_trial_epochs(b, once, slots)
+                what = (f"{most} fits" if once else
+                        f"<= {most} trial-epochs, ~{expected:.0f} under ASHA")
+            else:
+                most = 1 if once else study.retrain_max_epochs
+                expected = most if once else _expected_epochs(run, piece, first)
+                expected *= len(group)
+                what = (f"{len(group)} run(s): "
+                        + ("1 fit each" if once else
+                           f"<= {most} epochs each, ~{expected / len(group):.0f} expected"))
+            seconds = expected * timing.epoch_s / slots
+            total_s += seconds
+            n_runs += len(group)
+            lines.append(f"  {name:<34} {first.state:<8} {what}; ~{format_duration(seconds)}")
+    lines.append("")
+    lines.append(f"left: {n_runs} piece(s), about {format_duration(total_s)} here "
+                 f"({slots} trial(s) at once; a seed run uses the {slots} slots' CPUs; epoch "
+                 "times timed from a few batches of each arm's published configuration, kept in "
+                 "the cache folder's timings.json)")
+    return "\n".join(lines)
+
+
+def _seed_range(seeds: list[int]) -> str:
+    """``1..5`` for consecutive seeds, else ``1,3``."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def _expected_epochs(run: StudyRun, piece: Piece, state: PieceState) -> float:
+    """A seed run's expected epochs: the selected trial's best epoch plus the patience (capped
+    by the retraining budget); before the search, the search's epoch budget."""
+    study = run.study
+    record = run.results.search(piece.dataset.label, piece.space.name)
+    if record is None:
+        return float(min(study.retrain_max_epochs, piece.dataset.budget.max_epochs))
+    trials = run.results.trials(piece.dataset.label, piece.space.name)
+    chosen = trials[trials["trial_id"].astype(str) == str(record["selection"]["trial_id"])]
+    best = int(chosen["best_epoch"].iloc[0]) if len(chosen) else piece.dataset.budget.max_epochs
+    patience = (state.config or {}).get("patience", 5)
+    return float(min(study.retrain_max_epochs, best + patience))
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def run_study(run: StudyRun, only: list[str] | None = None,
+              max_hours: float | None = None) -> list[str]:
+    """Run the study's remaining pieces in order, each exported as it finishes; write a
+    dataset's report (and the study's Table 1) when its last piece finishes.
+
+    Args:
+        run: the study and how it runs.
+        only: globs limiting the pieces (``--only``), matched against piece ids such as
+            ``tmall/search/trm`` or ``tmall/seed/trm/full/3``.
+        max_hours: start no piece after this many hours (a running piece finishes).
+
+    Returns:
+        The ids of the pieces that ran.
+    """
+    deadline = time.monotonic() + max_hours * 3600 if max_hours else None
+    ran: list[str] = []
+    while True:
+        states = pieces(run.study, run.output_dir)
+        todo = next(select(states, only), None)
+        if todo is None:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"--max-hours reached: {todo.piece.id} and later pieces not started",
+                  flush=True)
+            break
+        print(f"piece {todo.piece.id} ({todo.state}) starts", flush=True)
+        run.run_piece(todo)
+        ran.append(todo.piece.id)
+        after = pieces(run.study, run.output_dir)
+        if dataset_complete(after, todo.piece.dataset) and todo.piece.kind == "seed":
+            paths = write_reports(run.study, [todo.piece.dataset])
+            print(f"{todo.piece.dataset.label}: every piece done; report in "
+                  f"{paths[todo.piece.dataset.label]}", flush=True)
+            if run.commit:
+                commit_results(run.study, f"study {run.study.name}: "
+                                          f"{todo.piece.dataset.label} report")
+    return ran
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def write_reports(study: Study, datasets: list[StudyDataset] | None = None) -> dict[str, Path]:
+    """Rebuild each complete dataset's test-stage report from the study's files alone, and the
+    study's Table 1 (``table1.md``): the study's status (``hpo.studies.study_status``) handed
+    to ``verdict.study_report.write_study_reports``.
+
+    Args:
+        study: the study.
+        datasets: the datasets to report (default: every complete one).
+
+    Returns:
+        dataset label -> its report folder.
+    """
+    labels = [d.label for d in datasets] if datasets is not None else None
+    return write_study_reports(study_status(study), labels)
+
+
+def update_readme(study: Study, readme: Path | None = None) -> bool:
+    """Replace the study's Table 1 block in README.md with ``table1.md``
+    (``verdict.study_report.replace_readme_table``), so README's numbers are the study files'.
+
+    Args:
+        study: the study.
+        readme: the README (default: the one above the study file's folder).
+
+    Returns:
+        Whether the README held the block (and was rewritten where it changed).
+    """
+    readme = readme or study.path.parent.parent / "README.md"
+    return replace_readme_table(readme, name=study.name,
+                                table_file=study.results_dir / TABLE_FILE)
