@@ -140,7 +140,7 @@ def validate_arms(arms: Sequence[Arm], variants: Sequence[str]) -> None:
                      else f"all of the config keys {list(arm.keys)}")
             raise AblationError(
                 f"--ablate {arm.name}: no compared variant has {which} "
-                f"(compared: {compared}); see models/registry.py for each variant's keys"
+                f"(compared: {compared}); see each variant's spec (models/registry.py) for its keys"
             )
         for variant in takers:
             _check(arm, {"model": variant}, variant)

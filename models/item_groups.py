@@ -1,6 +1,6 @@
 """Which items are popular: the one definition of the head that the diffusion augmentation
 (``models.diffusion.stages.popularity_groups``, the groups its DDPM is conditioned on) and the test
-report (``hpo.beyond.item_groups``: the beyond-the-mean table, the popularity view and the tests
+report (``verdict.beyond.item_groups``: the beyond-the-mean table, the popularity view and the tests
 on tail targets) share. Both import ``HEAD_FRACTION`` and ``head_item_mask`` from here.
 
 An item's popularity is how often it is a training target (``train_popularity``: a count per
