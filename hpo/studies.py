@@ -14,6 +14,7 @@
     baseline_candidates: [ave, trm, sknn]   # for strongest: chosen per dataset on validation
     correction: holm
     alpha: 0.01
+    precision: fp32            # every piece's precision (default: none pinned, each run's auto)
     ablate:                    # ablation arms: the changes, and optionally the spaces they
       - {set: {da_gating: false}, spaces: [da]}     # apply to (default: every space that has
       - {set: {hn_lambda: 0}}                       # the keys)
@@ -52,13 +53,14 @@ from hpo.ablation import AblationError, Arm, arm_jobs, parse_arm, value_text
 from hpo.fairness import check_fair_arms
 from hpo.options import BASELINE_VARIANTS, STRONGEST
 from hpo.space import Budget, SearchSpace, SpaceError, load_space, parse_budget
+from models.precision import PRECISIONS
 from verdict.options import CORRECTIONS, DEFAULT_ALPHA, FULL_ARM
 from verdict.study_report import DatasetStatus, StudyStatus
 from verdict.study_results import StudyResults
 
 STUDY_KEYS = {"name", "description", "spaces", "datasets", "seeds", "seed",
               "retrain_max_epochs", "baseline", "baseline_candidates", "correction", "alpha",
-              "ablate", "allow_unequal_spaces"}
+              "ablate", "allow_unequal_spaces", "precision"}
 DATASET_KEYS = {"train_rows", "budget"}
 DONE, PARTIAL, TODO, WAITING, SKIPPED = "done", "partial", "to do", "waiting", "skipped"
 
@@ -126,6 +128,7 @@ class Study:
     arms: tuple[StudyArm, ...] = ()
     allow_unequal_spaces: bool = False
     unequal: tuple[str, ...] = field(default=())  # differences allowed, for the report
+    precision: str | None = None  # pinned for every piece (None: each run's own, auto)
 
     @property
     def results_dir(self) -> Path:
@@ -202,6 +205,9 @@ def load_study(path: str | Path) -> Study:
     if baseline != STRONGEST and baseline not in names:
         raise fail(f"'baseline' {baseline!r} is not one of the spaces {names}")
     arms = _parse_arms(raw.get("ablate") or [], spaces, fail)
+    precision = raw.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise fail(f"'precision' must be one of {PRECISIONS}; got {precision!r}")
     allow = bool(raw.get("allow_unequal_spaces", False))
     unequal = []
     for dataset in datasets:
@@ -217,6 +223,7 @@ def load_study(path: str | Path) -> Study:
         seed=seed, retrain_max_epochs=retrain, baseline=baseline,
         baseline_candidates=tuple(candidates), correction=correction, alpha=alpha, arms=arms,
         allow_unequal_spaces=allow, unequal=tuple(dict.fromkeys(unequal)),
+        precision=precision,
     )
 
 
@@ -544,7 +551,8 @@ def _protocol_notes(study: Study, dataset: StudyDataset) -> list[str]:
         + f"; search budget of every arm: {b.num_samples} trials x <= {b.max_epochs} epochs, "
         f"ASHA grace {b.grace_period}, reduction factor {b.reduction_factor}, {b.mode} "
         f"{b.metric}; retraining: <= {study.retrain_max_epochs} epochs, early stopping as "
-        "configured (patience 5 by default).",
+        "configured (patience 5 by default)"
+        + (f"; precision {study.precision} in every piece." if study.precision else "."),
         "Rebuilt from the study's exported files alone (verdict.study_results): ranks clipped "
         "at 21, top-20 lists as per-item slot counts.",
     ]

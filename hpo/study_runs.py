@@ -55,7 +55,15 @@ class StudyRun:
     verbose: bool = False
     commit: bool = False
     command_line: str = ""
-    precision: str | None = None  # --precision of every piece (None: the configs', auto)
+    precision: str | None = None  # --precision of every piece (None: the study file's, else auto)
+
+    def __post_init__(self) -> None:
+        pinned = self.study.precision
+        if pinned is not None and self.precision not in (None, pinned):
+            raise StudyError(f"{self.study.path}: the study pins precision {pinned} for every "
+                             f"piece; --precision {self.precision} would mix precisions in one "
+                             "comparison")
+        self.precision = self.precision or pinned
 
     @property
     def work(self) -> Path:
