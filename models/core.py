@@ -28,6 +28,7 @@ Options of the enhancements guide (``Objective``; each off by default):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -141,7 +142,11 @@ class CORE(nn.Module):
         # online table, or of the EMA target copy when there is one (no gradient into it).
         catalog = normalized_dropout(self.loss_targets(table), self.item_dropout, self.training)
         obj = self.objective
-        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=obj.loss_autocast):
+        # Only ever enable here: ``autocast(enabled=False)`` would switch off the bf16 autocast
+        # the trainer puts around the whole step (bf16_scope all) for the loss.
+        scope = (torch.autocast(h.device.type, dtype=torch.bfloat16) if obj.loss_autocast
+                 else contextlib.nullcontext())
+        with scope:
             loss = catalog_loss(
                 h / self.temperature, catalog, targets, obj.hn_k, obj.hn_lambda,
                 obj.label_smoothing, obj.loss_impl, weights=weights,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import models.core as core_module
 import models.precision as precision_module
 import models.trainer as trainer_module
 from data.arrays import keep_last
@@ -302,6 +303,29 @@ def test_bf16_scope_loss_keeps_the_encoder_in_fp32(dataset, monkeypatch):
         trainer.time_epoch(batches=1)
         handle.remove()
         assert seen["dtype"] == expected
+
+
+@pytest.mark.parametrize(("precision", "scope", "bf16_loss"), [
+    ("bf16", "all", True), ("bf16", "loss", True), ("fp32", "all", False),
+])
+def test_the_full_catalog_loss_runs_under_bf16_in_both_scopes(dataset, monkeypatch, precision,
+                                                              scope, bf16_loss):
+    """The loss is where bf16 pays most: with scope all it must stay under the step's autocast
+    (an ``autocast(enabled=False)`` around it once switched it off), with scope loss it gets
+    its own; in fp32 it never runs under autocast."""
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return catalog_loss(*args, **kwargs)
+
+    catalog_loss = core_module.catalog_loss
+    monkeypatch.setattr(core_module, "catalog_loss", spy)
+    trainer = Trainer({**TRM, "precision": precision, "bf16_scope": scope,
+                       "loss_impl": "chunked"}, dataset, **CPU)
+    trainer.time_epoch(batches=1)
+    assert seen and all(enabled is bf16_loss for enabled in seen)
 
 
 def test_loss_impl_auto_takes_the_faster_and_keeps_the_choice(tmp_path):
