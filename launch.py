@@ -351,15 +351,15 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
                               max_failures=args.max_failures, require_cuda=args.require_cuda)
         validate_resources(resources)
         text_model = str(args.text_model) if args.text_model else None
-        needs = dataset_needs([space.model for space in study.spaces])
-        for dataset in study.datasets:  # a missing dataset is refused before anything runs
-            DatasetSource(dataset.name, args.data_dir, dataset.train_rows, text_model).check(
-                **needs)
         run = StudyRun(study, output_dir=args.output_dir, data_dir=args.data_dir,
                        text_model=text_model, resources=resources, mlflow_uri=args.mlflow_uri,
                        optuna_storage=args.optuna_storage, verbose=args.verbose,
                        commit=args.commit, precision=args.precision,
                        command_line=shlex.join(["python", "launch.py", *argv]))
+        needs = dataset_needs([space.model for space in study.spaces])
+        for dataset in study.datasets:  # a missing dataset is refused before anything runs
+            DatasetSource(dataset.name, args.data_dir, dataset.train_rows, text_model).check(
+                **needs)
         if args.dry_run:
             print(describe_study(run, args.only))
             return 0

@@ -32,7 +32,7 @@ from hpo.studies import (
     pieces,
     study_status,
 )
-from hpo.study_runs import update_readme, write_reports
+from hpo.study_runs import StudyRun, update_readme, write_reports
 from hpo.tracking import PARENT_TAG
 from verdict.study_report import readme_markers, study_table
 from verdict.study_results import CLIPPED_RANK, StudyResults
@@ -81,6 +81,7 @@ def run_launch(args: list[str]) -> tuple[int, str]:
     ({"datasets": {TINY: {"budget": {"num_samples": 0}}}}, "num_samples"),
     ({"correction": "sidak"}, "'correction' must be one of"),
     ({"colour": "blue"}, "unknown key"),
+    ({"precision": "fp16"}, "'precision' must be one of"),
 ])
 def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, change, message):
     with pytest.raises(StudyError, match=re.escape(message)):
@@ -106,6 +107,20 @@ def test_table1_study_is_valid_and_fair():
     assert len(study.seeds) >= 5 and study.unequal == ()
     assert {d.budget for d in study.datasets} == {study.datasets[0].budget}  # same budget
     assert study.datasets[0].train_rows is None  # tmall: the full training split
+
+
+def test_a_pinned_precision_reaches_every_piece_and_cannot_be_mixed(tmp_path, capsys):
+    path = write_study(tmp_path, precision="fp32")
+    study = load_study(path)
+    assert study.precision == "fp32"
+    assert StudyRun(study, output_dir=tmp_path / "out").precision == "fp32"
+    assert StudyRun(load_study(write_study(tmp_path / "free")), output_dir=tmp_path / "out",
+                    precision="bf16").precision == "bf16"  # nothing pinned: the option's
+    rc = launch.main(["--study", str(path), "--precision", "bf16", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "pins precision fp32" in err and "--precision bf16" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- pieces and their states
