@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from trainer_runs import straight_and_resumed
 
 import models.core as core_module
 from data.synthetic import make_dataset
@@ -443,14 +444,7 @@ def test_the_target_table_moves_by_the_momentum_rule_after_every_step(dataset, t
         torch.testing.assert_close(model.target_embedding, expected)
         assert not torch.allclose(model.target_embedding, model.item_embedding)
     # The copy is part of the checkpoint: a resumed run continues it exactly.
-    straight = Trainer(config, dataset, **CPU)
-    straight.fit()
-    first = Trainer(config, dataset, **CPU)
-    first.run_epoch()
-    first.save_checkpoint(tmp_path / "ckpt.pt")
-    resumed = Trainer(config, dataset, **CPU)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    resumed.run_epoch()
+    straight, resumed = straight_and_resumed(config, dataset, tmp_path, **CPU)
     assert torch.equal(resumed.model.target_embedding, straight.model.target_embedding)
     assert resumed.history[-1]["valid_mrr_20"] == straight.history[-1]["valid_mrr_20"]
 

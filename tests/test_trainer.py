@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from trainer_runs import straight_and_resumed
 
 import models.core as core_module
 import models.precision as precision_module
@@ -67,14 +68,7 @@ def test_resume_from_checkpoint_is_exact(dataset, tmp_path, variant):
 def test_resume_is_exact_with_clipping_accumulation_and_the_guides_options(dataset, tmp_path):
     config = {**TRM, "model": "enhanced", "epochs": 2, "grad_clip": 1.0, "grad_accum": 2,
               "ema_target": 0.9, "aux_length_weight": 0.1, "aux_order_weight": 0.1}
-    straight = Trainer(config, dataset, **CPU)
-    straight.fit()
-    first = Trainer(config, dataset, **CPU)
-    first.run_epoch()
-    first.save_checkpoint(tmp_path / "ckpt.pt")
-    resumed = Trainer(config, dataset, **CPU)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    resumed.run_epoch()
+    straight, resumed = straight_and_resumed(config, dataset, tmp_path, **CPU)
     assert without_times(resumed.history) == without_times(straight.history)
     for name, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
