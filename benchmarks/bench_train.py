@@ -50,11 +50,11 @@ from data import load_dataset  # noqa: E402
 from models.trainer import Trainer, cpuinfo_field, native_bf16  # noqa: E402
 
 # label -> config keys; the first is the reference of every comparison; "default" is the
-# registry's defaults (precision auto, loss_impl auto, bf16_scope all).
+# registry's defaults (precision auto, loss_impl auto, bf16_scope loss).
 CONFIGS = {
     "dense fp32": {"loss_impl": "dense", "precision": "fp32"},
     "chunked fp32": {"loss_impl": "chunked", "precision": "fp32"},
-    "chunked bf16": {"loss_impl": "chunked", "precision": "bf16"},
+    "chunked bf16": {"loss_impl": "chunked", "precision": "bf16", "bf16_scope": "all"},
     "bf16 loss": {"loss_impl": "chunked", "precision": "bf16", "bf16_scope": "loss"},
     "default": {},
 }

@@ -7,12 +7,13 @@
   fp32 element by element and bf16 is several times slower (``native_bf16``);
 - ``fp32`` or ``bf16``: as named (bf16 without native support warns).
 
-``bf16_scope`` says which part runs under bf16 autocast when the precision is bf16: ``all``
-(encoder and loss, the default) or ``loss`` (the encoder in fp32, the full-catalog loss, whose
-[batch x catalog] products dominate an epoch, in bf16). Which is faster depends on the machine
-(on an AMX Xeon CORE-trm gained 1.51x over dense fp32 with ``all``, CORE-ave 2.61x: the
-transformer's small products gain little and pay for conversions); ``benchmarks/bench_train.py``
-measures both.
+``bf16_scope`` says which part runs under bf16 autocast when the precision is bf16: ``loss`` (the
+default: the encoder in fp32, the full-catalog loss, whose [batch x catalog] products dominate an
+epoch, in bf16) or ``all`` (encoder and loss). Measured on a 2-core AMX Xeon
+(``benchmarks/bench_train.py``, docs/performance.md), ``all`` is no faster than ``loss`` for
+CORE-ave, -trm and -HN (the transformer's [tokens x 100] products gain little and pay for the
+conversions around every layer norm and dropout) and peaks 0.3-0.4 GiB higher, above dense fp32;
+``loss`` stays at or below dense fp32's peak.
 
 ``loss_impl`` (``models.catalog_loss``): ``chunked``, ``dense`` or ``auto`` (the default). Both
 implementations give the same loss and gradients (identical to the last digit in fp32); which is
