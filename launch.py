@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="numeric precision of every trial and seed run: auto (bf16 where "
                              "bf16 matrix products are native: AMX, AVX-512 BF16, CUDA; else "
-                             "fp32), fp32 or bf16 (default: the configs', auto); recorded in "
-                             "MLflow (param precision, tag precision_used)")
+                             "fp32), fp32 or bf16 (default: the configs', auto; a study file's "
+                             "precision: pins it); recorded in MLflow (param precision, tag "
+                             "precision_used)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the TPE sampler and of every trial's training")
     parser.add_argument("--optuna-storage", default=None, metavar="URL",

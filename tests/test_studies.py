@@ -116,7 +116,8 @@ def test_a_pinned_precision_reaches_every_piece_and_cannot_be_mixed(tmp_path, ca
     assert StudyRun(study, output_dir=tmp_path / "out").precision == "fp32"
     assert StudyRun(load_study(write_study(tmp_path / "free")), output_dir=tmp_path / "out",
                     precision="bf16").precision == "bf16"  # nothing pinned: the option's
-    rc = launch.main(["--study", str(path), "--precision", "bf16", "--dry-run"])
+    rc = launch.main(["--study", str(path), "--precision", "bf16", "--dry-run",
+                      "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "pins precision fp32" in err and "--precision bf16" in err
