@@ -159,6 +159,15 @@ def seed_runs(store: Path) -> dict[str, object]:
     return {run.info.run_name: run for run in runs}
 
 
+def shown(locator) -> None:
+    """Assert that ``locator`` is visible, waiting for it as long as a page may take to render
+    (``is_visible()`` and ``count()`` look once: a chart drawn a moment after the text waited
+    for would fail them on a loaded machine)."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+
+
 def test_the_test_stage_link_opens_its_seed_runs_grouped_by_variant(ui, outputs, context,
                                                                     shots):
     runs = seed_runs(outputs)
@@ -170,13 +179,13 @@ def test_the_test_stage_link_opens_its_seed_runs_grouped_by_variant(ui, outputs,
     close_assistant(page)
     assert "/runs" in page.url and "workflowType=machine_learning" in page.url
     for name in names:
-        assert page.get_by_role("link", name=name).is_visible()
+        shown(page.get_by_role("link", name=name))
     headers = page.locator(".ag-header-row").all_inner_texts()
     for metric in ("test_recall_20", "test_mrr_20", "test_ndcg_20", "seed"):
         assert any(metric in row for row in headers), (metric, headers)
     # Each group's row: variant and arm; the seeds listed under it with their own scores.
     for variant in ("ave", "trm"):
-        assert page.get_by_text(re.compile(rf"variant: {variant}, arm: full")).count() >= 1
+        shown(page.get_by_text(re.compile(rf"variant: {variant}, arm: full")).first)
     value = runs["trm full seed 2"].data.metrics["test_mrr_20"]
     assert str(value)[:6] in row_text(page, "trm full seed 2")
     shots(page, "1-test-stage-runs-table")
@@ -189,7 +198,7 @@ def test_the_test_stage_link_opens_its_seed_runs_grouped_by_variant(ui, outputs,
     page.get_by_text("Comparing 2 Runs").wait_for()
     assert "compare-runs" in page.url
     for name in ("ave full seed 1", "trm full seed 1"):
-        assert page.get_by_text(name, exact=True).first.is_visible()
+        shown(page.get_by_text(name, exact=True).first)
     assert {runs[n].info.run_id for n in ("ave full seed 1", "trm full seed 1")} <= \
         set(re.findall(r"[0-9a-f]{32}", page.url.replace("%22", " ")))
     shots(page, "2-compare-two-variants")
@@ -202,10 +211,10 @@ def test_the_test_stage_charts_show_each_variants_test_metrics(ui, context, shot
     page.get_by_text("Variants: test metrics, mean over seeds").wait_for()
     close_assistant(page)
     for metric in ("test_recall_20", "test_mrr_20", "test_ndcg_20"):
-        assert page.get_by_text(metric, exact=True).first.is_visible()
+        shown(page.get_by_text(metric, exact=True).first)
     # One bar per group, named in the chart's legend.
     for variant in ("ave", "trm"):
-        assert page.get_by_text(f"variant: {variant}, arm: full").first.is_visible()
+        shown(page.get_by_text(f"variant: {variant}, arm: full").first)
     shots(page, "3-test-stage-charts")
     page.close()
 
@@ -217,8 +226,7 @@ def test_the_report_opens_rendered(ui, context, shots):
     heading.wait_for()
     close_assistant(page)
     # Rendered, not shown as text: its sections are headings, no Markdown syntax is left.
-    assert page.get_by_role("heading", name=re.compile("Paired t-tests vs the baseline")) \
-        .first.is_visible()
+    shown(page.get_by_role("heading", name=re.compile("Paired t-tests vs the baseline")).first)
     assert "| Dataset |" not in page.locator("body").inner_text()
     shots(page, "4-test-stage-report")
     page.close()
@@ -232,8 +240,8 @@ def test_the_search_link_opens_its_trials_and_parallel_coordinates(ui, outputs, 
     page.get_by_text("Parallel Coordinates").wait_for()
     close_assistant(page)
     for name in ("trm trial 0", "trm trial 1"):
-        assert page.get_by_role("link", name=name).is_visible()
-    assert page.locator(".js-plotly-plot, svg.main-svg").count() >= 1
+        shown(page.get_by_role("link", name=name))
+    shown(page.locator(".js-plotly-plot, svg.main-svg").first)
     shots(page, "5-search-parallel-coordinates")
     page.locator("label", has=page.locator("input[name=runs-view-mode][value=TABLE]")).click()
     page.locator(".ag-header-row").first.wait_for()
@@ -273,7 +281,7 @@ def test_model_training_once_then_experiments_open_on_their_runs_and_views(ui, c
     page.get_by_role("button", name="Views").click()
     page.get_by_text(re.compile(r"test-\d{8}-\d{6}: variants")).first.click()
     page.get_by_role("link", name="trm full seed 1").wait_for()
-    assert page.get_by_text(re.compile("variant: trm, arm: full")).count() >= 1
+    shown(page.get_by_text(re.compile("variant: trm, arm: full")).first)
     shots(page, "8-model-training-switch-and-views")
     page.close()
 
