@@ -10,6 +10,10 @@ search prints only this reporter's lines, so an 8-trial search fits on one scree
     [1:10] status: 3 done (1 completed, 2 stopped, 0 failed), 2 running, 3 to start; best
            0.1523 (trial 0); elapsed 1:10, about 1:20 left
 
+The time left of a search is counted in trial-epochs (``estimate_search_left``): those expected
+under ASHA for the whole search, less those run, at the seconds per trial-epoch measured so far;
+the test stage's seed runs, of similar length each, use the mean of the ended ones.
+
 An epoch result is printed when it makes its trial the search's best and the best was another
 trial's (a trial improving its own lead shows in the status line and its end line). Event lines
 are printed at once. The status line depends on where the output goes:
@@ -37,6 +41,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from hpo.cost import asha_trial_epochs
 from hpo.outcome import (
     DEVICE_WARNING_KEY,
     TrialOutcome,
@@ -44,6 +49,7 @@ from hpo.outcome import (
     trial_error_text,
     trial_outcome,
 )
+from hpo.space import Budget
 
 STATUS_INTERVALS_S = (30.0, 60.0, 120.0, 300.0, 600.0)
 STATUS_AT_LEAST_EVERY_S = 1800.0
@@ -80,20 +86,21 @@ def estimate_left(
     elapsed: float, durations: list[float], running_ages: list[float], to_start: int,
     concurrent: int,
 ) -> float | None:
-    """Seconds a search still needs, from the mean duration of its ended trials.
+    """Seconds runs of similar length still need, from the mean duration of the ended ones
+    (the test stage's seed runs; a search under ASHA uses ``estimate_search_left``).
 
-    Running trials are assumed to need the mean minus what they have run (at least nothing);
-    trials still to start share ``concurrent`` slots.
+    Running runs are assumed to need the mean minus what they have run (at least nothing);
+    runs still to start share ``concurrent`` slots.
 
     Args:
-        elapsed: seconds since the search started.
-        durations: wall-clock seconds of every ended trial.
-        running_ages: seconds each running trial has run.
-        to_start: trials not started yet.
-        concurrent: trials that run at once.
+        elapsed: seconds since the stage started.
+        durations: wall-clock seconds of every ended run.
+        running_ages: seconds each running run has run.
+        to_start: runs not started yet.
+        concurrent: runs that go at once.
 
     Returns:
-        The estimate, or None before any trial ended.
+        The estimate, or None before any run ended.
     """
     if not durations:
         return None
@@ -101,6 +108,52 @@ def estimate_left(
     running = max((max(0.0, mean - age) for age in running_ages), default=0.0)
     queued = math.ceil(to_start / max(1, concurrent)) * mean
     return running + queued
+
+
+def next_rung(budget: Budget, epochs: int) -> int:
+    """The first epoch after ``epochs`` at which ASHA decides on a trial, or the last epoch.
+
+    Args:
+        budget: the search's budget (grace period, reduction factor, epoch cap).
+        epochs: epochs a trial has run.
+    """
+    rung = budget.grace_period
+    while rung <= epochs and rung < budget.max_epochs:
+        rung *= budget.reduction_factor
+    return min(rung, budget.max_epochs)
+
+
+def estimate_search_left(
+    *, budget: Budget, expected_epochs: float, epochs_done: dict[str, int],
+    running: list[str], to_start: int, epoch_s: float | None, concurrent: int,
+) -> float | None:
+    """Seconds an ASHA search still needs, counted in trial-epochs.
+
+    An average of the ended trials' durations misleads early in a search under ASHA: the first
+    trials to end are the ones stopped at the grace period, so it promises a fraction of what
+    is left. Here the epochs left are the search's expected trial-epochs under ASHA
+    (``hpo.cost.asha_trial_epochs``) less those already run, but at least what is certain: each
+    trial to start runs its grace period and each running trial reaches its next rung. They
+    take the seconds per trial-epoch measured so far, ``concurrent`` at once.
+
+    Args:
+        budget: the search's budget.
+        expected_epochs: trial-epochs the whole search is expected to take.
+        epochs_done: epochs run so far by each trial that reported.
+        running: ids of the trials running now.
+        to_start: trials not started yet.
+        epoch_s: seconds of one trial-epoch so far (None before the first epoch ended).
+        concurrent: trials that run at once.
+
+    Returns:
+        The estimate, or None before any epoch ended.
+    """
+    if epoch_s is None:
+        return None
+    certain = to_start * min(budget.grace_period, budget.max_epochs) + sum(
+        next_rung(budget, epochs_done.get(t, 0)) - epochs_done.get(t, 0) for t in running)
+    left = max(expected_epochs - sum(epochs_done.values()), certain)
+    return left * epoch_s / max(1, concurrent)
 
 
 class StatusSchedule:
@@ -323,13 +376,21 @@ class ConsoleReporter(Callback):
         live: whether the status is one line rewritten in place (by default when the stream is
             a terminal).
         clock: seconds from any origin (``time.monotonic``; a fake one in tests).
+        budget: the search's budget: the time left is then counted in trial-epochs under ASHA
+            (``estimate_search_left``); without it, from the mean duration of ended runs
+            (``estimate_left``, for runs of similar length such as seed runs).
+        fits_once: the searched model fits once per trial (a kNN model: one "epoch" each).
     """
 
     def __init__(self, metric: str, mode: str, num_samples: int, concurrent: int,
                  parameters: list[str],
                  status_intervals_s: Sequence[float] = STATUS_INTERVALS_S,
                  stream: TextIO | None = None, live: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 budget: Budget | None = None, fits_once: bool = False):
+        self.budget = budget
+        self.expected_epochs = (asha_trial_epochs(budget, fits_once, concurrent)[1]
+                                if budget is not None else None)
         self.metric = metric
         self.mode = mode
         self.num_samples = num_samples
@@ -348,6 +409,8 @@ class ConsoleReporter(Callback):
         self._live_at: float | None = None  # when the live line was last drawn
         self._started: dict[str, float] = {}
         self._durations: list[float] = []
+        self._epochs: dict[str, int] = {}  # the last epoch each trial reported
+        self._timed: dict[str, tuple[int, float]] = {}  # epochs and seconds run since started
         self._outcomes: dict[str, TrialOutcome] = {}
         self._best: tuple[float, str] | None = None
         self._names: dict[str, str] = {}
@@ -404,6 +467,7 @@ class ConsoleReporter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._device_warning(trial, result)
+        self._count_epoch(trial, result)
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
@@ -456,13 +520,35 @@ class ConsoleReporter(Callback):
         self._durations.append(self.clock() - started)
         return self._durations[-1]
 
+    def _count_epoch(self, trial, result: dict) -> None:
+        """Books a trial's epoch and its time (for the estimate). Each result is one epoch
+        more: a trial restored from its checkpoint counts from the epoch it resumed at."""
+        epoch = result.get("epoch")
+        if not isinstance(epoch, int) or trial.trial_id not in self._started:
+            return
+        self._epochs[trial.trial_id] = epoch
+        epochs, _ = self._timed.get(trial.trial_id, (0, 0.0))
+        self._timed[trial.trial_id] = (epochs + 1, self.clock() - self._started[trial.trial_id])
+
+    def _epoch_s(self) -> float | None:
+        """Seconds of one trial-epoch so far (None before the first epoch ended)."""
+        epochs = sum(e for e, _ in self._timed.values())
+        return sum(s for _, s in self._timed.values()) / epochs if epochs else None
+
     def _progress(self, trials) -> tuple[int, int, float, float | None]:
         """Trials running and to start, seconds elapsed and the estimate of those left."""
         running = [t for t in trials if t.status == "RUNNING"]
         to_start = max(0, self.num_samples - len(self._outcomes) - len(running))
         now = self.clock()
-        ages = [now - self._started.get(t.trial_id, now) for t in running]
-        left = estimate_left(now - self._start, self._durations, ages, to_start, self.concurrent)
+        if self.budget is not None:
+            left = estimate_search_left(
+                budget=self.budget, expected_epochs=self.expected_epochs,
+                epochs_done=self._epochs, running=[t.trial_id for t in running],
+                to_start=to_start, epoch_s=self._epoch_s(), concurrent=self.concurrent)
+        else:
+            ages = [now - self._started.get(t.trial_id, now) for t in running]
+            left = estimate_left(now - self._start, self._durations, ages, to_start,
+                                 self.concurrent)
         return len(running), to_start, now - self._start, left
 
     @staticmethod
@@ -553,6 +639,7 @@ class SeedRunReporter(ConsoleReporter):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._device_warning(trial, result)
+        self._count_epoch(trial, result)
 
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}

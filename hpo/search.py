@@ -382,7 +382,8 @@ def _new_tuner(plan: SearchPlan, trainable, client, parent_run_id: str, experime
         name=functools.partial(trial_run_name, plan.space.name),
     )
     console = ConsoleReporter(plan.tune_metric, b.mode, b.num_samples, concurrent,
-                              [p.name for p in plan.space.parameters])
+                              [p.name for p in plan.space.parameters], budget=b,
+                              fits_once=fits_once(plan.space.model))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

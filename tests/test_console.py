@@ -17,10 +17,13 @@ from hpo.console import (
     SeedRunReporter,
     StatusSchedule,
     estimate_left,
+    estimate_search_left,
     format_duration,
     format_params,
+    next_rung,
 )
 from hpo.outcome import FINISHED_KEY, META_KEY
+from hpo.space import Budget
 
 METRIC = "best_valid_mrr_20"
 NEVER = (1e9,)  # status intervals: no status line
@@ -153,6 +156,52 @@ def test_estimate_left():
     assert estimate_left(10.0, [], [], 4, 2) is None
     # Mean trial 60 s; the running one is 20 s in; 3 to start on 2 slots: 2 rounds.
     assert estimate_left(100.0, [60.0, 60.0], [20.0], 3, 2) == pytest.approx(40 + 120)
+
+
+def test_next_rung_follows_the_asha_ladder():
+    budget = Budget(num_samples=8, max_epochs=8, grace_period=1, reduction_factor=3)
+    assert [next_rung(budget, e) for e in range(8)] == [1, 3, 3, 8, 8, 8, 8, 8]
+
+
+def test_the_search_estimate_counts_trial_epochs_under_asha():
+    budget = Budget(num_samples=8, max_epochs=8, grace_period=1, reduction_factor=3)
+    # Before any epoch: nothing to go by.
+    assert estimate_search_left(budget=budget, expected_epochs=30.0, epochs_done={},
+                                running=["a"], to_start=7, epoch_s=None, concurrent=2) is None
+    # 10 of 30 expected trial-epochs run, 60 s each, 2 at once: 20 x 60 / 2.
+    done = {"a": 8, "b": 1, "c": 1}
+    assert estimate_search_left(budget=budget, expected_epochs=30.0, epochs_done=done,
+                                running=["c"], to_start=3, epoch_s=60.0,
+                                concurrent=2) == pytest.approx(20 * 60 / 2)
+    # More run than expected: what is certain is left (3 grace epochs, c up to rung 3).
+    done = {"a": 8, "b": 8, "c": 1}
+    assert estimate_search_left(budget=budget, expected_epochs=10.0, epochs_done=done,
+                                running=["c"], to_start=3, epoch_s=60.0,
+                                concurrent=2) == pytest.approx((3 + 2) * 60 / 2)
+
+
+def test_an_early_asha_search_is_not_promised_its_stopped_trials_length():
+    """The first trials to end are the ones ASHA stops at the grace period: the mean of their
+    durations (``estimate_left``) promises far less than the search's expected epochs."""
+    budget = Budget(num_samples=8, max_epochs=8, grace_period=1, reduction_factor=3)
+    now = [0.0]
+    console = ConsoleReporter(METRIC, "max", num_samples=8, concurrent=2, parameters=["lr"],
+                              stream=io.StringIO(), clock=lambda: now[0], budget=budget)
+    a, b = trial("a", 0, lr=0.1), trial("b", 1, lr=0.2)
+    console.on_trial_start(0, [a, b], a)
+    console.on_trial_start(0, [a, b], b)
+    now[0] = 60.0
+    console.on_trial_result(0, [a, b], a, {METRIC: 0.2, "epoch": 1})
+    console.on_trial_result(0, [a, b], b, {METRIC: 0.1, "epoch": 1})
+    b.status, b.last_result = "TERMINATED", {METRIC: 0.1, "epoch": 1}
+    console.on_trial_complete(0, [a, b], b)
+    running, to_start, _, left = console._progress([a, b])
+    assert (running, to_start) == (1, 6)
+    expected = console.expected_epochs
+    assert expected > 8  # ASHA promotes some trials past the grace period
+    assert left == pytest.approx((expected - 2) * 60.0 / 2)
+    naive = estimate_left(60.0, [60.0], [60.0], 6, 2)
+    assert left > 2 * naive
 
 
 def test_formatting():
