@@ -18,6 +18,8 @@
     ablate:                    # ablation arms: the changes, and optionally the spaces they
       - {set: {da_gating: false}, spaces: [da]}     # apply to (default: every space that has
       - {set: {hn_lambda: 0}}                       # the keys)
+    sensitivity: [hn_k, hn_lambda]   # searched parameters drawn against validation from the
+                                     # search trials of every space sampling them
 
 The study is checked whole before anything runs: every space file, the fairness of the arms
 (``hpo.fairness``, with the study's budget), the arms, the baseline and the correction.
@@ -60,7 +62,7 @@ from verdict.study_results import StudyResults
 
 STUDY_KEYS = {"name", "description", "spaces", "datasets", "seeds", "seed",
               "retrain_max_epochs", "baseline", "baseline_candidates", "correction", "alpha",
-              "ablate", "allow_unequal_spaces", "precision"}
+              "ablate", "allow_unequal_spaces", "precision", "sensitivity"}
 DATASET_KEYS = {"train_rows", "budget"}
 DONE, PARTIAL, TODO, WAITING, SKIPPED = "done", "partial", "to do", "waiting", "skipped"
 
@@ -129,6 +131,7 @@ class Study:
     allow_unequal_spaces: bool = False
     unequal: tuple[str, ...] = field(default=())  # differences allowed, for the report
     precision: str | None = None  # pinned for every piece (None: each run's own, auto)
+    sensitivity: tuple[str, ...] = ()  # searched parameters drawn against validation
 
     @property
     def results_dir(self) -> Path:
@@ -208,6 +211,7 @@ def load_study(path: str | Path) -> Study:
     precision = raw.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise fail(f"'precision' must be one of {PRECISIONS}; got {precision!r}")
+    sensitivity = _parse_sensitivity(raw.get("sensitivity") or [], spaces, fail)
     allow = bool(raw.get("allow_unequal_spaces", False))
     unequal = []
     for dataset in datasets:
@@ -223,8 +227,31 @@ def load_study(path: str | Path) -> Study:
         seed=seed, retrain_max_epochs=retrain, baseline=baseline,
         baseline_candidates=tuple(candidates), correction=correction, alpha=alpha, arms=arms,
         allow_unequal_spaces=allow, unequal=tuple(dict.fromkeys(unequal)),
-        precision=precision,
+        precision=precision, sensitivity=sensitivity,
     )
+
+
+def _parse_sensitivity(names: Any, spaces: tuple[SearchSpace, ...], fail) -> tuple[str, ...]:
+    """The ``sensitivity`` key: parameters that some space of the study searches."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise fail(f"'sensitivity' must list searched parameters; got {names!r}")
+    searched = {p.name for space in spaces for p in space.parameters}
+    missing = [n for n in names if n not in searched]
+    if missing:
+        raise fail(f"'sensitivity' names {missing}, which no space of the study searches "
+                   f"(searched: {sorted(searched)})")
+    return tuple(dict.fromkeys(names))
+
+
+def sensitivity_spaces(study: Study) -> tuple[str, ...]:
+    """The spaces whose search trials the sensitivity figure draws: those that search any
+    parameter of ``study.sensitivity``, in the study's order.
+
+    Args:
+        study: the study.
+    """
+    wanted = set(study.sensitivity)
+    return tuple(s.name for s in study.spaces if wanted & {p.name for p in s.parameters})
 
 
 def _integer(value: Any, key: str, fail, minimum: int = 1) -> int:
@@ -492,7 +519,9 @@ def study_status(study: Study) -> StudyStatus:
             baseline_note=note, protocol_notes=tuple(_protocol_notes(study, dataset))))
     return StudyStatus(name=study.name, results_dir=study.results_dir,
                        datasets=tuple(datasets), alpha=study.alpha,
-                       correction=study.correction, resample_seed=study.seed)
+                       correction=study.correction, resample_seed=study.seed,
+                       sensitivity=study.sensitivity,
+                       sensitivity_spaces=sensitivity_spaces(study))
 
 
 def _report_runs(states: list[PieceState]) -> tuple[list[tuple[str, str, int]], dict]:

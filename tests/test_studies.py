@@ -34,7 +34,7 @@ from hpo.studies import (
 )
 from hpo.study_runs import StudyRun, update_readme, write_reports
 from hpo.tracking import PARENT_TAG
-from verdict.study_report import readme_markers, study_table
+from verdict.study_report import readme_markers, sensitivity_points, study_table
 from verdict.study_results import CLIPPED_RANK, StudyResults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +82,8 @@ def run_launch(args: list[str]) -> tuple[int, str]:
     ({"correction": "sidak"}, "'correction' must be one of"),
     ({"colour": "blue"}, "unknown key"),
     ({"precision": "fp16"}, "'precision' must be one of"),
+    ({"sensitivity": ["hn_k"]}, "'sensitivity' names ['hn_k'], which no space"),
+    ({"sensitivity": "lr"}, "'sensitivity' must list searched parameters"),
 ])
 def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, change, message):
     with pytest.raises(StudyError, match=re.escape(message)):
@@ -231,6 +233,34 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nafter\n")
     assert update_readme(study, readme)
     assert readme.read_text() == f"# x\n\n{start}\n{table.strip()}\n{end}\n\nafter\n"
+
+
+def test_the_sensitivity_figure_draws_every_search_trial_that_sampled_the_parameters(tmp_path):
+    study = load_study(write_study(tmp_path, sensitivity=["lr"]))
+    assert study.sensitivity == ("lr",)
+    status = study_status(study)
+    assert status.sensitivity_spaces == ("ave",)  # sknn does not search lr
+    assert sensitivity_points(status).empty
+    write_reports(study)  # no search yet: no figure, no line
+    assert not status.sensitivity_file.exists()
+    assert "Sensitivity" not in study_table(status)
+    results = StudyResults(study.results_dir)
+    trials = pd.DataFrame({
+        "trial_id": ["a", "b", "c"], "outcome": ["completed", "stopped", "completed"],
+        "epochs": [2, 1, 2], "best_epoch": [2, 1, 1], "best_valid_mrr_20": [0.2, 0.1, 0.3],
+        "param.lr": [1e-3, 1e-2, None]})  # c: lr not sampled (a conditional parameter)
+    results.write_search(TINY, "ave", selection={
+        "space": "ave", "variant": "ave", "trial_id": "a", "metric": "valid_mrr_20",
+        "value": 0.2, "max_epochs": 2, "config": {"model": "ave"}},
+        trials=trials, meta={"budget": {"metric": "valid_mrr_20", "max_epochs": 2}})
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
+    points = sensitivity_points(status)
+    assert points[["trial_id", "value", "score", "completed", "selected"]].values.tolist() == [
+        ["a", 1e-3, 0.2, True, True], ["b", 1e-2, 0.1, False, False]]
+    write_reports(study)
+    assert status.sensitivity_file.stat().st_size > 1_000
+    assert ("Sensitivity of lr: the 2 search trials of CORE-ave on tiny"
+            in study_table(status))
 
 
 def test_readme_table1_equals_the_study_files():

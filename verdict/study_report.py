@@ -13,13 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from verdict.markdown import variant_label
 from verdict.options import FULL_ARM
+from verdict.plots import plot_sensitivity, sensitivity_frame
 from verdict.report import split_arms, write_report
 from verdict.seed_level import paired_tests
 from verdict.study_results import StudyResults
 from verdict.tables import progress_table_markdown, study_table_markdown
 
 TABLE_FILE = "table1.md"  # the study's Table 1, beside its datasets' folders
+SENSITIVITY_FILE = "sensitivity.png"  # searched parameters against validation, beside it
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class StudyStatus:
         alpha: the significance level of every table.
         correction: one of ``verdict.options.CORRECTIONS``.
         resample_seed: seed of the session-level randomization and bootstrap tests.
+        sensitivity: searched parameters drawn against validation from the search trials of
+            every space that samples them (``sensitivity_points``).
+        sensitivity_spaces: those spaces, in the study's order.
     """
 
     name: str
@@ -75,11 +81,39 @@ class StudyStatus:
     alpha: float
     correction: str
     resample_seed: int = 0
+    sensitivity: tuple[str, ...] = ()
+    sensitivity_spaces: tuple[str, ...] = ()
 
     @property
     def table_file(self) -> Path:
         """The study's Table 1: ``studies/<name>/table1.md``."""
         return self.results_dir / TABLE_FILE
+
+    @property
+    def sensitivity_file(self) -> Path:
+        """The study's sensitivity figure: ``studies/<name>/sensitivity.png``."""
+        return self.results_dir / SENSITIVITY_FILE
+
+
+def sensitivity_points(status: StudyStatus):
+    """The search trials of ``status.sensitivity_spaces`` on every dataset whose search of
+    them finished, as ``verdict.plots.sensitivity_frame`` rows for ``status.sensitivity``.
+
+    Args:
+        status: the study's status.
+
+    Returns:
+        The points (empty when no such search finished or no parameter is named).
+    """
+    results = StudyResults(status.results_dir)
+    searches = []
+    for dataset in status.datasets:
+        for space in status.sensitivity_spaces:
+            record = results.search(dataset.label, space)
+            if record is not None:
+                searches.append((dataset.label, space, results.trials(dataset.label, space),
+                                 record))
+    return sensitivity_frame(searches, status.sensitivity)
 
 
 def write_study_reports(status: StudyStatus,
@@ -113,6 +147,9 @@ def write_study_reports(status: StudyStatus,
         out[dataset.label] = folder
     status.results_dir.mkdir(parents=True, exist_ok=True)
     status.table_file.write_text(study_table(status) + "\n")
+    points = sensitivity_points(status)
+    if not points.empty:
+        plot_sensitivity(points, status.sensitivity_file)
     return out
 
 
@@ -148,6 +185,17 @@ def study_table(status: StudyStatus) -> str:
     text = study_table_markdown(parts, alpha=status.alpha, correction=status.correction)
     if pending:
         text += "\n\nIn progress: " + "; ".join(pending) + "."
+    points = sensitivity_points(status)
+    if not points.empty:
+        trials = points.drop_duplicates(["dataset", "space", "trial_id"])
+        where = f"{status.results_dir.parent.name}/{status.results_dir.name}/{SENSITIVITY_FILE}"
+        text += (f"\n\nSensitivity of {' and '.join(status.sensitivity)}: the "
+                 f"{len(trials)} search trials of "
+                 f"{' and '.join(variant_label(s) for s in dict.fromkeys(points['space']))} "
+                 f"on {', '.join(dict.fromkeys(points['dataset']))} against their best "
+                 f"validation score, in `{where}` (what the searches saw, not a controlled "
+                 "sweep: the other parameters vary too, and early-stopped trials ran fewer "
+                 "epochs).")
     if progress:
         text += ("\n\nArms of the datasets in progress that have finished every seed run (test "
                  "R@20 / M@20 in percent, mean ± std over seeds; no baseline, tests or marks "
