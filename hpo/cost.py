@@ -9,9 +9,10 @@ Two parts:
   validation batches of the variant's published configuration (``Trainer.time_epoch``) on the
   dataset as the search sees it (the training-row cut included). Results are kept in the
   project's cache folder (``$CORE_CACHE_DIR/timings.json``, default ``~/.cache/core-hpo``) by
-  (variant, dataset, CPU or GPU, threads), so a second dry-run does not time again and a dry-run
-  writes nothing into the output directory. Stages before a trial's first epoch (diffaug's
-  diffusion, persona's HDGI) are not timed.
+  (variant, precision, dataset, CPU or GPU, threads), so a second dry-run does not time again
+  and a dry-run writes nothing into the output directory. The configuration timed is the
+  published one at the precision the runs will use (``--precision``, a study's pin). Stages
+  before a trial's first epoch (diffaug's diffusion, persona's HDGI) are not timed.
 
 Wall time = trial-epochs x seconds per epoch / trials running at once (an estimate: trials that
 share the CPUs run slower each).
@@ -134,7 +135,8 @@ def time_variant(config: dict, dataset, *, threads: int, cache: bool = True) -> 
     from models.trainers import make_trainer
 
     device = device_name()
-    key = f"{config['model']}|{dataset.name}|{device}|{threads}"
+    precision = config.get("precision", "auto")
+    key = f"{config['model']}|{precision}|{dataset.name}|{device}|{threads}"
     store = CacheStore() if cache else None
     known = store.read_records(TIMINGS_FILE) if store else {}
     if key in known:
@@ -149,6 +151,23 @@ def time_variant(config: dict, dataset, *, threads: int, cache: bool = True) -> 
         # an estimate is not worth failing a dry-run for
         log.warning("cannot keep the timing in %s", store.path(TIMINGS_FILE))
     return Timing(epoch_s, device, threads)
+
+
+def timed_config(space, precision: str | None = None) -> dict:
+    """The configuration a cost estimate times: the space's published configuration with its
+    fixed keys, at the precision its runs will use (``--precision`` or a study's pin; a bf16
+    epoch on a CPU with native bf16 is much shorter than the fp32 one a pinned study runs).
+
+    Args:
+        space: the ``hpo.space.SearchSpace``.
+        precision: the precision every run is given (None: the configuration's own, auto).
+    """
+    from models.registry import config_keys
+
+    config = {"model": space.model, **space.fixed}
+    if precision and "precision" in config_keys(space.model):
+        config["precision"] = precision
+    return config
 
 
 def _torch_threads() -> int:
@@ -199,7 +218,7 @@ def search_cost_lines(plan, dataset=None) -> list[str]:
     most, expected = asha_trial_epochs(plan.budget, once, slots)
     if dataset is None:
         dataset = plan.dataset.load(**dataset_needs(plan.space.model)).without_test()
-    timing = time_variant({"model": plan.space.model, **plan.space.fixed}, dataset,
+    timing = time_variant(timed_config(plan.space, plan.precision), dataset,
                           threads=plan.resources.torch_threads)
     unit = "fits" if once else "trial-epochs"
     what = ("one fit and validation per trial (ASHA has nothing to stop)" if once

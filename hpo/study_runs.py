@@ -315,7 +315,13 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
         run: the study and how it runs.
         only: globs limiting the pieces to run (as ``--only``).
     """
-    from hpo.cost import asha_trial_epochs, format_duration, local_slots, time_variant
+    from hpo.cost import (
+        asha_trial_epochs,
+        format_duration,
+        local_slots,
+        time_variant,
+        timed_config,
+    )
     from models.registry import dataset_needs, fits_once
 
     study = run.study
@@ -368,10 +374,15 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
                 source = dataset.source(run.data_dir, run.text_model)
                 needs = dataset_needs([s.model for s in study.spaces])
                 loaded = source.load(**needs).without_test()
-            timing = time_variant({"model": piece.space.model, **piece.space.fixed}, loaded,
-                                  threads=run.resources.torch_threads)
+            # a search's trials run side by side with a trial's threads each; a seed run alone
+            # with every slot's CPUs (its own timing: threads do not scale perfectly)
+            search = piece.kind == "search"
+            threads = (run.resources.torch_threads if search
+                       else max(1, int(run.resources.cpus_per_trial * slots)))
+            timing = time_variant(timed_config(piece.space, run.precision), loaded,
+                                  threads=threads)
             once = fits_once(piece.space.model)
-            if piece.kind == "search":
+            if search:
                 most, expected = asha_trial_epochs(b, once, slots)
                 what = (f"{most} fits" if once else
                         f"<= {most} trial-epochs, ~{expected:.0f} under ASHA")
@@ -382,15 +393,15 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
                 what = (f"{len(group)} run(s): "
                         + ("1 fit each" if once else
                            f"<= {most} epochs each, ~{expected / len(group):.0f} expected"))
-            seconds = expected * timing.epoch_s / slots
+            seconds = expected * timing.epoch_s / (slots if search else 1)
             total_s += seconds
             n_runs += len(group)
             lines.append(f"  {name:<34} {first.state:<8} {what}; ~{format_duration(seconds)}")
     lines.append("")
     lines.append(f"left: {n_runs} piece(s), about {format_duration(total_s)} here "
                  f"({slots} trial(s) at once; a seed run uses the {slots} slots' CPUs; epoch "
-                 "times timed from a few batches of each arm's published configuration, kept in "
-                 "the cache folder's timings.json)")
+                 "times timed from a few batches of each arm's published configuration at the "
+                 "pieces' precision and threads, kept in the cache folder's timings.json)")
     return "\n".join(lines)
 
 
