@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "'*/search/*knn*' or 'tmall/seed/*' (ids: see --dry-run)")
     study.add_argument("--max-hours", type=float, default=None, metavar="H",
                        help="start no piece after H hours (the running piece finishes)")
+    study.add_argument("--seed-runs-at-once", type=positive_int, default=None, metavar="N",
+                       help="seed runs trained side by side, sharing the CPUs a search spreads "
+                            "over its trials (default: as many as a search's trials at once; "
+                            "1: one run with them all)")
     study.add_argument("--commit", action="store_true",
                        help="git-commit the study's results folder after each finished piece")
     study.add_argument("--report", action="store_true",
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     if args.study is not None:
         return _main_study(args, parser, argv)
-    study_only = [f"--{name.replace('_', '-')}" for name in ("only", "max_hours", "report")
+    study_only = [f"--{name.replace('_', '-')}"
+                  for name in ("only", "max_hours", "report", "seed_runs_at_once")
                   if getattr(args, name)] + (["--commit"] if args.commit else [])
     if study_only:
         parser.error(f"{', '.join(study_only)}: only with --study")
@@ -356,6 +361,7 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
                        text_model=text_model, resources=resources, mlflow_uri=args.mlflow_uri,
                        optuna_storage=args.optuna_storage, verbose=args.verbose,
                        commit=args.commit, precision=args.precision,
+                       seed_runs_at_once=args.seed_runs_at_once,
                        command_line=shlex.join(["python", "launch.py", *argv]))
         needs = dataset_needs([space.model for space in study.spaces])
         for dataset in study.datasets:  # a missing dataset is refused before anything runs

@@ -56,6 +56,7 @@ class StudyRun:
     commit: bool = False
     command_line: str = ""
     precision: str | None = None  # --precision of every piece (None: the study file's, else auto)
+    seed_runs_at_once: int | None = None  # None: as many as a search's trials at once
 
     def __post_init__(self) -> None:
         pinned = self.study.precision
@@ -82,7 +83,8 @@ class StudyRun:
         return resolve_tracking_uri(self.mlflow_uri, self.work)
 
     def run_piece(self, state: PieceState) -> dict:
-        """Run (or resume) one piece and export its results.
+        """Run (or resume) one search piece and export its results (seed pieces run in groups:
+        ``run_seed_group``).
 
         Args:
             state: the piece and its state (a partial one resumes).
@@ -90,16 +92,32 @@ class StudyRun:
         Returns:
             Its export record.
         """
-        started = time.perf_counter()
         piece = state.piece
-        if piece.kind == "search":
-            record = self._run_search(piece, resume=state.state == PARTIAL)
-        else:
-            record = self._run_seed(piece, state.config, restore=state.state == PARTIAL,
-                                    started=started)
+        if piece.kind != "search":
+            return self.run_seed_group([state])[0]
+        record = self._run_search(piece, resume=state.state == PARTIAL)
         if self.commit:
             commit_results(self.study, f"study {self.study.name}: {piece.id}")
         return record
+
+    def run_seed_group(self, group: list[PieceState]) -> list[dict]:
+        """Run (or resume) seed pieces of one dataset side by side, as one Ray Tune experiment
+        (``seed_group``), and export each one's results.
+
+        Args:
+            group: the pieces; partial ones resume with the experiment they started in.
+
+        Returns:
+            Their export records, in the group's order.
+
+        Raises:
+            StudyError: a seed run failed (the others are exported first).
+        """
+        records = self._run_seeds(group)
+        if self.commit:
+            ids = ", ".join(state.piece.id for state in group)
+            commit_results(self.study, f"study {self.study.name}: {ids}")
+        return records
 
     def _run_search(self, piece: Piece, resume: bool) -> dict:
         from hpo.cost import device_name
@@ -154,7 +172,7 @@ class StudyRun:
               f"({selection.metric} {selection.value:.4f})", flush=True)
         return meta
 
-    def _run_seed(self, piece: Piece, config: dict, restore: bool, started: float) -> dict:
+    def _run_seeds(self, group: list[PieceState]) -> list[dict]:
         import numpy as np
 
         from hpo.cluster import init_ray, tune_experiment_name
@@ -162,59 +180,108 @@ class StudyRun:
         from hpo.seed_runs import TEST_ROWS_FILE, run_seed_jobs, seed_job, train_popularity
         from models.registry import dataset_needs
 
-        source = piece.dataset.source(self.data_dir, self.text_model)
-        dataset = source.load(**dataset_needs(piece.space.model))
+        started = time.perf_counter()
+        first = group[0].piece
+        source = first.dataset.source(self.data_dir, self.text_model)
+        dataset = source.load(**dataset_needs([s.piece.space.model for s in group]))
         label = source.label
         if not self.results.has_dataset(label):
             self.results.write_dataset(label, targets=dataset.test.targets,
                                        popularity=train_popularity(dataset),
                                        n_items=dataset.n_items, summary=dataset.summary())
-        folder = seed_dir(self.study, self.output_dir, piece)
-        folder.mkdir(parents=True, exist_ok=True)
         init_ray(self.resources.address, log_to_driver=self.verbose)
-        resources = _whole_node(self.resources)
+        resources = self.seed_resources(len(group))
         parent = self._test_parent(label)
-        search = self.results.search(label, piece.space.name)
-        job = seed_job(space=piece.space.name, arm=piece.arm, seed=piece.seed,
-                       selected_from=search["selection"]["trial_id"], config=config,
-                       max_epochs=self.study.retrain_max_epochs, precision=self.precision)
-        state_file = folder / "piece.json"
-        attempts = _attempt(state_file)
-        known = json.loads(state_file.read_text())
-        name = known.get("experiment") or (tune_experiment_name("seed", parent)
-                                            + f"-{safe_name(piece.id)[-60:]}")
-        state_file.write_text(json.dumps({**known, "experiment": name, "piece": piece.id}))
-        grid = run_seed_jobs([job], dataset, resources=resources,
+        jobs, attempts = {}, {}
+        for state in group:
+            piece = state.piece
+            search = self.results.search(label, piece.space.name)
+            jobs[piece.id] = seed_job(
+                space=piece.space.name, arm=piece.arm, seed=piece.seed,
+                selected_from=search["selection"]["trial_id"], config=state.config,
+                max_epochs=self.study.retrain_max_epochs, precision=self.precision)
+            attempts[piece.id] = _attempt(seed_dir(self.study, self.output_dir, piece)
+                                          / "piece.json")
+        # The experiment lives in the first piece's folder; every piece's state names it, so
+        # an interrupted group resumes as the same experiment.
+        storage = seed_dir(self.study, self.output_dir, first)
+        known = json.loads((storage / "piece.json").read_text())
+        restore = group[0].state == PARTIAL and "experiment" in known
+        name = known.get("experiment") if restore else (
+            tune_experiment_name("seed", parent) + f"-{safe_name(first.id)[-60:]}")
+        storage = Path(known.get("storage", storage)) if restore else storage
+        ids = [state.piece.id for state in group]
+        for state in group:
+            state_file = seed_dir(self.study, self.output_dir, state.piece) / "piece.json"
+            record = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps({**record, "experiment": name,
+                                              "storage": str(storage), "group": ids,
+                                              "piece": state.piece.id}))
+        if len(group) > 1:
+            print(f"{len(group)} seed runs side by side ({resources.torch_threads} thread(s) "
+                  f"each): {', '.join(ids)}", flush=True)
+        grid = run_seed_jobs(list(jobs.values()), dataset, resources=resources,
                              tracking_uri=self.tracking_uri(), parent_run_id=parent,
-                             storage=str(folder), name=name,
+                             storage=str(storage), name=name,
                              tags={"dataset": label, "study": self.study.name},
                              verbose=self.verbose, restore=restore)
-        result = grid[0]
-        if result.error is not None:
-            raise StudyError(f"piece {piece.id} failed: {result.error}")
-        with result.checkpoint.as_directory() as directory:
-            with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
-                ranks, topk = arrays["ranks"], arrays["topk"]
-        metrics = result.metrics
         wall = time.perf_counter() - started
-        record = {
-            "study": self.study.name, "dataset": label, "space": piece.space.name,
-            "variant": piece.space.model, "arm": piece.arm, "seed": piece.seed,
-            "selected_from": job["selected_from"], "config": job["config"],
-            "best_epoch": int(metrics["best_epoch"]), "epochs": int(metrics["epoch"]),
-            **{k: float(v) for k, v in metrics.items() if k.startswith("test_")},
-            "code_version": code_version(), "device": device_name(),
-            "threads": resources.torch_threads,
-            **{key: metrics[key] for key in ("precision_used", "loss_impl_used") if key in metrics},
-            "wall_s": round(wall, 1), **attempts,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        self.results.write_seed(label, piece.space.name, piece.arm, piece.seed, record=record,
-                                ranks=ranks, exposure=exposure_counts(topk, dataset.n_items))
-        print(f"piece {piece.id} done in {_minutes(wall)}: best epoch {record['best_epoch']} "
-              f"of {record['epochs']}; test R@20 {100 * record['test_recall_20']:.2f} "
-              f"MRR@20 {100 * record['test_mrr_20']:.2f}", flush=True)
-        return record
+        by_job = {_job_key(result.config["job"]): result for result in grid}
+        records, failed = [], []
+        for state in group:
+            piece = state.piece
+            job = jobs[piece.id]
+            result = by_job.get(_job_key(job))
+            if result is None or result.error is not None:
+                failed.append(f"{piece.id}: {result.error if result else 'no result'}")
+                continue
+            with result.checkpoint.as_directory() as directory:
+                with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
+                    ranks, topk = arrays["ranks"], arrays["topk"]
+            metrics = result.metrics
+            record = {
+                "study": self.study.name, "dataset": label, "space": piece.space.name,
+                "variant": piece.space.model, "arm": piece.arm, "seed": piece.seed,
+                "selected_from": job["selected_from"], "config": job["config"],
+                "best_epoch": int(metrics["best_epoch"]), "epochs": int(metrics["epoch"]),
+                **{k: float(v) for k, v in metrics.items() if k.startswith("test_")},
+                "code_version": code_version(), "device": device_name(),
+                "threads": resources.torch_threads,
+                **{key: metrics[key] for key in ("precision_used", "loss_impl_used")
+                   if key in metrics},
+                "wall_s": round(wall, 1), "side_by_side": len(group), **attempts[piece.id],
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            self.results.write_seed(label, piece.space.name, piece.arm, piece.seed,
+                                    record=record, ranks=ranks,
+                                    exposure=exposure_counts(topk, dataset.n_items))
+            records.append(record)
+            print(f"piece {piece.id} done in {_minutes(wall)}: best epoch "
+                  f"{record['best_epoch']} of {record['epochs']}; test R@20 "
+                  f"{100 * record['test_recall_20']:.2f} MRR@20 "
+                  f"{100 * record['test_mrr_20']:.2f}", flush=True)
+        if failed:
+            raise StudyError("seed run(s) failed: " + "; ".join(failed))
+        return records
+
+    def seed_runs_side_by_side(self) -> int:
+        """Seed runs a group holds: ``seed_runs_at_once``, else as many as a search runs at
+        once (on the cluster it connects to)."""
+        from hpo.cluster import init_ray
+
+        if self.seed_runs_at_once:
+            return self.seed_runs_at_once
+        init_ray(self.resources.address, log_to_driver=self.verbose)
+        return self.resources.concurrent_trials()
+
+    def seed_resources(self, runs: int) -> Resources:
+        """A group's resources: ``runs`` seed runs at once, the CPUs a search spreads over its
+        concurrent trials shared among them (one run alone gets them all)."""
+        from dataclasses import replace
+
+        cpus = self.resources.cpus_per_trial * self.resources.concurrent_trials()
+        return replace(self.resources, cpus_per_trial=float(max(1, int(cpus // runs))),
+                       max_concurrent=runs)
 
     def _test_parent(self, label: str) -> str:
         """The MLflow parent run of the study's seed runs on ``label`` (created once per store)."""
@@ -246,13 +313,9 @@ class StudyRun:
         return run.info.run_id
 
 
-def _whole_node(resources: Resources) -> Resources:
-    """A seed piece's resources: one trial given every CPU a search would spread over its
-    concurrent trials (one seed run at a time; its torch threads follow)."""
-    from dataclasses import replace
-
-    cpus = resources.cpus_per_trial * resources.concurrent_trials()
-    return replace(resources, cpus_per_trial=float(max(1, int(cpus))), max_concurrent=1)
+def _job_key(job: dict) -> tuple:
+    """What tells a group's seed runs apart: space, arm, seed."""
+    return (job["space"], job["arm"], job["seed"])
 
 
 def _attempt(record: Path) -> dict:
@@ -377,8 +440,9 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
             # a search's trials run side by side with a trial's threads each; a seed run alone
             # with every slot's CPUs (its own timing: threads do not scale perfectly)
             search = piece.kind == "search"
+            at_once = slots if search else (run.seed_runs_at_once or slots)
             threads = (run.resources.torch_threads if search
-                       else max(1, int(run.resources.cpus_per_trial * slots)))
+                       else max(1, int(run.resources.cpus_per_trial * slots // at_once)))
             timing = time_variant(timed_config(piece.space, run.precision), loaded,
                                   threads=threads)
             once = fits_once(piece.space.model)
@@ -393,13 +457,14 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
                 what = (f"{len(group)} run(s): "
                         + ("1 fit each" if once else
                            f"<= {most} epochs each, ~{expected / len(group):.0f} expected"))
-            seconds = expected * timing.epoch_s / (slots if search else 1)
+            seconds = expected * timing.epoch_s / at_once
             total_s += seconds
             n_runs += len(group)
             lines.append(f"  {name:<34} {first.state:<8} {what}; ~{format_duration(seconds)}")
     lines.append("")
     lines.append(f"left: {n_runs} piece(s), about {format_duration(total_s)} here "
-                 f"({slots} trial(s) at once; a seed run uses the {slots} slots' CPUs; epoch "
+                 f"({slots} trial(s) at once; {run.seed_runs_at_once or slots} seed run(s) at "
+                 f"once, sharing the {slots} slots' CPUs; epoch "
                  "times timed from a few batches of each arm's published configuration at the "
                  "pieces' precision and threads, kept in the cache folder's timings.json)")
     return "\n".join(lines)
@@ -454,9 +519,16 @@ def run_study(run: StudyRun, only: list[str] | None = None,
             print(f"--max-hours reached: {todo.piece.id} and later pieces not started",
                   flush=True)
             break
-        print(f"piece {todo.piece.id} ({todo.state}) starts", flush=True)
-        run.run_piece(todo)
-        ran.append(todo.piece.id)
+        if todo.piece.kind == "seed":
+            group = seed_group(run, states, todo, only, run.seed_runs_side_by_side())
+            for state in group:
+                print(f"piece {state.piece.id} ({state.state}) starts", flush=True)
+            run.run_seed_group(group)
+            ran += [state.piece.id for state in group]
+        else:
+            print(f"piece {todo.piece.id} ({todo.state}) starts", flush=True)
+            run.run_piece(todo)
+            ran.append(todo.piece.id)
         after = pieces(run.study, run.output_dir)
         if dataset_complete(after, todo.piece.dataset) and todo.piece.kind == "seed":
             paths = write_reports(run.study, [todo.piece.dataset])
@@ -466,6 +538,32 @@ def run_study(run: StudyRun, only: list[str] | None = None,
                 commit_results(run.study, f"study {run.study.name}: "
                                           f"{todo.piece.dataset.label} report")
     return ran
+
+
+def seed_group(run: StudyRun, states: list[PieceState], first: PieceState,
+               only: list[str] | None, size: int) -> list[PieceState]:
+    """The seed pieces that run side by side with ``first`` (the next piece to run).
+
+    A partial piece resumes with the group it started in (the ids its working state lists, less
+    those done since); otherwise ``first`` is joined by the next pieces to do (not partial ones,
+    which have their own experiment) of the same dataset, up to ``size`` in all.
+
+    Args:
+        run: the study and where its working state is.
+        states: the study's pieces (``hpo.studies.pieces``).
+        first: a seed piece to do or partial.
+        only: globs limiting the pieces (``--only``).
+        size: seed runs at once.
+    """
+    ready = [s for s in select(states, only) if s.piece.kind == "seed"]
+    if first.state == PARTIAL:
+        state_file = seed_dir(run.study, run.output_dir, first.piece) / "piece.json"
+        known = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        ids = known.get("group") or [first.piece.id]
+        return [first] + [s for s in ready if s.piece.id in ids and s is not first
+                          and s.state == PARTIAL]
+    return [first] + [s for s in ready if s is not first and s.state != PARTIAL
+                      and s.piece.dataset.label == first.piece.dataset.label][:size - 1]
 
 
 # ---------------------------------------------------------------------------- reports

@@ -21,6 +21,7 @@ from local_cluster import kill_tree, launch_driver, wait_exit
 from mlflow.tracking import MlflowClient
 
 import launch
+from hpo.cluster import Resources
 from hpo.studies import (
     DONE,
     PARTIAL,
@@ -30,9 +31,11 @@ from hpo.studies import (
     StudyError,
     load_study,
     pieces,
+    seed_dir,
+    select,
     study_status,
 )
-from hpo.study_runs import StudyRun, update_readme, write_reports
+from hpo.study_runs import StudyRun, seed_group, update_readme, write_reports
 from hpo.tracking import PARENT_TAG
 from verdict.study_report import readme_markers, sensitivity_points, study_table
 from verdict.study_results import CLIPPED_RANK, StudyResults
@@ -177,6 +180,46 @@ def test_pieces_follow_the_exports(tmp_path):
     assert skipped.state == SKIPPED and "already has sess_dropout=0.0" in skipped.note
 
 
+def test_seed_runs_are_grouped_side_by_side_and_a_partial_group_resumes_whole(tmp_path):
+    study = load_study(write_study(tmp_path, seeds=3))
+    results = StudyResults(study.results_dir)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave", "sess_dropout": 0.3}, 0.1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn", "k": 50}, 0.2)
+    out = tmp_path / "out"
+    run = StudyRun(study, output_dir=out, seed_runs_at_once=2)
+    assert run.seed_runs_side_by_side() == 2
+    states = pieces(study, out)
+    ready = [s for s in select(states, None)]
+    group = seed_group(run, states, ready[0], None, 2)
+    assert [s.piece.id for s in group] == [f"{TINY}/seed/ave/full/1", f"{TINY}/seed/ave/full/2"]
+    assert [s.piece.id for s in seed_group(run, states, ready[0], None, 3)][-1] == (
+        f"{TINY}/seed/ave/full/3")
+    # --only limits the group as it limits the pieces
+    only = [f"{TINY}/seed/*/*/1"]
+    assert [s.piece.id for s in seed_group(run, states, ready[0], only, 2)] == [
+        f"{TINY}/seed/ave/full/1", f"{TINY}/seed/ave/sess_dropout=0.0/1"]
+    # a group interrupted after it started: its pieces are partial and resume together,
+    # without a piece to do joining them
+    ids = [f"{TINY}/seed/ave/full/2", f"{TINY}/seed/sknn/full/1"]
+    for state in states:
+        if state.piece.id in ids:
+            folder = seed_dir(study, out, state.piece)
+            folder.mkdir(parents=True)
+            (folder / "piece.json").write_text(json.dumps({"experiment": "x", "group": ids}))
+    states = pieces(study, out)
+    partial = next(s for s in select(states, None) if s.state == PARTIAL)
+    assert partial.piece.id == ids[0]
+    assert [s.piece.id for s in seed_group(run, states, partial, None, 2)] == ids
+    fresh = next(s for s in select(states, None) if s.piece.kind == "seed")
+    assert fresh.piece.id == f"{TINY}/seed/ave/full/1"
+    assert ids[0] not in [s.piece.id for s in seed_group(run, states, fresh, None, 3)]
+    # a group's runs share the CPUs a search spreads over its trials
+    resources = Resources(cpus_per_trial=1.0, max_concurrent=2)
+    wide = StudyRun(study, output_dir=out, resources=resources)
+    assert wide.seed_resources(1).torch_threads == 2 and wide.seed_resources(2).torch_threads == 1
+    assert wide.seed_resources(2).max_concurrent == 2
+
+
 def test_seed_export_round_trip_is_compact_and_exact(tmp_path):
     results = StudyResults(tmp_path)
     ranks = np.array([1, 5, 20, 21, 500, 37_000])
@@ -317,7 +360,14 @@ def test_a_study_runs_resumes_a_killed_piece_and_rebuilds_its_report(tmp_path, t
     assert all(s.state in (DONE, SKIPPED) for s in pieces(study, out))
     results = StudyResults(study.results_dir)
     record = results.seed(TINY, "ave_small", "full", 1).record
-    assert record["epochs"] == 2
+    assert record["epochs"] == 2 and record["side_by_side"] == 1  # resumed in its own group
+    # the other seed runs went side by side, as many as a search's trials at once, each with
+    # its share of the CPUs
+    others = [results.seed(TINY, space, arm, seed).record
+              for space, arm, seed in [("ave_small", "full", 2), ("sknn", "full", 1),
+                                       ("sknn", "full", 2), ("ave_small", "sess_dropout=0.0", 1)]]
+    assert max(r["side_by_side"] for r in others) >= 2, console
+    assert "seed runs side by side (1 thread(s) each)" in console
     client = MlflowClient(f"sqlite:///{out / 'studies' / 'mini' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(f"{TINY}/test")
     runs = client.search_runs([experiment.experiment_id],
