@@ -382,6 +382,11 @@ class ConsoleReporter(Callback):
         fits_once: the searched model fits once per trial (a kNN model: one "epoch" each).
     """
 
+    # Defaults of attributes added after a reporter may have been pickled into a Tune experiment
+    # (Tuner.restore brings back the callbacks it was started with).
+    budget: Budget | None = None
+    expected_epochs: float | None = None
+
     def __init__(self, metric: str, mode: str, num_samples: int, concurrent: int,
                  parameters: list[str],
                  status_intervals_s: Sequence[float] = STATUS_INTERVALS_S,

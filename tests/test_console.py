@@ -152,6 +152,19 @@ def test_reporter_pickles_without_its_stream():
     assert restored._live_line.stream is sys.stdout and restored._schedule.count == 0
 
 
+def test_a_reporter_pickled_before_the_budget_existed_still_reports():
+    """Tuner.restore brings back the callbacks an experiment started with, pickled by an
+    earlier version of the code: attributes added since must have defaults."""
+    console, _ = reporter()
+    state = console.__getstate__()
+    for added in ("budget", "expected_epochs"):
+        state.pop(added)
+    restored = ConsoleReporter.__new__(ConsoleReporter)
+    restored.__setstate__(state)
+    assert restored.budget is None
+    assert restored.status_line([]).startswith("status: 0 done")
+
+
 def test_estimate_left():
     assert estimate_left(10.0, [], [], 4, 2) is None
     # Mean trial 60 s; the running one is 20 s in; 3 to start on 2 slots: 2 rounds.
