@@ -306,6 +306,31 @@ def test_the_sensitivity_figure_draws_every_search_trial_that_sampled_the_parame
             in study_table(status))
 
 
+def test_every_pieces_cost_is_listed_and_summed_once_per_group(tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = StudyResults(study.results_dir)
+    trials = pd.DataFrame({"trial_id": ["t0"], "outcome": ["completed"], "epochs": [2],
+                           "best_epoch": [2], "best_valid_mrr_20": [0.1]})
+    results.write_search(TINY, "ave", selection={
+        "space": "ave", "variant": "ave", "trial_id": "t0", "metric": "valid_mrr_20",
+        "value": 0.1, "max_epochs": 2, "config": {"model": "ave"}}, trials=trials,
+        meta={"wall_s": 3600.0, "attempts": 2, "trial_epochs": 7, "device": "cpu x"})
+    rng = np.random.default_rng(0)
+    for seed in (1, 2):  # two runs side by side: one hour of wall time between them
+        fake_seed(results, TINY, "ave", "full", seed, rng)
+        json_path = results.seed_files(TINY, "ave", "full", seed)[0]
+        record = json.loads(json_path.read_text())
+        json_path.write_text(json.dumps({**record, "wall_s": 3600.0, "side_by_side": 2}))
+    costs = results.piece_costs()
+    assert costs["piece"].tolist() == [f"{TINY}/search/ave", f"{TINY}/seed/ave/full/1",
+                                       f"{TINY}/seed/ave/full/2"]
+    assert costs["attempts"].tolist() == [2, 1, 1] and costs["epochs"].tolist()[0] == 7
+    write_reports(study)
+    assert (study.results_dir / "pieces.csv").read_text().count("\n") == 4
+    assert ("Compute so far: 3 pieces, 2.0 h of wall time (searches 1.0 h, seed runs 1.0 h"
+            in study_table(study_status(study)))
+
+
 def test_readme_table1_equals_the_study_files():
     """Every number of README's Table 1 is the one the committed study files give."""
     study = load_study(ROOT / "studies" / "table1.yaml")

@@ -23,6 +23,7 @@ from verdict.tables import progress_table_markdown, study_table_markdown
 
 TABLE_FILE = "table1.md"  # the study's Table 1, beside its datasets' folders
 SENSITIVITY_FILE = "sensitivity.png"  # searched parameters against validation, beside it
+COSTS_FILE = "pieces.csv"  # what every exported piece cost, beside it
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def write_study_reports(status: StudyStatus,
         out[dataset.label] = folder
     status.results_dir.mkdir(parents=True, exist_ok=True)
     status.table_file.write_text(study_table(status) + "\n")
+    results.piece_costs().to_csv(status.results_dir / COSTS_FILE, index=False)
     points = sensitivity_points(status)
     if not points.empty:
         plot_sensitivity(points, status.sensitivity_file)
@@ -196,6 +198,15 @@ def study_table(status: StudyStatus) -> str:
                  f"validation score, in `{where}` (what the searches saw, not a controlled "
                  "sweep: the other parameters vary too, and early-stopped trials ran fewer "
                  "epochs).")
+    costs = results.piece_costs()
+    if not costs.empty:
+        hours = (costs["wall_s"].fillna(0) / costs["side_by_side"]).groupby(costs["kind"]).sum()
+        hours = hours / 3600
+        where = f"{status.results_dir.parent.name}/{status.results_dir.name}/{COSTS_FILE}"
+        text += (f"\n\nCompute so far: {len(costs)} pieces, {hours.sum():.1f} h of wall time "
+                 f"(searches {hours.get('search', 0.0):.1f} h, seed runs "
+                 f"{hours.get('seed', 0.0):.1f} h, seed runs side by side counted once); each "
+                 f"piece's wall time, attempts and CPU in `{where}`.")
     if progress:
         text += ("\n\nArms of the datasets in progress that have finished every seed run (test "
                  "R@20 / M@20 in percent, mean ± std over seeds; no baseline, tests or marks "

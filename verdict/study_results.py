@@ -275,6 +275,37 @@ class StudyResults:
             ranks = arrays["ranks"].astype(np.int64)
         return SeedRun(_read_json(json_path), ranks, exposure)
 
+    def piece_costs(self) -> pd.DataFrame:
+        """What every exported piece cost: one row per search and seed run found under the
+        root, in file order.
+
+        Returns:
+            dataset, piece (its id), kind, wall_s, attempts, side_by_side (seed runs trained
+            at once with it, 1 alone; its ``wall_s`` is the group's), epochs (a search's
+            trial-epochs, a seed run's epochs), device and finished.
+        """
+        rows = []
+        for path in sorted(self.root.glob("*/search/*.json")):
+            record = _read_json(path)
+            label = path.parent.parent.name
+            rows.append({"dataset": label, "piece": f"{label}/search/{path.stem}",
+                         "kind": "search", "wall_s": record.get("wall_s"),
+                         "attempts": record.get("attempts", 1), "side_by_side": 1,
+                         "epochs": record.get("trial_epochs"), "device": record.get("device"),
+                         "finished": record.get("finished")})
+        for path in sorted(self.root.glob("*/seeds/*/*/seed-*.json")):
+            record = _read_json(path)
+            label, space, arm = path.parts[-5], path.parts[-3], path.parts[-2]
+            seed = path.stem.removeprefix("seed-")
+            rows.append({"dataset": label, "piece": f"{label}/seed/{space}/{arm}/{seed}",
+                         "kind": "seed", "wall_s": record.get("wall_s"),
+                         "attempts": record.get("attempts", 1),
+                         "side_by_side": record.get("side_by_side", 1),
+                         "epochs": record.get("epochs"), "device": record.get("device"),
+                         "finished": record.get("finished")})
+        return pd.DataFrame(rows, columns=["dataset", "piece", "kind", "wall_s", "attempts",
+                                           "side_by_side", "epochs", "device", "finished"])
+
     def seed_results(
         self, label: str, runs: Sequence[tuple[str, str, int]]
     ) -> tuple[pd.DataFrame, dict]:
