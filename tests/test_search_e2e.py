@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import launch
+from hpo.faultpoints import DIR_ENV, ENV
 from hpo.optuna_study import PUBLISHED, RAY_TRIAL_ATTR, published_params
 from hpo.outcome import RESUMED_KEY
 from hpo.space import load_space
@@ -246,15 +247,21 @@ def test_resume_after_driver_is_killed(tmp_path, tiny_data_dir):
             "--data-dir", str(tiny_data_dir), "--num-samples", "4", "--max-epochs", "4",
             "--grace-period", "4", "--max-concurrent", "1", "--output-dir", str(out)]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+    # Trial 1 (the second: one at a time) stops before its third epoch until it is killed, so
+    # the kill always finds one trial finished and one training with two epochs logged (on tiny
+    # data a whole search can finish between two looks of a poll that only watches MLflow).
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    driver = subprocess.Popen(args, cwd=tmp_path, start_new_session=True,
+                              env={**env, ENV: "pause@train:1:3", DIR_ENV: str(hooks)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     # An upper bound for a loaded machine (Ray start-up, a first trial of 4 epochs): the loop
-    # returns as soon as one trial has finished and the next is training.
+    # returns as soon as trial 1 has paused and MLflow shows it training after trial 0 ended.
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and driver.poll() is None:
-            if _one_finished_one_training(client):
+            if (hooks / "train.paused").exists() and _one_finished_one_training(client):
                 break
             time.sleep(0.5)  # polling interval while waiting for a condition, not a timing guess
         assert driver.poll() is None, "the search ended before it could be interrupted"
