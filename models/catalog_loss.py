@@ -10,7 +10,10 @@ item, included in the softmax as in CORE's training), optionally label-smoothed,
   matmul dtype: in bf16 (matmuls accumulating in fp32) every pass over it moves half the bytes.
   Logits are bounded by ``max|q| * max|t|`` (1 / tau for CORE's cosine logits), so when that
   bound is small the exp needs no max shift and no extra pass; otherwise each block subtracts
-  its rows' exact maxima. The row sums of the exp are taken in fp32, and so is the log-sum-exp.
+  its rows' exact maxima. In bf16 the queries are scaled by log2(e) before the matmul, so the
+  block holds z * log2(e) and ``exp2`` gives exp(z): on CPU a bf16 exp2 is ~2.5x faster than a
+  bf16 exp (the rounding of the bf16 logits is the same either way). The row sums of the exp
+  are taken in fp32, and so is the log-sum-exp.
   Hard negatives are mined per block (``_top_rows``: group maxima first, exact).
 
   The loss is a scalar, so its gradients are the saved gradients times the incoming one: the
@@ -34,6 +37,8 @@ propensity estimators do; ``models.weighting`` makes the weights mean 1 over the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -53,6 +58,7 @@ MIN_BLOCK_ROWS = 16
 # Largest logit bound (max |query| * max |table row|) for which exp(z) needs no shift: exp(60)
 # times 10^7 items stays far below fp32's overflow, exp(-60) far above its underflow.
 SAFE_LOGIT = 60.0
+LOG2E = 1.0 / math.log(2.0)
 # Hard-negative mining ranks the maxima of groups of this many items first, then only the members
 # of the best groups (recursively; see ``_top_rows``).
 NEGATIVE_GROUP = 8
@@ -225,7 +231,10 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:2])
         n_rows, n_items = len(targets), table.shape[0]
         q32, t32 = query.detach().float(), table.detach().float()
-        q_op, t_op = q32.to(dtype), t32.to(dtype)
+        # In bf16 the block holds z * log2(e) and takes exp2 (the log2(e) folded into the
+        # queries before the matmul): on CPU a bf16 exp2 runs ~2.5x faster than a bf16 exp.
+        scale = LOG2E if dtype == torch.bfloat16 else 1.0
+        q_op, t_op = (q32 * scale if scale != 1.0 else q32).to(dtype), t32.to(dtype)
         t_op_t = t_op.t().contiguous()  # [d, N]: dq^T = t_op^T zt is faster contiguous
         bound = q32.norm(dim=1).max() * t32.norm(dim=1).max()
         shift = bool(bound > SAFE_LOGIT)
@@ -247,16 +256,16 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
             # zt[i, b] = z[b, i]: the block's logits, catalog-major.
             zt = torch.mm(t_op, q_op[cut].t(), out=buffer[: n_items * n].view(n_items, n))
             y = targets[cut]
-            positive[cut] = zt.gather(0, y[None]).float()[0]
+            positive[cut] = zt.gather(0, y[None]).float()[0] / scale
             if lam > 0:
                 values, ids = _column_top(zt, k + 2)
                 ids, values = _drop_target_and_padding(ids, values, y, k)
-                negatives[cut], margin[cut] = ids, values - positive[cut, None]
+                negatives[cut], margin[cut] = ids, values / scale - positive[cut, None]
             top = zt.amax(dim=0) if shift else None  # exact: one of the block's values
             if shift:
                 zt.sub_(top)
-            sums = _column_sums(zt.exp_())
-            lse[cut] = sums.log() if top is None else sums.log() + top.float()
+            sums = _column_sums(zt.exp2_() if scale != 1.0 else zt.exp_())
+            lse[cut] = sums.log() if top is None else sums.log() + top.float() / scale
             if need_grad:
                 # The block's gradient of the logits is alpha * zt once the target and
                 # hard-negative terms are added into zt (over alpha; row weights then only

@@ -13,6 +13,7 @@ positions carry zero weight) and much cheaper: tmall prefixes fill ~8 of 50 posi
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import NamedTuple
 
@@ -35,21 +36,32 @@ RELATIVE_MAX_DISTANCE = 32
 LAYER_AGGREGATIONS = ("weighted", "uniform", "last")
 # How CORE-DA scores a token (``DualAttentionEncoder``): an MLP on [f_i; f_last], or linear on f_i.
 DA_SCORERS = ("mlp", "linear")
+# Dropout masks (``keep_mask``) draw 15 random bits per entry: the low 15 of a 16-bit lane.
+MASK_LANE = 0x7FFF
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """A float32 0/1 mask, each entry 1 (kept) with probability 1 - p, drawn by thresholding
-    uniform noise: ~3x faster than torch's Bernoulli sampler on CPU, the same distribution.
+    """A float32 0/1 mask, each entry 1 (kept) with probability 1 - p (p rounded to a multiple of
+    2^-15), independently.
+
+    Each entry compares 15 random bits with round(p * 2^15): the bits come four entries to one
+    64-bit draw of torch's generator (a 64-bit ``random_`` word holds 63 random bits; the top
+    bit of each 16-bit lane is masked off), about 2x faster on CPU than thresholding uniform
+    floats (one draw per entry) and ~6x faster than torch's Bernoulli sampler. The same seed
+    gives the same mask.
 
     Args:
         shape: the mask's shape.
-        p: the probability of a 0.
+        p: the probability of a 0, in [0, 1].
         device: where to draw it.
 
     Returns:
         The mask, float32 of ``shape``.
     """
-    return torch.rand(shape, device=device).ge_(p)
+    n = math.prod(shape)
+    words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_()
+    bits = words.view(torch.int16)[:n].bitwise_and_(MASK_LANE)
+    return bits.ge_(round(p * (MASK_LANE + 1))).view(shape).to(torch.float32)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:

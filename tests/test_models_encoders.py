@@ -11,6 +11,7 @@ from models.encoders import (
     Transformer,
     TrmEncoder,
     dropout,
+    keep_mask,
 )
 from models.registry import build_model, resolve_config
 
@@ -150,6 +151,25 @@ def test_dropout_keeps_1_minus_p_scaled_and_is_identity_in_eval():
     assert abs(kept.float().mean().item() - 0.8) < 0.005
     assert torch.allclose(dropped[kept], torch.tensor(1.25))
     assert dropout(x, 0.2, training=False) is x
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
+def test_keep_mask_keeps_each_entry_with_1_minus_p_independently_and_follows_the_seed(p):
+    # 4 entries share one 64-bit draw: every lane (entry index mod 4) must keep 1 - p, the
+    # lanes must not move together, and an odd size must not fall off the last word.
+    shape = torch.Size([1001, 403])
+    torch.manual_seed(3)
+    mask = keep_mask(shape, p, torch.device("cpu"))
+    assert mask.shape == shape and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    lanes = mask.flatten()[: 4 * (shape.numel() // 4)].view(-1, 4)
+    spread = 4 * (p * (1 - p) / len(lanes)) ** 0.5  # four standard errors
+    assert torch.allclose(lanes.mean(dim=0), torch.full((4,), 1 - p), atol=spread)
+    centred = lanes - lanes.mean(dim=0)
+    correlation = (centred[:, :-1] * centred[:, 1:]).mean(dim=0) / (p * (1 - p))
+    assert correlation.abs().max() < 0.02
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask(shape, p, torch.device("cpu")), mask)
 
 
 @pytest.mark.parametrize("name", ["trm", "da", "enhanced"])
