@@ -143,6 +143,29 @@ def test_enhanced_layer_weights_start_at_ones_and_initialisation_follows_spec():
     assert abs(layer.ff_in.weight.std().item() - 0.02) < 0.004
 
 
+def test_packed_transformer_equals_a_plain_causal_transformer_per_session():
+    # The reference: each session alone, unpadded, through torch's own causal attention
+    # (F.scaled_dot_product_attention, is_causal) and the layers' weights; the packed blocks,
+    # their additive masks and the hand-written attention must give the same tokens.
+    torch.manual_seed(0)
+    model = transformer().eval()
+    items = batch(seed=3, rows=7, width=12)
+    packed = Packed(items)
+    x = torch.randn(len(packed.index), D)
+    got = model(packed, x)[-1]
+    for row in range(len(items)):
+        mine = packed.row == row
+        order = packed.position[mine].argsort()
+        tokens = model.norm(x[mine][order] + model.position.weight[: int(mine.sum())])
+        for layer in model.layers:
+            q, k, v = layer.qkv(tokens).view(len(tokens), 3, 2, -1).permute(1, 2, 0, 3)
+            context = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            tokens = layer.norm1(tokens + layer.proj(context.transpose(0, 1).reshape(-1, D)))
+            ff = layer.ff_out(torch.nn.functional.gelu(layer.ff_in(tokens)))
+            tokens = layer.norm2(tokens + ff)
+        assert torch.allclose(got[mine][order], tokens, atol=1e-5)
+
+
 def test_dropout_keeps_1_minus_p_scaled_and_is_identity_in_eval():
     torch.manual_seed(0)
     x = torch.ones(200, 500)
