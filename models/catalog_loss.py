@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.encoders import PAD, keep_mask
+from models.encoders import PAD, autocast_dtype, keep_mask
 
 LOSS_IMPLS = ("dense", "chunked")
 # Bytes of one block of logits (the catalog times a block's rows). On CPU just under 32 MiB, the
@@ -431,8 +431,7 @@ def catalog_loss(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if impl not in LOSS_IMPLS:
         raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
-    device = query.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    dtype = autocast_dtype(query.device) or query.dtype
     k = min(hn_k, table.shape[0] - 2)
     if hn_lambda > 0 and k < 1:
         raise ValueError(f"hard negatives need hn_k >= 1 and >= 3 catalog rows, got hn_k={hn_k}")

@@ -7,13 +7,13 @@
   fp32 element by element and bf16 is several times slower (``native_bf16``);
 - ``fp32`` or ``bf16``: as named (bf16 without native support warns).
 
-``bf16_scope`` says which part runs under bf16 autocast when the precision is bf16: ``loss`` (the
-default: the encoder in fp32, the full-catalog loss, whose [batch x catalog] products dominate an
-epoch, in bf16) or ``all`` (encoder and loss). Measured on a 2-core AMX Xeon
-(``benchmarks/bench_train.py``, docs/performance.md), ``all`` is no faster than ``loss`` for
-CORE-ave, -trm and -HN (the transformer's [tokens x 100] products gain little and pay for the
-conversions around every layer norm and dropout) and peaks 0.3-0.4 GiB higher, above dense fp32;
-``loss`` stays at or below dense fp32's peak.
+``bf16_scope`` says which part runs in bf16 when the precision is bf16: ``loss`` (the default:
+the encoder in fp32, the full-catalog loss, whose [batch x catalog] products dominate an epoch,
+under bf16 autocast) or ``all`` (the whole step under bf16 autocast, and the transformer's
+residual stream in bf16 too: its layer norms, GELUs, dropouts and residual sums take bf16
+tensors, where autocast alone would keep them in fp32 and convert around every product; see
+``models.encoders.Transformer``). Which is faster, and what each costs in memory, is measured by
+``benchmarks/bench_train.py`` (docs/performance.md).
 
 ``loss_impl`` (``models.catalog_loss``): ``chunked``, ``dense`` or ``auto`` (the default). Both
 implementations give the same loss and gradients (identical to the last digit in fp32); which is

@@ -281,24 +281,32 @@ def test_precision_auto_is_bf16_only_where_native_and_is_recorded(dataset, monke
 
 def test_bf16_scope_loss_keeps_the_encoder_in_fp32(dataset, monkeypatch):
     """With bf16_scope loss only the full-catalog loss runs under bf16 autocast: the encoder's
-    outputs stay fp32, while scope all computes them in bf16."""
+    products and its residual stream (every layer norm's output) stay fp32, while scope all
+    computes both in bf16; the session vectors are fp32 either way."""
     monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
     seen = {}
 
     def hook(module, inputs, output):
         if module.training:  # validation runs without autocast
-            seen["dtype"] = output.dtype
+            seen.setdefault(type(module).__name__, set()).add(output.dtype)
 
     for scope, expected in (("all", torch.bfloat16), ("loss", torch.float32)):
+        seen.clear()
         trainer = Trainer({**TRM, "precision": "bf16", "bf16_scope": scope,
                            "loss_impl": "chunked"}, dataset, **CPU)
         assert trainer.model.objective.loss_autocast is (scope == "loss")
-        layer = next(m for m in trainer.model.encoder.modules()
-                     if isinstance(m, torch.nn.Linear))
-        handle = layer.register_forward_hook(hook)
+        watched = [m for m in trainer.model.encoder.modules()
+                   if isinstance(m, torch.nn.Linear | torch.nn.LayerNorm)]
+        handles = [m.register_forward_hook(hook) for m in watched]
+        sessions = trainer.model.register_forward_hook(
+            lambda model, inputs, output: seen.setdefault("loss", set()).add(output.dtype))
         trainer.time_epoch(batches=1)
-        handle.remove()
-        assert seen["dtype"] == expected
+        for handle in (*handles, sessions):
+            handle.remove()
+        # the first layer norm (of the item embeddings) is fp32 in both scopes, the rest not
+        assert seen["Linear"] == {expected}
+        assert expected in seen["LayerNorm"] and len(seen["LayerNorm"]) == 1 + (scope == "all")
+        assert seen["loss"] == {torch.float32}
 
 
 @pytest.mark.parametrize(("precision", "scope", "bf16_loss"), [
