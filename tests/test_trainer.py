@@ -1,6 +1,7 @@
 """Trainer: protocol (best checkpoint, early stopping, test only on request), determinism,
 exact resume, divergence detection, and that training actually learns."""
 
+import os
 import warnings
 
 import numpy as np
@@ -369,3 +370,16 @@ def test_bf16_without_native_matrix_products_warns(dataset, monkeypatch, native)
     slow = [w for w in caught if "without native bf16" in str(w.message)]
     assert len(slow) == (0 if native else 1)
     assert all(w.category is RuntimeWarning for w in slow)
+
+
+def test_trainer_caps_onednn_primitive_cache_unless_the_user_chose(dataset, monkeypatch):
+    """Every batch's products have new shapes; oneDNN's default cache of 1,024 primitives kept
+    their buffers resident (bf16 peaked above dense fp32), so a Trainer sets a small cap before
+    its first product, and a user's own setting stands."""
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    Trainer(TRM, dataset, **CPU)
+    capacity = os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
+    assert capacity == str(trainer_module.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    Trainer(TRM, dataset, **CPU)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
