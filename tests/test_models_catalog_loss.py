@@ -137,8 +137,9 @@ def test_label_smoothing_puts_no_mass_on_padding_with_padding_in_the_softmax(imp
     assert not torch.allclose(got[0], plain[0])
 
 
-def test_chunked_bf16_stays_close_to_fp32_and_returns_fp32_gradients():
-    query, table, targets = inputs(64, 500, 16, seed=1)
+@pytest.mark.parametrize("scale", [1 / 0.07, 70.0])  # 70: logits past SAFE_LOGIT, max shift
+def test_chunked_bf16_stays_close_to_fp32_and_returns_fp32_gradients(scale):
+    query, table, targets = inputs(64, 500, 16, seed=1, scale=scale)
     options = {"hn_k": 8, "hn_lambda": 0.2, "label_smoothing": 0.1}
     reference = loss_and_grads("dense", query, table, targets, **options)
     with torch.autocast("cpu", dtype=torch.bfloat16):
