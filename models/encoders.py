@@ -36,6 +36,11 @@ RELATIVE_MAX_DISTANCE = 32
 LAYER_AGGREGATIONS = ("weighted", "uniform", "last")
 # How CORE-DA scores a token (``DualAttentionEncoder``): an MLP on [f_i; f_last], or linear on f_i.
 DA_SCORERS = ("mlp", "linear")
+# bf16 on CPU: token rows rounded up to a multiple of the first number, each attention block's
+# rows to one of the second. oneDNN compiles and caches a kernel per product shape, and every
+# batch packs a different number of tokens; at a new shape per batch, compiling took ~25% of a
+# CORE-trm encoder step on a 2-core AMX Xeon (the same batch repeated: 285 against 385 ms).
+SHAPE_BUCKETS = (512, 32)
 # Dropout masks (``keep_mask``) draw 15 random bits per entry: the low 15 of a 16-bit lane.
 MASK_LANE = 0x7FFF
 
@@ -158,6 +163,7 @@ class Packed:
     def __init__(self, items: Tensor) -> None:
         self.real = items != PAD
         self.shape = items.shape
+        self._layouts: dict[int, AttentionLayout] = {}
         batch, length = items.shape
         positions = torch.arange(1, length + 1, device=items.device)
         width = (self.real * positions).amax(dim=1)
@@ -201,6 +207,21 @@ class Packed:
     @cached_property
     def attention(self) -> AttentionLayout:
         """Rows grouped by block width (tokens are already in that order)."""
+        return self.attention_layout(1)
+
+    def attention_layout(self, row_bucket: int) -> AttentionLayout:
+        """``attention`` with each block's row count rounded up to a multiple of ``row_bucket``:
+        the added rows hold no token and see no key (their outputs are never read), so that
+        blocks keep the same shapes from batch to batch (see ``SHAPE_BUCKETS``).
+
+        Args:
+            row_bucket: the multiple (1: no added rows).
+
+        Returns:
+            The layout (cached per ``row_bucket``).
+        """
+        if row_bucket in self._layouts:
+            return self._layouts[row_bucket]
         blocks, cells, start, offset = [], [], 0, 0
         row_width = self._row_block_width
         for width in torch.unique(row_width).tolist():
@@ -211,12 +232,17 @@ class Packed:
             end = start + int(self.real[rows].sum())
             cells.append(offset + local[self.row[start:end]] * width + self.position[start:end])
             real = self.real[rows, :width]
+            n_rows = -(-len(rows) // row_bucket) * row_bucket
+            if n_rows > len(rows):
+                real = torch.cat([real, real.new_zeros(n_rows - len(rows), width)])
             causal = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
             visible = causal & real[:, None, None, :]
             bias = torch.zeros(visible.shape, device=real.device).masked_fill_(~visible, MASKED)
-            blocks.append(Block(len(rows), width, bias))
-            start, offset = end, offset + len(rows) * width
-        return AttentionLayout(blocks, torch.cat(cells), offset)
+            blocks.append(Block(n_rows, width, bias))
+            start, offset = end, offset + n_rows * width
+        layout = AttentionLayout(blocks, torch.cat(cells), offset)
+        self._layouts[row_bucket] = layout
+        return layout
 
 
 class TransformerLayer(nn.Module):
@@ -239,28 +265,32 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.dropout = Dropout(hidden_dropout)
 
-    def forward(self, tokens: Tensor, packed: Packed, masks: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, layout: AttentionLayout, masks: list[Tensor] | None = None
+    ) -> Tensor:
         """One block over the packed tokens [T, d].
 
         Args:
-            tokens: the previous layer's outputs [T, d].
-            packed: the batch's layout (``Packed``).
+            tokens: the previous layer's outputs [T', d]: the T real tokens first, then any
+                rows added to keep shapes (``SHAPE_BUCKETS``), which attend to nothing.
+            layout: the batch's attention blocks (``Packed.attention_layout``).
             masks: additive attention masks, one per attention block, broadcastable to
                 [rows, n_heads, width, width]; None: each block's visibility mask.
 
         Returns:
-            The layer's outputs [T, d].
+            The layer's outputs [T', d].
         """
-        attention = self._attention(tokens, packed, masks)
+        attention = self._attention(tokens, layout, masks)
         tokens = self.norm1(tokens + self.dropout(self.proj(attention)))
         return self.norm2(tokens + self.dropout(self.ff_out(F.gelu(self.ff_in(tokens)))))
 
-    def _attention(self, tokens: Tensor, packed: Packed, masks: list[Tensor] | None) -> Tensor:
+    def _attention(
+        self, tokens: Tensor, layout: AttentionLayout, masks: list[Tensor] | None
+    ) -> Tensor:
         # One scatter into all blocks' grids and one gather back: per-block slicing of the
         # token tensor would cost a [T, 3d] zero-fill per block in the backward pass.
-        layout = packed.attention
-        d = tokens.shape[1]
-        qkv = self.qkv(tokens)
+        d, n_real = tokens.shape[1], len(layout.cell)
+        qkv = self.qkv(tokens)[:n_real]
         stacked = qkv.new_zeros(layout.cells, 3 * d).index_copy_(0, layout.cell, qkv)
         grids = torch.split(stacked, [block.rows * block.width for block in layout.blocks])
         contexts = []
@@ -276,7 +306,9 @@ class TransformerLayer(nn.Module):
             weights = dropout(weights, self.attn_dropout, self.training)
             context = torch.matmul(weights, v)
             contexts.append(context.transpose(1, 2).reshape(block.rows * block.width, d))
-        return torch.cat(contexts).index_select(0, layout.cell)
+        context = torch.cat(contexts).index_select(0, layout.cell)
+        added = len(tokens) - n_real
+        return F.pad(context, (0, 0, 0, added)) if added else context
 
 
 class RelativePositionBias(nn.Module):
@@ -358,6 +390,7 @@ class Transformer(nn.Module):
         if self.position is not None:
             x = x + self.position(packed.position)
         tokens = self.dropout(self.norm(x))
+        n_real, buckets = len(tokens), (1, 1)
         if autocast_dtype(tokens.device) == torch.bfloat16:
             # Under bf16 autocast (bf16_scope all) the whole residual stream is bf16, not only
             # the products: autocast alone would leave every residual sum, layer norm and
@@ -366,13 +399,18 @@ class Transformer(nn.Module):
             # statistics in fp32 internally; the attention softmax (``Packed.softmax``) and
             # the session vector stay fp32.
             tokens = tokens.to(torch.bfloat16)
+            if tokens.device.type == "cpu":
+                buckets = SHAPE_BUCKETS
+                added = -n_real % buckets[0]
+                tokens = F.pad(tokens, (0, 0, 0, added)) if added else tokens
+        layout = packed.attention_layout(buckets[1])
         masks = None
         if self.relative is not None:
-            masks = [block.bias + self.relative(block.width) for block in packed.attention.blocks]
+            masks = [block.bias + self.relative(block.width) for block in layout.blocks]
         outputs = []
         for layer in self.layers:
-            tokens = layer(tokens, packed, masks)
-            outputs.append(tokens)
+            tokens = layer(tokens, layout, masks)
+            outputs.append(tokens[:n_real])
         return outputs
 
 
