@@ -14,7 +14,6 @@ positions carry zero weight) and much cheaper: tmall prefixes fill ~8 of 50 posi
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from typing import NamedTuple
 
 import torch
@@ -204,9 +203,9 @@ class Packed:
         weighted = self.pack(alpha).unsqueeze(1) * x
         return weighted.new_zeros(self.shape[0], x.shape[1]).index_add_(0, self.row, weighted)
 
-    @cached_property
+    @property
     def attention(self) -> AttentionLayout:
-        """Rows grouped by block width (tokens are already in that order)."""
+        """Rows grouped by block width (tokens are already in that order); no added rows."""
         return self.attention_layout(1)
 
     def attention_layout(self, row_bucket: int) -> AttentionLayout:
