@@ -114,6 +114,16 @@ def test_table1_study_is_valid_and_fair():
     assert study.datasets[0].train_rows is None  # tmall: the full training split
 
 
+def test_diffaug_anchor_study_retrains_both_modes_from_the_selection():
+    study = load_study(ROOT / "studies" / "diffaug-anchor.yaml")
+    assert [s.name for s in study.spaces] == ["trm", "diffaug", "ips"]
+    assert study.baseline == "trm" and study.unequal == ()
+    # both ways of making a tail row, each retrained from DiffAug's selection only
+    assert sorted(dict(a.arm.changes)["diff_anchor"] for a in study.arms) == ["noise", "observed"]
+    assert all(a.spaces == ("diffaug",) for a in study.arms)
+    assert study.datasets[0].train_rows == 50_000  # the earlier tmall study's cut
+
+
 def test_a_pinned_precision_reaches_every_piece_and_cannot_be_mixed(tmp_path, capsys):
     path = write_study(tmp_path, precision="fp32")
     study = load_study(path)
