@@ -23,7 +23,8 @@ from data import DatasetSource  # noqa: E402
 from data.dataset import SessionDataset  # noqa: E402
 from models.knn import KNN_DEFAULTS, KNN_VARIANTS, build_knn  # noqa: E402
 from models.metrics import metrics_from_ranks, rank_and_top_  # noqa: E402
-from models.trainer import Trainer, cpuinfo_field  # noqa: E402
+from models.precision import device_label  # noqa: E402
+from models.trainer import Trainer  # noqa: E402
 
 
 def knn_figures(dataset: SessionDataset, variant: str, batch_size: int) -> dict:
@@ -82,7 +83,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown kNN variant(s) {unknown}; expected some of {KNN_VARIANTS}")
 
-    print(f"cpu          {cpuinfo_field('model name') or 'unknown'}, "
+    print(f"cpu          {device_label(torch.device('cpu'))}, "
           f"{len(os.sched_getaffinity(0))} cores available")
     start = time.perf_counter()
     dataset = DatasetSource(args.dataset, args.data_dir).load()

@@ -34,8 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from data import DatasetSource  # noqa: E402
-from models.trainer import cpuinfo_field  # noqa: E402
+from models.precision import device_label  # noqa: E402
 
 
 def _time(dataset: str, data_dir: str | None, train_rows: int | None, model: str, threads: int,
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="times each layout is measured, interleaved")
     args = parser.parse_args(argv)
     n = args.cores
-    print(f"CPU: {cpuinfo_field('model name') or 'unknown'}; {n} cores; dataset {args.dataset}"
+    print(f"CPU: {device_label(torch.device('cpu'))}; {n} cores; dataset {args.dataset}"
           + (f" (last {args.train_rows:,} training rows)" if args.train_rows else "")
           + f"; {args.batches} batches of each kind; precision {args.precision}", flush=True)
     layouts = [("solo x1", 1, 1), (f"solo x{n}", 1, n), (f"{n} at once x1", n, 1),

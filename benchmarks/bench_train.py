@@ -47,6 +47,7 @@ import torch  # noqa: E402
 
 import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
+from models.precision import device_label  # noqa: E402
 from models.trainer import Trainer, cpuinfo_field, native_bf16  # noqa: E402
 
 # label -> config keys; the first is the reference of every comparison; "default" is the
@@ -92,9 +93,9 @@ def _hardware(device: str) -> str:
     bf16 matrix units: AMX or AVX-512 BF16; on AVX2 bf16 products are converted to fp32), or
     the GPU's name."""
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    model = cpuinfo_field("model name") or "unknown CPU"
-    return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        return device_label(torch.device(device))
+    return (f"{device_label(torch.device('cpu'))}, torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}")
 
 
 def _peak_memory(device: str) -> dict:

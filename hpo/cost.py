@@ -107,14 +107,11 @@ class Timing:
 
 
 def device_name() -> str:
-    """The GPU's name when CUDA is available, else the CPU's model name (/proc/cpuinfo)."""
-    import torch
+    """The GPU's name when CUDA is available, else the CPU's model name with its vector tier,
+    family and model (``models.precision.device_label``)."""
+    from models.precision import device_label
 
-    from models.trainer import cpuinfo_field
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return cpuinfo_field("model name") or "unknown CPU"
+    return device_label()
 
 
 def time_variant(config: dict, dataset, *, threads: int, cache: bool = True) -> Timing:

@@ -102,20 +102,55 @@ def resolve_precision(precision: str, native: bool) -> str:
     return precision
 
 
-def device_label(device: torch.device) -> str:
-    """The GPU's or the CPU's model name, what timings are kept by.
+def cpu_tier(flags: list[str] | None = None) -> str:
+    """The widest vector unit the CPU's flags name: what a CPU timing depends on most (bf16
+    pays off only with AMX or AVX-512 BF16; AVX2 machines run it converted to fp32).
 
     Args:
-        device: the run's device.
+        flags: the CPU's flags (default: /proc/cpuinfo's).
 
     Returns:
-        The device's name ("unknown CPU" where /proc/cpuinfo cannot tell).
+        "AMX", "AVX-512 BF16", "AVX-512", "AVX2" or "no AVX2" ("unknown" where the flags
+        cannot be read).
     """
-    if device.type == "cuda":
-        import torch
+    if flags is None:
+        text = cpuinfo_field("flags")
+        if text is None:
+            return "unknown"
+        flags = text.split()
+    for flag, tier in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+                       ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return tier
+    return "no AVX2"
 
+
+def device_label(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU's model name with its vector tier, family and model: what
+    timings are kept by and every study piece and benchmark records. A virtual machine's model
+    name is often only the vendor's line ("AMD EPYC", "Intel(R) Xeon(R) Processor"), which hides
+    a two-fold difference in speed between generations; the family and model numbers tell them
+    apart (AMD family 23 model 1 is a first-generation EPYC, Zen).
+
+    Args:
+        device: the run's device (default: the first GPU where CUDA is available, else the CPU).
+
+    Returns:
+        e.g. "AMD EPYC (AVX2; family 23, model 1)" or "NVIDIA H100 80GB HBM3" ("unknown CPU"
+        where /proc/cpuinfo cannot tell).
+    """
+    import torch
+
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return cpuinfo_field("model name") or "unknown CPU"
+    name = cpuinfo_field("model name")
+    if name is None:
+        return "unknown CPU"
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    where = f"; family {family}, model {model}" if family and model else ""
+    return f"{name} ({cpu_tier()}{where})"
 
 
 def choose_loss_impl(

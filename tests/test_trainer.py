@@ -271,6 +271,27 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, native):
     assert native_bf16(torch.device("cpu")) is False
 
 
+@pytest.mark.parametrize(("flags", "label"), [
+    ("fpu sse avx2 fma", "AMD EPYC (AVX2; family 23, model 1)"),
+    ("fpu avx2 avx512f", "AMD EPYC (AVX-512; family 23, model 1)"),
+    ("fpu avx2 avx512f avx512_bf16", "AMD EPYC (AVX-512 BF16; family 23, model 1)"),
+    ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMD EPYC (AMX; family 23, model 1)"),
+    ("fpu sse", "AMD EPYC (no AVX2; family 23, model 1)"),
+])
+def test_the_cpu_label_names_its_vector_tier_and_generation(tmp_path, monkeypatch, flags, label):
+    """A virtual machine's model name ("AMD EPYC") hides its generation: the label every study
+    piece and timing records adds the widest vector unit and the family and model numbers."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\ncpu family\t: 23\nmodel\t\t: 1\n"
+                       f"model name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision_module, "CPUINFO", cpuinfo)
+    assert precision_module.device_label(torch.device("cpu")) == label
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")  # no flags, no family
+    assert precision_module.device_label(torch.device("cpu")) == "Some CPU (unknown)"
+    monkeypatch.setattr(precision_module, "CPUINFO", tmp_path / "missing")
+    assert precision_module.device_label(torch.device("cpu")) == "unknown CPU"
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_precision_auto_is_bf16_only_where_native_and_is_recorded(dataset, monkeypatch, native):
     monkeypatch.setattr(trainer_module, "native_bf16", lambda device: native)
