@@ -28,6 +28,8 @@ from models.precision import PRECISIONS
 from verdict.options import CORRECTIONS, DEFAULT_ALPHA
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
+# Exit status of a run stopped with Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if study_only:
         parser.error(f"{', '.join(study_only)}: only with --study")
     from hpo.ablation import AblationError
+    from hpo.cluster import RunInterruptedError
     from hpo.optuna_study import StudyStorageError
     from hpo.outcome import OutputUnwritableError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
@@ -323,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except SearchFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RunInterruptedError as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
@@ -335,7 +341,7 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
         parser.error(f"{', '.join(given)}: set in the study file, not with --study")
     from data import DatasetSource
     from data.errors import DataError
-    from hpo.cluster import Resources, validate_resources
+    from hpo.cluster import Resources, RunInterruptedError, validate_resources
     from hpo.outcome import OutputUnwritableError
     from hpo.search import SearchFailedError
     from hpo.studies import StudyError, load_study
@@ -380,6 +386,9 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
     except SearchFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RunInterruptedError as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

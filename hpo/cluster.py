@@ -84,6 +84,50 @@ def tune_experiment_name(kind: str, run_id: str) -> str:
     return f"{kind}-{run_id[:8]}"
 
 
+class RunInterruptedError(Exception):
+    """Ray Tune was stopped (Ctrl-C, SIGINT or SIGUSR1) before every trial of an experiment
+    ended: Tune saves the experiment's state and returns from ``Tuner.fit()`` as if it had
+    finished, with the unfinished trials still running or pending. What was recorded is kept;
+    the experiment continues from its saved state (``--resume``; a study's piece stays partial).
+
+    Args:
+        stopped: what stopped where ("search trm interrupted: 1 of 6 trials ended ...").
+        advice: how to continue, for the message's end.
+    """
+
+    def __init__(self, stopped: str, advice: str = "") -> None:
+        super().__init__(f"{stopped}; {advice}" if advice else stopped)
+        self.stopped = stopped
+
+
+def check_ended(grid, expected: int, what: str) -> None:
+    """Raise ``RunInterruptedError`` unless ``expected`` trials of the experiment ended.
+
+    A trial has ended when it finished, was stopped by the scheduler (both TERMINATED) or
+    failed for good (ERROR). The statuses in ``grid`` cannot tell: when interrupted, Tune saves
+    the experiment's state and then stops the trials still running, marking them TERMINATED in
+    memory as well. So this reads the state Tune saved (``tune.ExperimentAnalysis``), where they
+    are still unfinished, and trials the searcher had yet to suggest are missing altogether.
+
+    Args:
+        grid: the ``ResultGrid`` that ``Tuner.fit()`` returned.
+        expected: the trials the experiment was asked for (a search's ``num_samples``, a
+            seed experiment's jobs).
+        what: the experiment, for the message ("search trm", "seed runs").
+
+    Raises:
+        RunInterruptedError: fewer than ``expected`` trials ended.
+    """
+    from ray import tune
+
+    saved = tune.ExperimentAnalysis(grid.experiment_path,
+                                    storage_filesystem=grid.filesystem).trials
+    ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in saved)
+    if ended < expected:
+        raise RunInterruptedError(
+            f"{what} interrupted: {ended} of {expected} trials ended before Ray Tune stopped")
+
+
 def join_storage(storage_path: str, relative: str) -> str:
     """`relative` under a storage path: a cloud URI (s3://, gs://, ...) or a shared directory."""
     if "://" in storage_path:

@@ -16,6 +16,7 @@ same second is refused (its folder is taken).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -33,7 +34,13 @@ from ray.tune.schedulers import ASHAScheduler
 
 from data import DatasetSource
 from hpo import faultpoints
-from hpo.cluster import Resources, init_ray, tune_experiment_name
+from hpo.cluster import (
+    Resources,
+    RunInterruptedError,
+    check_ended,
+    init_ray,
+    tune_experiment_name,
+)
 from hpo.console import ConsoleReporter
 from hpo.optuna_study import (
     StudySearcher,
@@ -224,6 +231,8 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
         OutputUnwritableError: a trial could not write its state (the search stopped).
         SearchInProgressError: another search of the same space took the same folder.
         SearchFailedError: every trial failed.
+        RunInterruptedError: Ray Tune was stopped (Ctrl-C) before every trial ended; the
+            search is not recorded as finished and continues with ``resume``.
     """
     faultpoints.fire("stores")
     client = check_tracking(plan.tracking_uri)
@@ -282,6 +291,15 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
         if fault is None:
             raise
         raise fault from None
+    try:
+        check_ended(grid, plan.budget.num_samples, f"search {plan.space.name}")
+    except RunInterruptedError as exc:
+        # Not finished: the parent run is marked KILLED (--resume sets it RUNNING again), the
+        # study and the trials' runs stay as they are for --resume to continue.
+        with contextlib.suppress(Exception):
+            client.update_run(parent_run_id, status="KILLED")
+        raise RunInterruptedError(exc.stopped, "what was recorded is kept: continue it with "
+                                  "the same command and --resume") from None
 
     study = optuna.load_study(study_name=plan.study_name,
                               storage=open_storage(plan.study_storage))

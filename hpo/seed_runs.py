@@ -23,7 +23,13 @@ from ray import tune
 from data import DatasetSource, SessionDataset
 from hpo import faultpoints
 from hpo.ablation import Arm, arm_jobs
-from hpo.cluster import Resources, init_ray, tune_experiment_name
+from hpo.cluster import (
+    Resources,
+    RunInterruptedError,
+    check_ended,
+    init_ray,
+    tune_experiment_name,
+)
 from hpo.console import SeedRunReporter
 from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.selection import Selection
@@ -107,6 +113,8 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
     Raises:
         hpo.ablation.AblationError: an arm is invalid with a selected configuration (before Ray).
         TestStageError: some seed runs failed.
+        RunInterruptedError: Ray Tune was stopped (Ctrl-C) before every seed run ended (the
+            parent run is marked KILLED).
     """
     client = check_tracking(plan.tracking_uri)
     ablated, skipped = arm_jobs(plan.arms, plan.selections)  # invalid arms fail before Ray
@@ -125,12 +133,17 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
         for s, arm, config in configs
         for seed in plan.seeds
     ]
-    grid = run_seed_jobs(
-        jobs, dataset, resources=plan.resources, tracking_uri=plan.tracking_uri,
-        parent_run_id=parent_run_id,
-        storage=plan.resources.trials_location(out_dir, plan.output_dir),
-        name=tune_experiment_name("seeds", parent_run_id), tags={"dataset": label},
-        verbose=verbose)
+    try:
+        grid = run_seed_jobs(
+            jobs, dataset, resources=plan.resources, tracking_uri=plan.tracking_uri,
+            parent_run_id=parent_run_id,
+            storage=plan.resources.trials_location(out_dir, plan.output_dir),
+            name=tune_experiment_name("seeds", parent_run_id), tags={"dataset": label},
+            verbose=verbose)
+    except RunInterruptedError as exc:
+        client.set_terminated(parent_run_id, status="KILLED")
+        raise RunInterruptedError(exc.stopped, "no report was written: run the test stage "
+                                  "again (its seed runs start over)") from None
 
     failed = [r for r in grid if r.error is not None]
     if failed:
@@ -216,6 +229,9 @@ def run_seed_jobs(
 
     Returns:
         Tune's ``ResultGrid``.
+
+    Raises:
+        RunInterruptedError: Ray Tune was stopped (Ctrl-C) before every run ended.
     """
     trainable = tune.with_resources(
         tune.with_parameters(retrain_trial, dataset=dataset,
@@ -226,8 +242,10 @@ def run_seed_jobs(
     )
     path = f"{storage}/{name}"
     if restore and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+        grid = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True).fit()
+        check_ended(grid, len(jobs), "seed runs")
+        return grid
     client = check_tracking(tracking_uri)
     logger = MLflowTrialLogger(
         tracking_uri,
@@ -241,7 +259,7 @@ def run_seed_jobs(
         name=seed_run_name,
     )
     concurrent = resources.concurrent_trials()
-    return tune.Tuner(
+    grid = tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
@@ -256,6 +274,8 @@ def run_seed_jobs(
             verbose=1 if verbose else 0,
         ),
     ).fit()
+    check_ended(grid, len(jobs), "seed runs")
+    return grid
 
 
 def run_label(config: dict) -> str:

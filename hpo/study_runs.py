@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from hpo.cluster import Resources
+from hpo.cluster import Resources, RunInterruptedError
 from hpo.options import STRONGEST
 from hpo.space import Budget
 from hpo.studies import (
@@ -507,6 +507,10 @@ def run_study(run: StudyRun, only: list[str] | None = None,
 
     Returns:
         The ids of the pieces that ran.
+
+    Raises:
+        RunInterruptedError: Ray Tune was stopped (Ctrl-C) during a piece; it stays partial
+            and the next run continues it.
     """
     deadline = time.monotonic() + max_hours * 3600 if max_hours else None
     ran: list[str] = []
@@ -519,16 +523,21 @@ def run_study(run: StudyRun, only: list[str] | None = None,
             print(f"--max-hours reached: {todo.piece.id} and later pieces not started",
                   flush=True)
             break
-        if todo.piece.kind == "seed":
-            group = seed_group(run, states, todo, only, run.seed_runs_side_by_side())
-            for state in group:
-                print(f"piece {state.piece.id} ({state.state}) starts", flush=True)
-            run.run_seed_group(group)
-            ran += [state.piece.id for state in group]
-        else:
-            print(f"piece {todo.piece.id} ({todo.state}) starts", flush=True)
-            run.run_piece(todo)
-            ran.append(todo.piece.id)
+        group = ([todo] if todo.piece.kind == "search" else
+                 seed_group(run, states, todo, only, run.seed_runs_side_by_side()))
+        for state in group:
+            print(f"piece {state.piece.id} ({state.state}) starts", flush=True)
+        try:
+            if todo.piece.kind == "seed":
+                run.run_seed_group(group)
+            else:
+                run.run_piece(todo)
+        except RunInterruptedError as exc:
+            ids = ", ".join(state.piece.id for state in group)
+            raise RunInterruptedError(
+                exc.stopped, f"{ids} not exported and partial: run the same command again to "
+                             "continue from what was recorded") from None
+        ran += [state.piece.id for state in group]
         after = pieces(run.study, run.output_dir)
         if dataset_complete(after, todo.piece.dataset) and todo.piece.kind == "seed":
             paths = write_reports(run.study, [todo.piece.dataset])

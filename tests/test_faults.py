@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -228,6 +229,34 @@ def test_driver_killed_while_metrics_are_logged(search, tmp_path):
     runs = assert_accounted(client, out, space.stem)
     assert_at_most_one_epoch_lost(runs, before)
     assert runs[trial_of(runs, 0)].data.tags[RESUMED_KEY] == "2"
+
+
+def test_ctrl_c_stops_the_search_unfinished_and_resume_completes_it(search, tmp_path):
+    """Ctrl-C (SIGINT to the driver) while trial 0 is about to train epoch 2: Ray Tune saves
+    its state and returns from ``fit()`` as if done; the search must not be recorded as
+    finished (nor selected from), but end with one line, exit status 130, its parent run
+    KILLED, and ``--resume`` must finish it."""
+    space, args, out, address = search
+    hooks = tmp_path / "hooks"
+    driver, log = start_driver(args, tmp_path, address, "pause@train:0:2", hooks)
+    try:
+        wait_marker(hooks, "train", driver, log)
+        driver.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT` would
+        rc = wait_exit(driver, log, DEADLINE_S)
+    finally:
+        kill_tree(driver)
+    text = log.read_text()
+    assert rc == launch.INTERRUPTED, text[-3000:]
+    [line] = [t for t in text.splitlines() if t.startswith("interrupted: ")]
+    assert f"search {space.stem} interrupted: 0 of 1 trials ended" in line
+    assert "--resume" in line and "Traceback" not in text
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    parent, runs = search_runs(client, space.stem)
+    assert parent.info.status == "KILLED"
+    assert [logged_steps(client, r.info.run_id) for r in runs.values()] == [[1]]
+    assert not (Path(parent.data.tags["search_dir"]) / "trials.csv").exists()
+    resume(args)
+    assert_accounted(client, out, space.stem)
 
 
 def test_truncated_checkpoint_found_at_resume(search, tmp_path, caplog):

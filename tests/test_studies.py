@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -375,17 +377,34 @@ def test_a_study_runs_resumes_a_killed_piece_and_rebuilds_its_report(tmp_path, t
     assert wait_exit(driver, log, 600) == 0, log.read_text()[-3000:]
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    driver, log = launch_driver([*common, "--only", "*/seed/ave_small/full/1"], tmp_path, env,
-                                hook="pause@train::2", hook_dir=hooks)
-    deadline = time.monotonic() + 600
-    while not (hooks / "train.paused").exists():
-        assert driver.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    assert json.loads((hooks / "train.paused").read_text())["epoch"] == 2
-    kill_tree(driver)  # the driver and its Ray workers, as a lost machine would
     study = load_study(path)
     first = f"{TINY}/seed/ave_small/full/1"
+
+    def paused_at_epoch_2() -> tuple[subprocess.Popen, Path]:
+        (hooks / "train.paused").unlink(missing_ok=True)
+        driver, log = launch_driver([*common, "--only", first], tmp_path, env,
+                                    hook="pause@train::2", hook_dir=hooks)
+        deadline = time.monotonic() + 600
+        while not (hooks / "train.paused").exists():
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert json.loads((hooks / "train.paused").read_text())["epoch"] == 2
+        return driver, log
+
+    # Ctrl-C: Ray Tune stops and returns as if done; the piece must stay partial, unexported.
+    driver, log = paused_at_epoch_2()
+    driver.send_signal(signal.SIGINT)
+    rc = wait_exit(driver, log, 300)
+    kill_tree(driver)
+    text = log.read_text()
+    assert rc == launch.INTERRUPTED, text[-3000:]
+    [line] = [t for t in text.splitlines() if t.startswith("interrupted: ")]
+    assert "seed runs interrupted: 0 of 1 trials ended" in line and first in line
+    assert {s.piece.id: s.state for s in pieces(study, out)}[first] == PARTIAL
+    # Continued from epoch 1, then killed with its Ray workers, as a lost machine would be.
+    driver, log = paused_at_epoch_2()
+    kill_tree(driver)
     assert {s.piece.id: s.state for s in pieces(study, out)}[first] == PARTIAL
 
     # Rerun: the killed piece resumes from its last epoch; the rest runs; reports are written.
