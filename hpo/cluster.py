@@ -33,9 +33,11 @@ class Resources:
 
     @property
     def torch_threads(self) -> int:
+        """Torch threads of a trial: its whole CPUs (at least one)."""
         return max(1, int(self.cpus_per_trial))
 
     def per_trial(self) -> dict[str, float]:
+        """What each trial asks Ray for (``tune.with_resources``)."""
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
     def concurrent_trials(self) -> int:

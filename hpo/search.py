@@ -182,6 +182,13 @@ class SearchPlan:
 
 
 def new_search_dir(output_dir: Path, dataset: str, space_name: str) -> Path:
+    """A new search's folder: ``<output_dir>/<dataset>/<space>/<YYYYmmdd-HHMMSS>`` (not made).
+
+    Args:
+        output_dir: the launch's output directory.
+        dataset: the dataset's label (``DatasetSource.label``).
+        space_name: the space's name.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return output_dir.resolve() / dataset / space_name / stamp
 

@@ -145,6 +145,8 @@ class SearchSpace:
         return next((p for p in self.parameters if p.name == name), None)
 
     def budget_for(self, dataset: str) -> Budget:
+        """The budget for ``dataset``: its own from the file's per-dataset budgets, else the
+        default one."""
         return self.dataset_budgets.get(dataset, self.budget)
 
 
@@ -187,6 +189,15 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
+    """Read and check a space file.
+
+    Args:
+        name_or_path: a file in ``search_spaces/`` by name (``dahn.yaml``) or a path.
+
+    Raises:
+        SpaceError: the file is missing, not YAML, or not a valid space (the message names the
+            file and the problem).
+    """
     path = resolve_space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -196,6 +207,17 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
 
 def parse_space(raw: Any, path: Path) -> SearchSpace:
+    """Check a parsed space file and build its ``SearchSpace``: the model, its fixed keys and
+    searched parameters (each range checked against the variant's spec), the budget and the
+    per-dataset budgets.
+
+    Args:
+        raw: the file's YAML content.
+        path: the file, named in errors and recorded in the space.
+
+    Raises:
+        SpaceError: the first problem found, naming the file.
+    """
     def fail(problem: str) -> SpaceError:
         return SpaceError(f"{path}: {problem}")
 

@@ -391,6 +391,7 @@ def catalog_loss(
     query: Tensor,
     table: Tensor,
     targets: Tensor,
+    *,
     hn_k: int = 0,
     hn_lambda: float = 0.0,
     label_smoothing: float = 0.0,

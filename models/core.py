@@ -148,8 +148,9 @@ class CORE(nn.Module):
                  else contextlib.nullcontext())
         with scope:
             loss = catalog_loss(
-                h / self.temperature, catalog, targets, obj.hn_k, obj.hn_lambda,
-                obj.label_smoothing, obj.loss_impl, weights=weights,
+                h / self.temperature, catalog, targets, hn_k=obj.hn_k,
+                hn_lambda=obj.hn_lambda, label_smoothing=obj.label_smoothing,
+                impl=obj.loss_impl, weights=weights,
             )
         if obj.inbatch_weight:
             loss = loss + obj.inbatch_weight * in_batch_session_loss(h, self.temperature)

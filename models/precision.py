@@ -217,7 +217,7 @@ def _loss_timer(n_items: int, batch_size: int, dim: int, precision: str, hard_ne
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = catalog_loss(q, t, targets, hn_k, hn_lambda, impl=impl)
+            loss = catalog_loss(q, t, targets, hn_k=hn_k, hn_lambda=hn_lambda, impl=impl)
         loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -172,7 +172,8 @@ def test_only_the_dense_path_materialises_batch_times_catalog(impl):
     query.requires_grad_()
     table.requires_grad_()
     with _LargestOutput() as probe:
-        loss = catalog_loss(query, table, targets, 4, 0.2, 0.1, impl=impl, rows=rows)
+        loss = catalog_loss(query, table, targets, hn_k=4, hn_lambda=0.2, label_smoothing=0.1,
+                            impl=impl, rows=rows)
         loss.backward()
     if impl == "dense":
         assert probe.largest >= n_rows * n_items
@@ -182,9 +183,10 @@ def test_only_the_dense_path_materialises_batch_times_catalog(impl):
 
 def test_chunked_without_gradients_gives_the_same_loss():
     query, table, targets = inputs(10, 40, 4)
+    hybrid = {"hn_k": 3, "hn_lambda": 0.3, "label_smoothing": 0.1}
     with torch.no_grad():
-        value = catalog_loss(query, table, targets, 3, 0.3, 0.1, rows=3)
-    torch.testing.assert_close(value, catalog_loss(query, table, targets, 3, 0.3, 0.1, "dense"))
+        value = catalog_loss(query, table, targets, rows=3, **hybrid)
+    torch.testing.assert_close(value, catalog_loss(query, table, targets, impl="dense", **hybrid))
 
 
 def test_block_rows_fit_the_budget():

@@ -199,8 +199,9 @@ def test_generated_rows_map_to_valid_item_ids():
     candidates = np.arange(1, 25)  # ids 25..29 are not training items
     groups = np.where(np.arange(n_items) >= 10, TAIL, MID)
     groups[0] = -1
-    rows, counts = stages.sample_rows(model, settings, table, candidates, groups,
-                                      np.zeros((0, 4), np.int64), 50, 2.0, seed=0,
+    rows, counts = stages.sample_rows(model, settings, table, candidates=candidates,
+                                      groups=groups, real_windows=np.zeros((0, 4), np.int64),
+                                      n_wanted=50, guidance_scale=2.0, seed=0,
                                       device=torch.device("cpu"))
     assert counts["generated"] >= 50 and len(rows) == min(counts["kept"], 50) > 0
     assert counts["generated"] == sum(counts[k] for k in ("invalid", "off_group", "duplicate",
@@ -304,7 +305,8 @@ def test_the_stages_see_the_training_split_only(monkeypatch, tmp_path):
     assert seen["train_base_vectors"][0][0] is dataset.train  # the split itself, nothing else
     windows, classes = seen["train_denoiser"][0][:2]
     assert not foreign & set(windows.ravel().tolist())
-    _, _, _, candidates, _, real_windows = seen["sample_rows"][0][:6]
+    candidates, real_windows = (seen["sample_rows"][1][k] for k in ("candidates",
+                                                                    "real_windows"))
     assert not foreign & set(candidates.tolist())
     assert not foreign & set(real_windows.ravel().tolist())
     every_argument = [a for args, kwargs in seen.values() for a in (*args, *kwargs.values())]

@@ -285,7 +285,7 @@ def _compute(train, n_items, base_config, settings, build, device, say, cache, n
             + ", ".join(f"{g} {n:,}" for g, n in zip(GROUP_NAMES, sizes, strict=True))
             + f" by target group), condition dropout {d.cond_dropout:g}")
         model, losses = stages.train_denoiser(windows, groups[train.targets], table, d,
-                                              settings.seed, device, say)
+                                              seed=settings.seed, device=device, log=say)
         took = cache.computed("diffusion", start)
         state = {name: value.cpu() for name, value in model.state_dict().items()}
         where = cache.store("diffusion", state=state, losses=losses)
@@ -306,11 +306,11 @@ def _compute(train, n_items, base_config, settings, build, device, say, cache, n
         f"denoising steps per row (of the chain's {settings.denoiser.steps})")
     candidates = np.unique(np.concatenate([train.prefixes[train.prefixes > 0],
                                            np.asarray(train.targets)]))
-    rows, counts = stages.sample_rows(model.to(device), settings.denoiser, table, candidates,
-                                      groups, windows, n_wanted, settings.guidance_scale,
-                                      settings.seed, device, say,
-                                      sample_steps=settings.steps_sampled, anchors=anchors,
-                                      anchor_t0=settings.anchor_t0)
+    rows, counts = stages.sample_rows(
+        model.to(device), settings.denoiser, table, candidates=candidates, groups=groups,
+        real_windows=windows, n_wanted=n_wanted, guidance_scale=settings.guidance_scale,
+        seed=settings.seed, device=device, log=say, sample_steps=settings.steps_sampled,
+        anchors=anchors, anchor_t0=settings.anchor_t0)
     took = cache.computed("sampling", start)
     where = cache.store("sampling", windows=rows, count_names=np.asarray(list(counts)),
                         count_values=np.asarray(list(counts.values())))
