@@ -617,6 +617,10 @@ class SeedRunReporter(ConsoleReporter):
         label: a run's name from its Tune config (e.g. "trm seed 1").
         scores: ``(result key, label)`` pairs printed when a run ends, e.g.
             ``("test_recall_20", "R@20")``; values in percent.
+        progress: ``(result key, label)`` of the validation score that early stopping follows,
+            e.g. ``("best_valid_mrr_20", "valid M@20")``: the plain status line then gives each
+            running run's epoch and its best epoch with that score (a seed run can train for
+            hours between its start and end lines). None: not shown.
         status_intervals_s: seconds without any line before each plain status line, the last
             one repeating (``StatusSchedule``).
         stream: where to print (stdout by default).
@@ -627,6 +631,7 @@ class SeedRunReporter(ConsoleReporter):
 
     def __init__(self, n_runs: int, concurrent: int, label: Callable[[dict], str],
                  scores: Sequence[tuple[str, str]] = (),
+                 progress: tuple[str, str] | None = None,
                  status_intervals_s: Sequence[float] = STATUS_INTERVALS_S,
                  stream: TextIO | None = None, live: bool | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -634,6 +639,7 @@ class SeedRunReporter(ConsoleReporter):
                          clock)
         self.label = label
         self.scores = tuple(scores)
+        self.progress = progress
 
     def _name(self, trial) -> str:
         return self.label(trial.config)
@@ -666,7 +672,25 @@ class SeedRunReporter(ConsoleReporter):
             trials: Tune's list of trials (created so far).
         """
         running, to_start, elapsed, left = self._progress(trials)
-        return f"status: {self._runs_text(running, to_start)}; {self._timing(elapsed, left)}"
+        line = f"status: {self._runs_text(running, to_start)}; {self._timing(elapsed, left)}"
+        return "; ".join([line, *self._run_progress(trials)])
+
+    def _run_progress(self, trials) -> list[str]:
+        """Each running run that reported an epoch: "trm seed 1 at epoch 13, best 9 (valid
+        M@20 16.12)"."""
+        if self.progress is None:
+            return []
+        key, label = self.progress
+        parts = []
+        for trial in trials:
+            result = trial.last_result or {}
+            if trial.status != "RUNNING" or not isinstance(result.get("epoch"), int):
+                continue
+            value = result.get(key)
+            score = f" ({label} {100 * value:.2f})" if isinstance(value, float) else ""
+            parts.append(f"{self._name(trial)} at epoch {result['epoch']}, best "
+                         f"{result.get('best_epoch', '?')}{score}")
+        return parts
 
     def _runs_text(self, running: int, to_start: int) -> str:
         failed = sum(1 for v in self._outcomes.values() if v is TrialOutcome.FAILED)

@@ -47,6 +47,7 @@ from models.metrics import METRIC_NAMES as METRICS
 from models.persona import persona_groups
 from models.recommend import MODEL_ARTIFACT_DIR, MODEL_FILE
 from models.registry import config_keys, dataset_needs
+from models.trainer import SELECTION_METRIC
 from verdict.options import DEFAULT_ALPHA, FULL_ARM, TABLE_METRICS
 from verdict.report import write_report
 from verdict.results import TestResults, exposure_counts
@@ -268,7 +269,9 @@ def run_seed_jobs(
             storage_path=storage,
             callbacks=[logger, SeedRunReporter(
                 len(jobs), concurrent, run_label,
-                [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS])],
+                [(f"test_{m}", METRIC_LABELS[m]) for m in TABLE_METRICS],
+                progress=(f"best_valid_{SELECTION_METRIC}",
+                          f"valid {METRIC_LABELS[SELECTION_METRIC]}"))],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             verbose=1 if verbose else 0,

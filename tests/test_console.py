@@ -243,6 +243,7 @@ def test_the_test_stage_prints_each_seed_run_and_its_test_scores(tmp_path):
 
     stream = io.StringIO()
     console = SeedRunReporter(3, 2, run_label, [("test_recall_20", "R@20")],
+                              progress=("best_valid_mrr_20", "valid M@20"),
                               status_intervals_s=NEVER, stream=stream)
     a, b = seed_run("a", "trm", 1), seed_run("b", "da", 2, arm="use_gate=false")
     console.on_trial_start(0, [a, b], a)
@@ -263,6 +264,10 @@ def test_the_test_stage_prints_each_seed_run_and_its_test_scores(tmp_path):
     assert shown[3] == "da [use_gate=false] seed 2 failed at epoch 2: RuntimeError: out of memory"
     assert console.status_line([c]).startswith(
         "status: 2 of 3 seed runs done (1 failed), 1 running, 0 to start; elapsed ")
+    # A running run's progress, once it reported an epoch (a seed run trains for hours).
+    assert "trm seed 2" not in console.status_line([c])
+    c.last_result = {"epoch": 13, "best_epoch": 9, "best_valid_mrr_20": 0.161171}
+    assert console.status_line([c]).endswith("; trm seed 2 at epoch 13, best 9 (valid M@20 16.12)")
 
 
 # -- status lines that back off, and the live line on a terminal ---------------------------------
