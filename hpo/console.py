@@ -678,9 +678,11 @@ class SeedRunReporter(ConsoleReporter):
     def _run_progress(self, trials) -> list[str]:
         """Each running run that reported an epoch: "trm seed 1 at epoch 13, best 9 (valid
         M@20 16.12)"."""
-        if self.progress is None:
+        # A reporter restored with an experiment that older code saved lacks the attribute.
+        progress = getattr(self, "progress", None)
+        if progress is None:
             return []
-        key, label = self.progress
+        key, label = progress
         parts = []
         for trial in trials:
             result = trial.last_result or {}

@@ -268,6 +268,9 @@ def test_the_test_stage_prints_each_seed_run_and_its_test_scores(tmp_path):
     assert "trm seed 2" not in console.status_line([c])
     c.last_result = {"epoch": 13, "best_epoch": 9, "best_valid_mrr_20": 0.161171}
     assert console.status_line([c]).endswith("; trm seed 2 at epoch 13, best 9 (valid M@20 16.12)")
+    # Restored with an experiment that code without the option saved (Tune pickles callbacks).
+    del console.progress
+    assert "trm seed 2" not in console.status_line([c])
 
 
 # -- status lines that back off, and the live line on a terminal ---------------------------------
