@@ -16,7 +16,6 @@ same second is refused (its folder is taken).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -65,6 +64,7 @@ from hpo.tracking import (
     default_artifact_location,
     get_or_create_experiment,
     log_params,
+    mark_killed,
 )
 from hpo.trainable import train_trial
 from models.registry import config_keys, dataset_needs, fits_once
@@ -303,8 +303,7 @@ def run_search(plan: SearchPlan, resume: bool = False, verbose: bool = False) ->
     except RunInterruptedError as exc:
         # Not finished: the parent run is marked KILLED (--resume sets it RUNNING again), the
         # study and the trials' runs stay as they are for --resume to continue.
-        with contextlib.suppress(Exception):
-            client.update_run(parent_run_id, status="KILLED")
+        mark_killed(client, parent_run_id)
         raise RunInterruptedError(exc.stopped, "what was recorded is kept: continue it with "
                                   "the same command and --resume") from None
 

@@ -40,6 +40,7 @@ from hpo.tracking import (
     default_artifact_location,
     get_or_create_experiment,
     log_params,
+    mark_killed,
 )
 from hpo.trainable import TEST_ROWS_FILE, has_model_bundle, retrain_trial
 from models.metrics import METRIC_LABELS
@@ -142,7 +143,7 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
             name=tune_experiment_name("seeds", parent_run_id), tags={"dataset": label},
             verbose=verbose)
     except RunInterruptedError as exc:
-        client.set_terminated(parent_run_id, status="KILLED")
+        mark_killed(client, parent_run_id)
         raise RunInterruptedError(exc.stopped, "no report was written: run the test stage "
                                   "again (its seed runs start over)") from None
 

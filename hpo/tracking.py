@@ -308,6 +308,20 @@ def tag_default_experiment(client: MlflowClient) -> None:
         log.warning("could not tag MLflow's Default experiment: %s", exc)
 
 
+def mark_killed(client: MlflowClient, run_id: str) -> None:
+    """Marks a parent run KILLED after Ray Tune was stopped (Ctrl-C), best effort: the interrupt
+    is what the user must see, so a tracking store that cannot be reached is logged, not raised.
+
+    Args:
+        client: the tracking client.
+        run_id: the run stopped before its trials or seed runs ended.
+    """
+    try:
+        client.set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # noqa: BLE001 - any store error; the interrupt goes on
+        log.warning("could not mark MLflow run %s KILLED: %s", run_id, exc)
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in sorted(params.items())])
 

@@ -51,6 +51,7 @@ from hpo.tracking import (
     TRIAL_TAG,
     TrackingUnavailableError,
     call_tracking,
+    mark_killed,
 )
 from hpo.tracking_server import wait_until_healthy
 
@@ -354,6 +355,20 @@ def test_tracking_store_that_stays_down_stops_with_a_clear_message(monkeypatch):
                                                        r"epoch 1.*--resume"):
         call_tracking("http://127.0.0.1:9", "logging epoch 1 of trial x", client.log_batch,
                       "0" * 32, metrics=[Metric("train_loss", 1.0, 0, 1)])
+
+
+def test_marking_a_run_killed_after_ctrl_c_never_hides_the_interrupt(tmp_path, monkeypatch,
+                                                                     caplog):
+    """An interrupted search or test stage marks its parent run KILLED; where the store cannot
+    take it (down, or the run is gone) that is a warning, and the interrupt is what is raised."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("x"))
+    mark_killed(client, run.info.run_id)
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with caplog.at_level("WARNING", logger="hpo.tracking"):
+        mark_killed(MlflowClient("http://127.0.0.1:9"), run.info.run_id)
+    assert f"could not mark MLflow run {run.info.run_id} KILLED" in caplog.text
 
 
 def test_two_searches_started_at_once_share_one_sqlite_store(tmp_path, tiny_data_dir,
