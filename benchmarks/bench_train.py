@@ -13,10 +13,11 @@ printed with each run. Per configuration the summary gives the mean training tim
 the validation time, the peak RSS, and the valid R@20 / MRR@20 after the last epoch (mean over
 seeds, and the largest difference from dense fp32 over the seeds), then the speed-up of chunked
 bf16 over dense fp32 in epoch CPU time (process time, all threads: less sensitive to other work
-on the machine) and, on the last line, in epoch wall time. Chunked bf16 runs by default only where
-bf16 matrix products are native (a GPU, or a CPU with AMX or AVX-512 BF16:
-``models.trainer.native_bf16``); elsewhere it is left out, with a note, and the speed-ups are
-chunked fp32's. The first line names the processor and torch's CPU capability.
+on the machine) and in epoch wall time, the default's ratio, and, with 3 seeds or more, each
+configuration's seed-paired difference from dense fp32 with its 95% confidence interval.
+Chunked bf16 runs by default only where bf16 matrix products are native (a GPU, or a CPU with
+AMX or AVX-512 BF16: ``models.trainer.native_bf16``); elsewhere it is left out, with a note, and
+the speed-ups are chunked fp32's. The first line names the processor and torch's CPU capability.
 
 Where an epoch's time goes is measured separately (``--profile-batches`` batches per model, for
 dense fp32 and for the fastest chunked configuration run) with timers around each phase of the
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 import models.core  # noqa: E402
 from data import load_dataset  # noqa: E402
@@ -295,6 +297,35 @@ def _summary(results: list[dict], models_: list[str], labels: list[str], fast: s
             parts.append(f"{model} {ratio:.2f}x ({runs[0]['resolved']})")
         lines.append(f"default vs {REFERENCE}, epoch wall time, bf16 on this machine: "
                      f"{bf16_support(device)}: " + ", ".join(parts))
+    lines.extend(_paired(results, models_, labels))
+    return lines
+
+
+def _paired(results: list[dict], models_: list[str], labels: list[str]) -> list[str]:
+    """Per model and configuration, the valid R@20 / MRR@20 difference from dense fp32 paired by
+    seed: its mean, the 95% confidence interval of that mean (paired t, ``scipy.stats.ttest_rel``)
+    and, as the scale it is read against, the standard deviation of dense fp32 over the seeds.
+    Empty with fewer than 3 shared seeds."""
+    lines = []
+    for model in models_:
+        reference = {r["seed"]: r for r in results
+                     if r["model"] == model and r["label"] == REFERENCE}
+        for label in labels:
+            if label == REFERENCE:
+                continue
+            runs = {r["seed"]: r for r in results if r["model"] == model and r["label"] == label}
+            seeds = sorted(set(runs) & set(reference))
+            if len(seeds) < 3:
+                continue
+            parts = []
+            for metric, name in (("recall_20", "R@20"), ("mrr_20", "MRR@20")):
+                ours = np.array([100 * runs[s][metric] for s in seeds])
+                ref = np.array([100 * reference[s][metric] for s in seeds])
+                interval = stats.ttest_rel(ours, ref).confidence_interval(0.95)
+                parts.append(f"{name} {np.mean(ours - ref):+.3f} ({interval.low:+.3f} to "
+                             f"{interval.high:+.3f}; dense sd {np.std(ref, ddof=1):.3f})")
+            lines.append(f"{model:>5} {label:<13} minus {REFERENCE}, paired over {len(seeds)} "
+                         f"seeds, 95% CI: " + ", ".join(parts))
     return lines
 
 
