@@ -53,7 +53,7 @@ from models.precision import device_label  # noqa: E402
 from models.trainer import Trainer, cpuinfo_field, native_bf16  # noqa: E402
 
 # label -> config keys; the first is the reference of every comparison; "default" is the
-# registry's defaults (precision auto, loss_impl auto, bf16_scope loss).
+# registry's defaults (precision auto, loss_impl auto, bf16_scope all).
 CONFIGS = {
     "dense fp32": {"loss_impl": "dense", "precision": "fp32"},
     "chunked fp32": {"loss_impl": "chunked", "precision": "fp32"},

@@ -60,7 +60,7 @@ CORE_KEYS = Keys(
         # auto: bf16 where bf16 matrix products are native, else fp32; bf16_scope: which part
         # runs under bf16 (the loss only, or all of the step); see models.precision.
         "precision": "auto",
-        "bf16_scope": "loss",
+        "bf16_scope": "all",
         # Decay of an exponential moving average of the weights, used for validation, checkpoint
         # selection and test (models.ema); 0 = off. Not the guide's EMA, which is ema_target
         # (GUIDE): momentum-updated target item embeddings used in the training loss.

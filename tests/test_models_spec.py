@@ -19,7 +19,7 @@ COMMON = [
     ("embedding_size", 100), ("sess_dropout", 0.2), ("item_dropout", 0.2), ("temperature", 0.07),
     ("lr", 1e-3), ("weight_decay", 0.0), ("batch_size", 2048), ("eval_batch_size", 2048),
     ("max_seq_length", 50), ("epochs", 300), ("patience", 5), ("seed", 2020),
-    ("precision", "auto"), ("bf16_scope", "loss"), ("ema_decay", 0.0), ("grad_clip", 0.0),
+    ("precision", "auto"), ("bf16_scope", "all"), ("ema_decay", 0.0), ("grad_clip", 0.0),
     ("grad_accum", 1), ("label_smoothing", 0.0), ("loss_impl", "auto"), ("pop_weighting", "none"),
     ("ips_power", 0.5), ("ips_clip", 0.0),
 ]

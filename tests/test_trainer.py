@@ -208,16 +208,25 @@ def test_training_beats_popularity_on_validation(dataset):
     assert best["valid_mrr_20"] > popularity["mrr_20"] + 0.02
 
 
-def test_bf16_training_runs_and_stays_close_to_fp32(dataset):
+@pytest.mark.parametrize("scope", ["all", "loss"])
+def test_bf16_training_runs_and_stays_close_to_fp32(dataset, scope):
+    """bf16 changes the numbers by its rounding only. The dropouts are off: with them the whole
+    step (scope all) draws other masks than fp32 (its padded token blocks and bf16 residual
+    stream), which moves a tiny run as far as another seed would (train loss ~0.08 here);
+    docs/performance.md checks that over seeds on real data."""
+    no_dropout = dict.fromkeys(("sess_dropout", "item_dropout", "hidden_dropout",
+                                "attn_dropout"), 0.0)
     results = {}
     for precision in ("fp32", "bf16"):
         with warnings.catch_warnings():  # the slow-bf16 warning, on CPUs without native bf16
             warnings.simplefilter("ignore", RuntimeWarning)
-            trainer = Trainer({**TRM, "epochs": 2, "precision": precision}, dataset, **CPU)
+            trainer = Trainer({**TRM, **no_dropout, "epochs": 2, "precision": precision,
+                               "bf16_scope": scope}, dataset, **CPU)
         results[precision] = trainer.fit()
+    assert trainer.precision == "bf16"
     assert np.isfinite(results["bf16"]["train_loss"])
-    assert abs(results["bf16"]["train_loss"] - results["fp32"]["train_loss"]) < 0.05
-    assert abs(results["bf16"]["valid_recall_20"] - results["fp32"]["valid_recall_20"]) < 0.05
+    assert abs(results["bf16"]["train_loss"] - results["fp32"]["train_loss"]) < 0.01
+    assert abs(results["bf16"]["valid_recall_20"] - results["fp32"]["valid_recall_20"]) < 0.02
 
 
 def test_prefixes_longer_than_max_seq_length_keep_their_last_items():
