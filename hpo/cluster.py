@@ -157,6 +157,32 @@ def in_ray_job() -> bool:
     return "job_submission_id" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
 
 
+class OneLineSaveError(logging.Filter):
+    """Ray Tune logs a failed copy of the experiment state with a traceback (ERROR). One seen
+    on Ctrl-C: its background copy of the driver's staging folder listed the searcher's
+    temporary state file, which was renamed before it was opened (FileNotFoundError); Tune
+    then writes the state again before it stops, and ``check_ended`` reads what was saved.
+    This filter keeps the record as one WARNING line with the exception, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith("Saving experiment state"):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}{type(exc).__name__}: {exc}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+def quiet_state_save_errors() -> None:
+    """Puts ``OneLineSaveError`` on Ray Tune's experiment-state logger, once."""
+    logger = logging.getLogger(EXPERIMENT_STATE_LOGGER)
+    if not any(isinstance(f, OneLineSaveError) for f in logger.filters):
+        logger.addFilter(OneLineSaveError())
+
+
 def init_ray(address: str | None, log_to_driver: bool = True) -> None:
     """Connect once: to `address`, to the job's cluster under `ray job submit`, or start locally.
 
@@ -167,6 +193,7 @@ def init_ray(address: str | None, log_to_driver: bool = True) -> None:
     """
     # Trials checkpoint every epoch by design; Tune's "excessive snapshot" warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_state_save_errors()
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):

@@ -16,7 +16,9 @@ it needs more (two trials training at once when the driver dies; three for trial
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -40,6 +42,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import launch
+from hpo.cluster import EXPERIMENT_STATE_LOGGER, OneLineSaveError, quiet_state_save_errors
 from hpo.faultpoints import ENV
 from hpo.optuna_study import RAY_TRIAL_ATTR
 from hpo.outcome import RESUME_NOTE_KEY, RESUMED_KEY
@@ -468,3 +471,31 @@ def test_output_directory_unwritable_mid_search(search, tmp_path, immutable_supp
     resume(args)
     runs = assert_accounted(client, out, space.stem)
     assert runs[trial_of(runs, 0)].data.tags[RESUMED_KEY] == "1"
+
+
+def test_ray_tunes_failed_state_copy_is_one_line_without_a_traceback():
+    """Ray Tune logs a failed copy of its experiment state (seen on Ctrl-C: a temporary file
+    renamed mid-copy) with a traceback; the driver shows it as one warning line instead."""
+    quiet_state_save_errors()
+    quiet_state_save_errors()  # once only
+    logger = logging.getLogger(EXPERIMENT_STATE_LOGGER)
+    assert sum(isinstance(f, OneLineSaveError) for f in logger.filters) == 1
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        try:
+            raise FileNotFoundError("Failed to open local file '.x-tmp-searcher-state.pkl'")
+        except FileNotFoundError:
+            logger.error("Saving experiment state to storage at '/out' failed with exception: ",
+                         exc_info=True)
+        logger.error("something else")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "WARNING Saving experiment state to storage at '/out' failed with exception: "
+        "FileNotFoundError: Failed to open local file '.x-tmp-searcher-state.pkl'",
+        "ERROR something else",
+    ]
