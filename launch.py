@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="git-commit the study's results folder after each finished piece")
     study.add_argument("--report", action="store_true",
                        help="rebuild the reports and Table 1 from the study's files alone "
-                            "(and README's Table 1 block), run nothing")
+                            "(and README's Table 1 block), run nothing; a dataset's report "
+                            "built from the same files and code is kept")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="the whole plan, Ray Tune's progress tables and the trials' own "
                              "logs, debug logging (default: one line per trial event)")
@@ -348,12 +349,16 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from hpo.study_runs import StudyRun, describe_study, run_study, update_readme, write_reports
     from hpo.tracking import TrackingUnavailableError
     from models.registry import dataset_needs
+    from verdict.study_report import INPUTS_FILE
 
     try:
         study = load_study(args.study)
         if args.report:
-            for label, folder in write_reports(study).items():
-                print(f"{label}: report rebuilt from {study.results_dir / label} in {folder}")
+            for label, (folder, rebuilt) in write_reports(study).items():
+                print(f"{label}: report rebuilt from {study.results_dir / label} in {folder}"
+                      if rebuilt else f"{label}: report in {folder} is current (built from the "
+                      f"same exported files, settings and code; delete its {INPUTS_FILE} to "
+                      "rebuild it)")
             print((study.results_dir / "table1.md").read_text())
             if update_readme(study):
                 print("README.md: Table 1 block updated")

@@ -37,7 +37,12 @@ from hpo.studies import (
     work_dir,
 )
 from verdict.results import exposure_counts
-from verdict.study_report import TABLE_FILE, replace_readme_table, write_study_reports
+from verdict.study_report import (
+    TABLE_FILE,
+    ReportFolder,
+    replace_readme_table,
+    write_study_reports,
+)
 from verdict.study_results import StudyResults, code_version, file_sha256
 
 
@@ -542,7 +547,7 @@ def run_study(run: StudyRun, only: list[str] | None = None,
         if dataset_complete(after, todo.piece.dataset) and todo.piece.kind == "seed":
             paths = write_reports(run.study, [todo.piece.dataset])
             print(f"{todo.piece.dataset.label}: every piece done; report in "
-                  f"{paths[todo.piece.dataset.label]}", flush=True)
+                  f"{paths[todo.piece.dataset.label].folder}", flush=True)
             if run.commit:
                 commit_results(run.study, f"study {run.study.name}: "
                                           f"{todo.piece.dataset.label} report")
@@ -578,20 +583,23 @@ def seed_group(run: StudyRun, states: list[PieceState], first: PieceState,
 # ---------------------------------------------------------------------------- reports
 
 
-def write_reports(study: Study, datasets: list[StudyDataset] | None = None) -> dict[str, Path]:
-    """Rebuild each complete dataset's test-stage report from the study's files alone, and the
-    study's Table 1 (``table1.md``): the study's status (``hpo.studies.study_status``) handed
-    to ``verdict.study_report.write_study_reports``.
+def write_reports(study: Study, datasets: list[StudyDataset] | None = None, *,
+                  force: bool = False) -> dict[str, ReportFolder]:
+    """Rebuild each complete dataset's test-stage report from the study's files alone (a report
+    already built from the same files and code is kept), and the study's Table 1
+    (``table1.md``): the study's status (``hpo.studies.study_status``) handed to
+    ``verdict.study_report.write_study_reports``.
 
     Args:
         study: the study.
         datasets: the datasets to report (default: every complete one).
+        force: rebuild the chosen reports even where they are current.
 
     Returns:
-        dataset label -> its report folder.
+        dataset label -> its report folder, and whether it was rebuilt.
     """
     labels = [d.label for d in datasets] if datasets is not None else None
-    return write_study_reports(study_status(study), labels)
+    return write_study_reports(study_status(study), labels, force=force)
 
 
 def update_readme(study: Study, readme: Path | None = None) -> bool:

@@ -273,11 +273,13 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
             fake_seed(results, TINY, space, arm, seed, rng)
     assert all(s.state in (DONE, SKIPPED) for s in pieces(study))
     paths = write_reports(study)
-    report = paths[TINY] / "results.md"
+    assert paths[TINY].rebuilt
+    report = paths[TINY].folder / "results.md"
     text = report.read_text()
     assert "Baseline: SKNN (strongest baseline on validation: ave 0.1000, sknn 0.2000" in text
     assert "the last" not in text and "all rows" in text  # the training split, stated
-    assert (paths[TINY] / "ablation.csv").is_file() and (paths[TINY] / "popularity.csv").is_file()
+    assert (paths[TINY].folder / "ablation.csv").is_file()
+    assert (paths[TINY].folder / "popularity.csv").is_file()
     table = (study.results_dir / "table1.md").read_text()
     seeds = results.seed_results(TINY, [("ave", "full", s) for s in study.seeds])[0]
     mean = 100 * seeds["recall_20"].mean()
@@ -288,6 +290,34 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nafter\n")
     assert update_readme(study, readme)
     assert readme.read_text() == f"# x\n\n{start}\n{table.strip()}\n{end}\n\nafter\n"
+
+
+def test_a_report_built_from_the_same_exports_is_kept_and_any_changed_export_rebuilds_it(
+        tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = StudyResults(study.results_dir)
+    rng = np.random.default_rng(5)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
+    results.write_dataset(TINY, targets=rng.integers(1, 30, size=50),
+                          popularity=np.arange(30), n_items=30, summary="tiny")
+    for space, arm in (("ave", "full"), ("ave", "sess_dropout=0.0"), ("sknn", "full")):
+        for seed in study.seeds:
+            fake_seed(results, TINY, space, arm, seed, rng)
+    assert write_reports(study)[TINY].rebuilt
+    report = results.report_dir(TINY) / "results.md"
+    built = report.read_text()
+    report.write_text("stale")  # a rebuild would overwrite it
+    assert not write_reports(study)[TINY].rebuilt
+    assert report.read_text() == "stale"
+    assert write_reports(study, force=True)[TINY].rebuilt and report.read_text() == built
+    # one seed run exported again with other results: the report is rebuilt from them
+    fake_seed(results, TINY, "sknn", "full", study.seeds[0], np.random.default_rng(99))
+    report.write_text("stale")
+    assert write_reports(study)[TINY].rebuilt and report.read_text() not in ("stale", built)
+    # a build stopped half way leaves no record of its inputs, so the next call rebuilds
+    (results.report_dir(TINY) / "inputs.sha256").unlink()
+    assert write_reports(study)[TINY].rebuilt
 
 
 def test_the_sensitivity_figure_draws_every_search_trial_that_sampled_the_parameters(tmp_path):

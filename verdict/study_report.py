@@ -9,9 +9,12 @@ reads files and numbers, never the study file or the search.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NamedTuple
 
 from verdict.markdown import variant_label
 from verdict.options import FULL_ARM
@@ -24,6 +27,9 @@ from verdict.tables import progress_table_markdown, study_table_markdown
 TABLE_FILE = "table1.md"  # the study's Table 1, beside its datasets' folders
 SENSITIVITY_FILE = "sensitivity.png"  # searched parameters against validation, beside it
 COSTS_FILE = "pieces.csv"  # what every exported piece cost, beside it
+INPUTS_FILE = "inputs.sha256"  # in a report's folder: what it was built from (report_inputs)
+# the libraries whose numbers a report prints (tests, corrections, resampling, figures)
+REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "statsmodels", "matplotlib")
 
 
 @dataclass(frozen=True)
@@ -117,17 +123,63 @@ def sensitivity_points(status: StudyStatus):
     return sensitivity_frame(searches, status.sensitivity)
 
 
-def write_study_reports(status: StudyStatus,
-                        labels: Sequence[str] | None = None) -> dict[str, Path]:
+class ReportFolder(NamedTuple):
+    """A dataset's report folder, and whether this call wrote it (False: it was current)."""
+
+    folder: Path
+    rebuilt: bool
+
+
+def report_inputs(status: StudyStatus, dataset: DatasetStatus) -> str:
+    """What a dataset's report is a function of, as one SHA-256: every exported file of the
+    dataset (its data, searches and seed runs; not the report), the report's settings (runs,
+    skipped arms, baseline, alpha, correction, resampling seed, notes), the ``verdict``
+    package's source and the versions of the libraries it computes with.
+
+    Args:
+        status: the study's status.
+        dataset: the dataset's status.
+
+    Returns:
+        The hex digest; equal digests build byte-for-byte the same tables.
+    """
+    results = StudyResults(status.results_dir)
+    root = results.dataset_dir(dataset.label)
+    report = results.report_dir(dataset.label)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and report not in p.parents):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    settings = (dataset.runs, sorted(dataset.skipped_arms.items()), dataset.baseline,
+                dataset.baseline_note, dataset.protocol_notes, status.alpha, status.correction,
+                status.resample_seed)
+    digest.update(repr(settings).encode())
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for library in REPORT_LIBRARIES:
+        try:
+            digest.update(f"{library}=={version(library)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{library} absent".encode())
+    return digest.hexdigest()
+
+
+def write_study_reports(status: StudyStatus, labels: Sequence[str] | None = None, *,
+                        force: bool = False) -> dict[str, ReportFolder]:
     """Rebuild each complete dataset's test-stage report from the study's files alone, and the
     study's Table 1 (``table1.md``).
+
+    A report whose inputs (``report_inputs``) are those it was last built from, as recorded in
+    its folder's ``inputs.sha256``, is left as it is: a finished dataset's session-level tests
+    take minutes, and a study rebuilds its Table 1 after every piece.
 
     Args:
         status: the study's status.
         labels: the datasets to report (default: every complete one).
+        force: rebuild every chosen report even where it is current.
 
     Returns:
-        dataset label -> its report folder.
+        dataset label -> its report folder, and whether it was rebuilt.
 
     Raises:
         ValueError: a dataset named in ``labels`` has no baseline yet (a piece is not done).
@@ -140,12 +192,19 @@ def write_study_reports(status: StudyStatus,
         if not dataset.baseline:
             raise ValueError(f"{dataset.label}: no report before every piece is done")
         folder = results.report_dir(dataset.label)
+        inputs = report_inputs(status, dataset)
+        record = folder / INPUTS_FILE
+        if not force and record.is_file() and record.read_text().strip() == inputs:
+            out[dataset.label] = ReportFolder(folder, False)
+            continue
+        record.unlink(missing_ok=True)  # a build stopped half way is never taken as current
         write_report(folder, results.test_results(dataset.label, dataset.runs,
                                                   skipped_arms=dataset.skipped_arms),
                      baseline=dataset.baseline, alpha=status.alpha,
                      correction=status.correction, baseline_note=dataset.baseline_note,
                      resample_seed=status.resample_seed, protocol_notes=dataset.protocol_notes)
-        out[dataset.label] = folder
+        record.write_text(inputs + "\n")
+        out[dataset.label] = ReportFolder(folder, True)
     status.results_dir.mkdir(parents=True, exist_ok=True)
     status.table_file.write_text(study_table(status) + "\n")
     results.piece_costs().to_csv(status.results_dir / COSTS_FILE, index=False)
