@@ -260,10 +260,9 @@ def test_table_of_a_dataset_in_progress_lists_the_finished_arms_without_tests(tm
     assert "CORE-ave" not in text and "(b)" not in text  # unfinished arm; no baseline yet
 
 
-def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
-    study = load_study(write_study(tmp_path))
+def finish_tiny_study(study, rng: np.random.Generator) -> StudyResults:
+    """Every piece of the tiny study exported (searches, dataset, seed runs), made up."""
     results = StudyResults(study.results_dir)
-    rng = np.random.default_rng(3)
     fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)
     fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
     results.write_dataset(TINY, targets=rng.integers(1, 30, size=50),
@@ -271,6 +270,12 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     for space, arm in (("ave", "full"), ("ave", "sess_dropout=0.0"), ("sknn", "full")):
         for seed in study.seeds:
             fake_seed(results, TINY, space, arm, seed, rng)
+    return results
+
+
+def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = finish_tiny_study(study, np.random.default_rng(3))
     assert all(s.state in (DONE, SKIPPED) for s in pieces(study))
     paths = write_reports(study)
     assert paths[TINY].rebuilt
@@ -295,15 +300,7 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
 def test_a_report_built_from_the_same_exports_is_kept_and_any_changed_export_rebuilds_it(
         tmp_path):
     study = load_study(write_study(tmp_path))
-    results = StudyResults(study.results_dir)
-    rng = np.random.default_rng(5)
-    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)
-    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
-    results.write_dataset(TINY, targets=rng.integers(1, 30, size=50),
-                          popularity=np.arange(30), n_items=30, summary="tiny")
-    for space, arm in (("ave", "full"), ("ave", "sess_dropout=0.0"), ("sknn", "full")):
-        for seed in study.seeds:
-            fake_seed(results, TINY, space, arm, seed, rng)
+    results = finish_tiny_study(study, np.random.default_rng(5))
     assert write_reports(study)[TINY].rebuilt
     report = results.report_dir(TINY) / "results.md"
     built = report.read_text()
