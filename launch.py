@@ -43,6 +43,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's parser: a search (``--space``, ``--dataset``) or a study (``--study``)."""
     parser = OneLineParser(
         prog="launch.py",
         description=__doc__,
@@ -262,6 +263,11 @@ STUDY_SETS = ("dataset", "train_rows", "stage", "num_samples", "max_epochs", "gr
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; return its exit status (2: bad input, refused before any work).
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -41,6 +41,7 @@ class Split:
 
     @property
     def max_len(self) -> int:
+        """The prefixes' padded length (columns of ``prefixes``)."""
         return self.prefixes.shape[1]
 
     @classmethod
@@ -61,6 +62,11 @@ class Split:
         return cls(matrix, lengths, np.asarray(targets, dtype=np.int64))
 
     def subset(self, rows: np.ndarray | slice) -> Split:
+        """The split's rows ``rows`` (an index array or a slice), users included.
+
+        Args:
+            rows: which rows to keep, in the order given.
+        """
         users = None if self.users is None else self.users[rows]
         return Split(self.prefixes[rows], self.lengths[rows], self.targets[rows], users)
 
@@ -83,6 +89,7 @@ class GraphFiles:
 
     @property
     def n_links(self) -> int:
+        """Items linked to a graph entity."""
         return int(np.sum(self.item_entity >= 0))
 
     def digest_parts(self) -> list[bytes]:
@@ -151,6 +158,7 @@ class SessionDataset:
         return replace(self, graph_files=files)
 
     def without_test(self) -> SessionDataset:
+        """The dataset with its test split withheld (what a search may see)."""
         return replace(self, test=None)
 
     def with_train_tail(self, rows: int) -> SessionDataset:
@@ -164,6 +172,14 @@ class SessionDataset:
                        train=self.train.subset(slice(start, None)))
 
     def split(self, name: str) -> Split:
+        """One split by name.
+
+        Args:
+            name: one of ``SPLITS``.
+
+        Raises:
+            ValueError: an unknown name, or a split the dataset withholds.
+        """
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         split = getattr(self, name)
@@ -175,6 +191,7 @@ class SessionDataset:
         return split
 
     def summary(self) -> str:
+        """One line: the catalog's size and each split's rows (or "withheld")."""
         parts = [f"{self.name}: {self.n_items:,} items (incl. padding)"]
         for name in SPLITS:
             split = getattr(self, name)

@@ -34,6 +34,7 @@ class DatasetSource:
 
     @property
     def label(self) -> str:
+        """The dataset's name in results: its name, with ``-last<N>`` for a training-row cut."""
         return self.name if self.train_rows is None else train_tail_name(self.name, self.train_rows)
 
     def check(self, item_vectors: bool = False, graph_files: bool = False) -> None:

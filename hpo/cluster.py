@@ -165,6 +165,7 @@ class OneLineSaveError(logging.Filter):
     This filter keeps the record as one WARNING line with the exception, no traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a failed state save in place as one line; keep every record."""
         if record.exc_info and record.getMessage().startswith("Saving experiment state"):
             exc = record.exc_info[1]
             record.msg = f"{record.getMessage()}{type(exc).__name__}: {exc}"

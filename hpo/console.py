@@ -83,7 +83,7 @@ def format_params(params: dict[str, Any]) -> str:
 
 
 def estimate_left(
-    elapsed: float, durations: list[float], running_ages: list[float], to_start: int,
+    elapsed: float, durations: list[float], *, running_ages: list[float], to_start: int,
     concurrent: int,
 ) -> float | None:
     """Seconds runs of similar length still need, from the mean duration of the ended ones
@@ -552,8 +552,8 @@ class ConsoleReporter(Callback):
                 to_start=to_start, epoch_s=self._epoch_s(), concurrent=self.concurrent)
         else:
             ages = [now - self._started.get(t.trial_id, now) for t in running]
-            left = estimate_left(now - self._start, self._durations, ages, to_start,
-                                 self.concurrent)
+            left = estimate_left(now - self._start, self._durations, running_ages=ages,
+                                 to_start=to_start, concurrent=self.concurrent)
         return len(running), to_start, now - self._start, left
 
     @staticmethod

@@ -103,6 +103,7 @@ class Timing:
     threads: int
 
     def describe(self) -> str:
+        """The timing as the plan prints it: seconds per epoch, device and threads."""
         return f"{self.epoch_s:,.1f} s per epoch on {self.device} ({self.threads} threads)"
 
 

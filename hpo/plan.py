@@ -191,7 +191,8 @@ def make_test_plan(
     selections = []
     for plan in plans:
         selection = select_best(client, plan.dataset.label, plan.space.name, plan.budget.metric,
-                                plan.budget.mode, search_run_id=search_runs.get(plan.space.name))
+                                mode=plan.budget.mode,
+                                search_run_id=search_runs.get(plan.space.name))
         print(f"selected for {plan.space.name}: trial {selection.trial_id} "
               f"({selection.metric} {selection.value:.4f}, run {selection.trial_run_id})")
         selections.append(selection)

@@ -115,6 +115,7 @@ class SearchPlan:
 
     @property
     def experiment_name(self) -> str:
+        """The search's MLflow experiment: ``<dataset label>/<space>``."""
         return f"{self.dataset.label}/{self.space.name}"
 
     @property

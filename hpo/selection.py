@@ -39,7 +39,7 @@ class Selection:
 
 
 def select_best(
-    client: MlflowClient, dataset: str, space: str, metric: str, mode: str = "max",
+    client: MlflowClient, dataset: str, space: str, metric: str, *, mode: str = "max",
     search_run_id: str | None = None,
 ) -> Selection:
     """The best trial of the latest finished search of `space` on `dataset` (or of the given one).

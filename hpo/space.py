@@ -89,6 +89,12 @@ class Parameter:
     condition: dict[str, tuple] = field(default_factory=dict)
 
     def active(self, sampled: dict[str, Any]) -> bool:
+        """Whether the parameter is sampled, given those ``sampled`` so far: every parameter
+        its condition names has one of the listed values.
+
+        Args:
+            sampled: parameter name -> value sampled so far.
+        """
         return all(
             name in sampled and sampled[name] in values for name, values in self.condition.items()
         )

@@ -147,7 +147,7 @@ class StudyRun:
         wall = time.perf_counter() - started
         client = check_tracking(plan.tracking_uri)
         selection = select_best(client, plan.dataset.label, piece.space.name,
-                                plan.budget.metric, plan.budget.mode,
+                                plan.budget.metric, mode=plan.budget.mode,
                                 search_run_id=outcome.parent_run_id)
         table = outcome.table
         meta = {
@@ -529,7 +529,7 @@ def run_study(run: StudyRun, only: list[str] | None = None,
                   flush=True)
             break
         group = ([todo] if todo.piece.kind == "search" else
-                 seed_group(run, states, todo, only, run.seed_runs_side_by_side()))
+                 seed_group(run, states, todo, only=only, size=run.seed_runs_side_by_side()))
         for state in group:
             print(f"piece {state.piece.id} ({state.state}) starts", flush=True)
         try:
@@ -554,7 +554,7 @@ def run_study(run: StudyRun, only: list[str] | None = None,
     return ran
 
 
-def seed_group(run: StudyRun, states: list[PieceState], first: PieceState,
+def seed_group(run: StudyRun, states: list[PieceState], first: PieceState, *,
                only: list[str] | None, size: int) -> list[PieceState]:
     """The seed pieces that run side by side with ``first`` (the next piece to run).
 

@@ -323,6 +323,13 @@ def mark_killed(client: MlflowClient, run_id: str) -> None:
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` to a run in one batch, sorted by name, each as MLflow param text.
+
+    Args:
+        client: the tracking client.
+        run_id: the run.
+        params: name -> value (lists, dicts and None written as their text).
+    """
     client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in sorted(params.items())])
 
 
@@ -407,6 +414,7 @@ class MLflowTrialLogger(Callback):
 
     @property
     def client(self) -> MlflowClient:
+        """The MLflow client, made on first use (in the process that logs, not the driver's)."""
         if self._client is None:
             self._client = MlflowClient(tracking_uri=with_busy_timeout(self.tracking_uri))
         return self._client

@@ -81,7 +81,7 @@ class CudaUnavailableError(RuntimeError):
 
 
 def train_trial(
-    config: dict, dataset, num_threads: int = 1, require_cuda: bool = False,
+    config: dict, dataset, *, num_threads: int = 1, require_cuda: bool = False,
     resume_root: str | None = None, faults: FaultPoints | None = None,
 ) -> None:
     """A search trial: train until early stopping, the epoch budget, or ASHA stops it.
@@ -102,7 +102,7 @@ def train_trial(
 
 
 def retrain_trial(
-    config: dict, dataset, num_threads: int = 1, require_cuda: bool = False,
+    config: dict, dataset, *, num_threads: int = 1, require_cuda: bool = False,
     faults: FaultPoints | None = None,
 ) -> None:
     """A test-stage trial: `config["job"]` holds the selected configuration with its seed.

@@ -167,7 +167,7 @@ def rebuild_model(bundle: dict) -> CORE:
 
 
 def recommend(
-    model: CORE, session: Sequence[int], k: int, max_seq_length: int | None = None,
+    model: CORE, session: Sequence[int], k: int, *, max_seq_length: int | None = None,
     user: int | None = None,
 ) -> tuple[list[int], list[float]]:
     """The top-k items for one session, scored as evaluation scores them.
@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = bundle["config"]
-    items, scores = recommend(model, args.session, args.k, config.get("max_seq_length"),
-                              args.user)
+    items, scores = recommend(model, args.session, args.k,
+                              max_seq_length=config.get("max_seq_length"), user=args.user)
     print(f"# run {args.run_id}: {config['model']} on {bundle.get('dataset', '?')}, seed "
           f"{config.get('seed')}, best epoch {bundle.get('best_epoch')}; top {len(items)} of "
           f"{n_items - 1} items (internal ids; session items not excluded)")

@@ -184,6 +184,7 @@ class Trainer(CheckpointFiles):
 
     @property
     def should_stop(self) -> bool:
+        """Whether training is over: patience spent or the epoch cap reached."""
         return self.bad_epochs >= self.config["patience"] or self.epoch >= self.config["epochs"]
 
     def fit(self) -> dict:
@@ -194,6 +195,7 @@ class Trainer(CheckpointFiles):
 
     @property
     def best_metrics(self) -> dict:
+        """The validation record of the best epoch so far."""
         if not self.best_epoch:
             raise RuntimeError("no epoch has been trained yet")
         return self.history[self.best_epoch - 1]
@@ -459,6 +461,12 @@ class Trainer(CheckpointFiles):
         )
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from a ``state_dict()`` checkpoint: weights, optimizer, epoch and history.
+
+        Raises:
+            ValueError: the checkpoint was made with another configuration (run-length keys
+                such as the epoch cap may differ).
+        """
         # Keys added since the checkpoint was written count with their defaults.
         saved = {**default_config(self.config["model"]), **state["config"]}
         differing = sorted(

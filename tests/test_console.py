@@ -166,9 +166,10 @@ def test_a_reporter_pickled_before_the_budget_existed_still_reports():
 
 
 def test_estimate_left():
-    assert estimate_left(10.0, [], [], 4, 2) is None
+    assert estimate_left(10.0, [], running_ages=[], to_start=4, concurrent=2) is None
     # Mean trial 60 s; the running one is 20 s in; 3 to start on 2 slots: 2 rounds.
-    assert estimate_left(100.0, [60.0, 60.0], [20.0], 3, 2) == pytest.approx(40 + 120)
+    assert estimate_left(100.0, [60.0, 60.0], running_ages=[20.0], to_start=3,
+                         concurrent=2) == pytest.approx(40 + 120)
 
 
 def test_next_rung_follows_the_asha_ladder():
@@ -213,7 +214,7 @@ def test_an_early_asha_search_is_not_promised_its_stopped_trials_length():
     expected = console.expected_epochs
     assert expected > 8  # ASHA promotes some trials past the grace period
     assert left == pytest.approx((expected - 2) * 60.0 / 2)
-    naive = estimate_left(60.0, [60.0], [60.0], 6, 2)
+    naive = estimate_left(60.0, [60.0], running_ages=[60.0], to_start=6, concurrent=2)
     assert left > 2 * naive
 
 

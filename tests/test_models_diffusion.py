@@ -108,7 +108,8 @@ def test_sampling_calls_the_network_once_per_respaced_step_with_the_original_tim
     seen = []
     model.register_forward_pre_hook(lambda _, args: seen.append(args[1].unique().tolist()))
     schedule = Schedule.respaced("linear", 40, 5)
-    stages.generate(model, schedule, 3, TAIL, 2.0, torch.device("cpu"))
+    stages.generate(model, schedule, 3, group=TAIL, guidance_scale=2.0,
+                    device=torch.device("cpu"))
     assert seen == [[t] for t in reversed(schedule.timesteps.tolist())]
     assert seen[0] == [39] and seen[-1] == [0]
 
@@ -239,17 +240,19 @@ def test_an_anchored_counterfactual_keeps_its_prefix_closer_to_the_observed_row(
 
     def anchored(t0: float) -> float:
         torch.manual_seed(0)
-        return prefix_similarity(stages.counterfactual(model, schedule, observed, t0, TAIL, 3.0,
-                                                       cpu))
+        return prefix_similarity(stages.counterfactual(
+            model, schedule, observed, t0=t0, group=TAIL, guidance_scale=3.0, device=cpu))
 
     torch.manual_seed(0)
-    from_noise = prefix_similarity(stages.generate(model, schedule, len(observed), TAIL, 3.0, cpu))
+    from_noise = prefix_similarity(stages.generate(model, schedule, len(observed), group=TAIL,
+                                                   guidance_scale=3.0, device=cpu))
     # The less noise, the more of the observed prefix the counterfactual keeps; a sample from
     # noise keeps nothing of it (about 0 here), and neither does t0 = 1 (pure noise, nearly).
     assert anchored(0.2) > anchored(0.3) > from_noise + 0.25
     assert abs(anchored(1.0) - from_noise) < 0.15
     with pytest.raises(ValueError, match="t0"):
-        stages.counterfactual(model, schedule, observed, 0.0, TAIL, 3.0, cpu)
+        stages.counterfactual(model, schedule, observed, t0=0.0, group=TAIL,
+                              guidance_scale=3.0, device=cpu)
 
 
 # ------------------------------------------------------------------ pipeline
@@ -351,8 +354,8 @@ def test_the_base_stage_trains_on_read_only_arrays_without_copying_or_warning():
                              "batch_size": 64, "epochs": 1, "max_seq_length": train.max_len})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        vectors = stages.train_base_vectors(train, 31, config, build_model, torch.device("cpu"),
-                                            log=lambda line: None)
+        vectors = stages.train_base_vectors(train, 31, config, build_model,
+                                            device=torch.device("cpu"), log=lambda line: None)
     assert vectors.shape == (31, 8) and np.isfinite(vectors).all()
 
 

@@ -202,13 +202,13 @@ def test_seed_runs_are_grouped_side_by_side_and_a_partial_group_resumes_whole(tm
     assert run.seed_runs_side_by_side() == 2
     states = pieces(study, out)
     ready = [s for s in select(states, None)]
-    group = seed_group(run, states, ready[0], None, 2)
+    group = seed_group(run, states, ready[0], only=None, size=2)
     assert [s.piece.id for s in group] == [f"{TINY}/seed/ave/full/1", f"{TINY}/seed/ave/full/2"]
-    assert [s.piece.id for s in seed_group(run, states, ready[0], None, 3)][-1] == (
+    assert [s.piece.id for s in seed_group(run, states, ready[0], only=None, size=3)][-1] == (
         f"{TINY}/seed/ave/full/3")
     # --only limits the group as it limits the pieces
     only = [f"{TINY}/seed/*/*/1"]
-    assert [s.piece.id for s in seed_group(run, states, ready[0], only, 2)] == [
+    assert [s.piece.id for s in seed_group(run, states, ready[0], only=only, size=2)] == [
         f"{TINY}/seed/ave/full/1", f"{TINY}/seed/ave/sess_dropout=0.0/1"]
     # a group interrupted after it started: its pieces are partial and resume together,
     # without a piece to do joining them
@@ -221,10 +221,10 @@ def test_seed_runs_are_grouped_side_by_side_and_a_partial_group_resumes_whole(tm
     states = pieces(study, out)
     partial = next(s for s in select(states, None) if s.state == PARTIAL)
     assert partial.piece.id == ids[0]
-    assert [s.piece.id for s in seed_group(run, states, partial, None, 2)] == ids
+    assert [s.piece.id for s in seed_group(run, states, partial, only=None, size=2)] == ids
     fresh = next(s for s in select(states, None) if s.piece.kind == "seed")
     assert fresh.piece.id == f"{TINY}/seed/ave/full/1"
-    assert ids[0] not in [s.piece.id for s in seed_group(run, states, fresh, None, 3)]
+    assert ids[0] not in [s.piece.id for s in seed_group(run, states, fresh, only=None, size=3)]
     # a group's runs share the CPUs a search spreads over its trials
     resources = Resources(cpus_per_trial=1.0, max_concurrent=2)
     wide = StudyRun(study, output_dir=out, resources=resources)

@@ -264,7 +264,8 @@ def _compute(train, n_items, base_config, settings, build, device, say, cache, n
     else:
         say(f"diffaug stage 1/3 (base item vectors): training {base_config['model']} for "
             f"{base_config['epochs']} epochs on {len(train):,} training rows")
-        vectors = stages.train_base_vectors(train, n_items, base_config, build, device, say)
+        vectors = stages.train_base_vectors(train, n_items, base_config, build, device=device,
+                                                 log=say)
         took = cache.computed("base", start)
         where = cache.store("base", vectors=vectors)
         say(f"diffaug stage 1/3 (base item vectors): computed in {took:.1f} s; {where}")

@@ -76,6 +76,7 @@ def train_base_vectors(
     n_items: int,
     base_config: dict,
     build: Callable[[dict, int], torch.nn.Module],
+    *,
     device: torch.device,
     log: Log = print,
 ) -> np.ndarray:
@@ -343,7 +344,7 @@ def filter_rows(
 
 @torch.no_grad()
 def generate(
-    model: Denoiser, schedule: Schedule, n: int, group: int, guidance_scale: float,
+    model: Denoiser, schedule: Schedule, n: int, *, group: int, guidance_scale: float,
     device: torch.device,
 ) -> Tensor:
     """n rows of vectors by guided ancestral sampling from x_T ~ N(0, I), conditioned on
@@ -372,7 +373,7 @@ def generate(
 
 @torch.no_grad()
 def counterfactual(
-    model: Denoiser, schedule: Schedule, x0: Tensor, t0: float, group: int,
+    model: Denoiser, schedule: Schedule, x0: Tensor, *, t0: float, group: int,
     guidance_scale: float, device: torch.device,
 ) -> Tensor:
     """Counterfactual rows anchored to observed ones (SDEdit, Meng et al. 2022, "SDEdit: Guided
@@ -492,11 +493,12 @@ def sample_rows(
         n = min(SAMPLE_BATCH, MAX_OVERSAMPLE * n_wanted - counts["generated"])
         start = time.perf_counter()
         if anchors is None:
-            x = generate(model, schedule, n, TAIL, guidance_scale, device)
+            x = generate(model, schedule, n, group=TAIL, guidance_scale=guidance_scale,
+                         device=device)
         else:
             rows = torch.from_numpy(anchors[draw.integers(len(anchors), size=n)]).to(device)
-            x = counterfactual(model, schedule, table[rows], anchor_t0, TAIL, guidance_scale,
-                               device)
+            x = counterfactual(model, schedule, table[rows], t0=anchor_t0, group=TAIL,
+                               guidance_scale=guidance_scale, device=device)
         windows = nearest_items(x, table, ids).cpu().numpy()
         rows, batch_counts = filter_rows(windows, groups, TAIL, known)
         counts["generated"] += n

@@ -41,6 +41,7 @@ class SKNN(SessionKNN):
 
     @property
     def params(self) -> dict:
+        """The model's hyperparameters, its own added to the base's."""
         return {**super().params, "similarity": self.similarity}
 
     def _similarity(self, dot: np.ndarray, rows: np.ndarray, sessions: np.ndarray,

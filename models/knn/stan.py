@@ -52,6 +52,7 @@ class STAN(SessionKNN):
 
     @property
     def params(self) -> dict:
+        """The model's hyperparameters, its own added to the base's."""
         return {**super().params, "lambda_spw": self.lambda_spw,
                 "lambda_snh": self.lambda_snh, "lambda_inh": self.lambda_inh}
 
@@ -121,6 +122,7 @@ class VSTAN(STAN):
 
     @property
     def params(self) -> dict:
+        """The model's hyperparameters, its own added to the base's."""
         return {**super().params, "similarity": self.similarity,
                 "lambda_ipw": self.lambda_ipw, "lambda_idf": self.lambda_idf}
 

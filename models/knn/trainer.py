@@ -59,10 +59,12 @@ class KnnTrainer(CheckpointFiles):
 
     @property
     def should_stop(self) -> bool:
+        """Whether fitting is over: a kNN model is fitted in one pass (one "epoch")."""
         return self.epoch >= 1
 
     @property
     def best_metrics(self) -> dict:
+        """The validation record of the one fit."""
         if not self.best_epoch:
             raise RuntimeError("the model has not been fitted yet")
         return self.history[0]
@@ -144,6 +146,11 @@ class KnnTrainer(CheckpointFiles):
         return {"config": dict(self.config), "epoch": self.epoch, "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``'s record (the index is refitted, being cheap).
+
+        Raises:
+            ValueError: the record was made with another configuration.
+        """
         if state["config"]["model"] != self.config["model"] or any(
                 state["config"].get(k) != v for k, v in self.config.items()
                 if k not in ("epochs",)):

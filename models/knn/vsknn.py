@@ -127,6 +127,7 @@ class VSKNN(SessionKNN):
 
     @property
     def params(self) -> dict:
+        """The model's hyperparameters, its own added to the base's."""
         return {**super().params, "similarity": self.similarity, "weighting": self.weighting,
                 "weighting_score": self.weighting_score, "idf_weighting": self.idf_weighting}
 

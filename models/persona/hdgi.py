@@ -318,6 +318,7 @@ def train_hdgi(
     features: np.ndarray,
     adjacencies: list[sp.spmatrix],
     settings: HDGISettings,
+    *,
     seed: int,
     log: Log | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -494,7 +495,7 @@ def compute_personas(
         f"({attributes.shape[1]} from user attributes), {len(metapaths)} metapaths, "
         f"persona size {hdgi_settings.size}")
     start = time.perf_counter()
-    vectors, beta, losses = train_hdgi(features, adjacencies, hdgi_settings, seed, log=say)
+    vectors, beta, losses = train_hdgi(features, adjacencies, hdgi_settings, seed=seed, log=say)
     weights = ", ".join(f"{p.name} {b:.2f}" for p, b in zip(metapaths, beta, strict=True))
     say(f"HDGI: {len(losses)} epochs in {time.perf_counter() - start:.1f} s; "
         f"metapath attention {weights}")
