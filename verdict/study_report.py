@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NamedTuple
 
+from models.registry import LABELS as VARIANT_LABELS
 from verdict.markdown import variant_label
 from verdict.options import FULL_ARM
 from verdict.plots import plot_sensitivity, sensitivity_frame
@@ -30,6 +31,8 @@ COSTS_FILE = "pieces.csv"  # what every exported piece cost, beside it
 INPUTS_FILE = "inputs.sha256"  # in a report's folder: what it was built from (report_inputs)
 # the libraries whose numbers a report prints (tests, corrections, resampling, figures)
 REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "statsmodels", "matplotlib")
+# what the report takes from models/: the head / tail / cold groups and the metrics
+REPORT_MODULES = ("item_groups.py", "metrics.py")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,9 @@ def report_inputs(status: StudyStatus, dataset: DatasetStatus) -> str:
     """What a dataset's report is a function of, as one SHA-256: every exported file of the
     dataset (its data, searches and seed runs; not the report), the report's settings (runs,
     skipped arms, baseline, alpha, correction, resampling seed, notes), the ``verdict``
-    package's source and the versions of the libraries it computes with.
+    package's source with the modules of ``models`` it reads (``REPORT_MODULES``: the item
+    groups and the metrics) and the variants' labels, and the versions of the libraries it
+    computes with.
 
     Args:
         status: the study's status.
@@ -154,8 +159,11 @@ def report_inputs(status: StudyStatus, dataset: DatasetStatus) -> str:
                 dataset.baseline_note, dataset.protocol_notes, status.alpha, status.correction,
                 status.resample_seed)
     digest.update(repr(settings).encode())
-    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+    package = Path(__file__).resolve().parent
+    for source in [*sorted(package.glob("*.py")),
+                   *(package.parent / "models" / name for name in REPORT_MODULES)]:
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    digest.update(repr(sorted(VARIANT_LABELS.items())).encode())
     for library in REPORT_LIBRARIES:
         try:
             digest.update(f"{library}=={version(library)}".encode())
