@@ -22,7 +22,7 @@ from verdict.options import FULL_ARM
 from verdict.plots import plot_sensitivity, sensitivity_frame
 from verdict.report import split_arms, write_report
 from verdict.seed_level import paired_tests
-from verdict.study_results import StudyResults
+from verdict.study_results import StudyResults, file_sha256
 from verdict.tables import progress_table_markdown, study_table_markdown
 
 TABLE_FILE = "table1.md"  # the study's Table 1, beside its datasets' folders
@@ -154,7 +154,7 @@ def report_inputs(status: StudyStatus, dataset: DatasetStatus) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and report not in p.parents):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(file_sha256(path).encode())
     settings = (dataset.runs, sorted(dataset.skipped_arms.items()), dataset.baseline,
                 dataset.baseline_note, dataset.protocol_notes, status.alpha, status.correction,
                 status.resample_seed)
