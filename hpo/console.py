@@ -12,7 +12,9 @@ search prints only this reporter's lines, so an 8-trial search fits on one scree
 
 The time left of a search is counted in trial-epochs (``estimate_search_left``): those expected
 under ASHA for the whole search, less those run, at the seconds per trial-epoch measured so far;
-the test stage's seed runs, of similar length each, use the mean of the ended ones.
+the test stage's seed runs in epochs per arm (``estimate_seed_runs_left``): each run's length its
+arm's mean over the ended runs but at least its best epoch plus the patience, at its own seconds
+per epoch, the waiting runs taking the first slot to free up.
 
 An epoch result is printed when it makes its trial the search's best and the best was another
 trial's (a trial improving its own lead shows in the status line and its end line). Event lines
@@ -30,12 +32,14 @@ are printed at once. The status line depends on where the output goes:
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, TextIO
 
@@ -49,7 +53,10 @@ from hpo.outcome import (
     trial_error_text,
     trial_outcome,
 )
+from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.space import Budget
+from models.core_variants import CORE_KEYS
+from models.registry import fits_once
 
 STATUS_INTERVALS_S = (30.0, 60.0, 120.0, 300.0, 600.0)
 STATUS_AT_LEAST_EVERY_S = 1800.0
@@ -108,6 +115,101 @@ def estimate_left(
     running = max((max(0.0, mean - age) for age in running_ages), default=0.0)
     queued = math.ceil(to_start / max(1, concurrent)) * mean
     return running + queued
+
+
+@dataclass(frozen=True)
+class SeedRunProgress:
+    """One seed run as the test stage's time estimate sees it (``estimate_seed_runs_left``).
+
+    Attributes:
+        group: runs expected to be alike in length and epoch time: one arm of one space
+            (``"trm/full"``).
+        epochs: the last epoch it reported (0: none yet).
+        best_epoch: its best epoch by validation so far.
+        timed_epochs: epochs it ran since it (re)started, and ``timed_s`` the seconds from its
+            (re)start to the last of them: its seconds per epoch.
+        timed_s: see ``timed_epochs``.
+        age_s: seconds since it (re)started (a running run; ended runs need none).
+        max_epochs: its epoch cap (1 for a model fitted once).
+        patience: epochs without improvement that stop it (0 for a model fitted once).
+    """
+
+    group: str
+    epochs: int = 0
+    best_epoch: int = 0
+    timed_epochs: int = 0
+    timed_s: float = 0.0
+    age_s: float = 0.0
+    max_epochs: int = 1
+    patience: int = 0
+
+    @property
+    def epoch_s(self) -> float | None:
+        """Its seconds per epoch (None before its first epoch ended)."""
+        return self.timed_s / self.timed_epochs if self.timed_epochs else None
+
+    @property
+    def certain_epochs(self) -> int:
+        """The epochs it runs at least: its best epoch plus the patience, capped."""
+        return min(self.max_epochs, max(max(self.best_epoch, 1) + self.patience, self.epochs))
+
+
+def estimate_seed_runs_left(
+    *, ended: Sequence[SeedRunProgress], running: Sequence[SeedRunProgress],
+    waiting: Sequence[SeedRunProgress], concurrent: int,
+) -> float | None:
+    """Seconds the test stage's seed runs still need, counted in epochs per arm.
+
+    A mean of the ended runs' durations misleads when a grid mixes arms (a kNN fit ends in
+    seconds, a DiffAug run takes an hour) and says nothing before the first run ends, hours into
+    the stage. Here each run's length in epochs is its arm's mean over the ended runs (else over
+    every ended run, else what is certain: best epoch plus patience), but at least what is
+    certain for it, and capped; its seconds per epoch are its own, else its arm's, else every
+    timed run's. Running runs keep their slots; waiting runs take the first slot to free up,
+    ``concurrent`` at once (a greedy schedule), and the estimate is when the last one ends.
+
+    Args:
+        ended: the ended runs.
+        running: the running runs (``age_s`` set).
+        waiting: the runs not started yet (their group, cap and patience).
+        concurrent: runs that go at once.
+
+    Returns:
+        The estimate, or None before any run timed an epoch.
+    """
+    timed = [r for r in (*ended, *running) if r.timed_epochs]
+    if not timed:
+        return None
+
+    def rate(runs) -> float | None:
+        epochs = sum(r.timed_epochs for r in runs)
+        return sum(r.timed_s for r in runs) / epochs if epochs else None
+
+    overall_rate = rate(timed)
+    overall_length = (sum(r.epochs for r in ended) / len(ended)) if ended else None
+
+    def length(run: SeedRunProgress) -> float:
+        alike = [r.epochs for r in ended if r.group == run.group]
+        mean = sum(alike) / len(alike) if alike else overall_length
+        if mean is None:  # nothing ended: the certain length of the arm's running runs
+            mean = max((r.certain_epochs for r in running if r.group == run.group),
+                       default=run.certain_epochs)
+        return min(run.max_epochs, max(mean, run.certain_epochs))
+
+    def epoch_s(run: SeedRunProgress) -> float:
+        return (run.epoch_s or rate([r for r in timed if r.group == run.group])
+                or overall_rate)
+
+    slots = []
+    for run in running:
+        seconds_left = (length(run) - run.epochs) * epoch_s(run)
+        into_epoch = max(0.0, run.age_s - run.timed_s)  # the epoch under way
+        slots.append(max(0.0, seconds_left - into_epoch) if seconds_left > 0 else 0.0)
+    slots += [0.0] * max(0, concurrent - len(slots))
+    heapq.heapify(slots)
+    for run in waiting:
+        heapq.heappush(slots, heapq.heappop(slots) + length(run) * epoch_s(run))
+    return max(slots, default=0.0)
 
 
 def next_rung(budget: Budget, epochs: int) -> int:
@@ -644,6 +746,46 @@ class SeedRunReporter(ConsoleReporter):
     def _name(self, trial) -> str:
         return self.label(trial.config)
 
+    def _reset(self) -> None:
+        super()._reset()
+        self._ended_runs: list[SeedRunProgress] = []  # the completed runs (for the estimate)
+
+    def _run_state(self, trial, now: float) -> SeedRunProgress:
+        """A run's arm, epochs, timing, cap and patience from its Tune config and last result."""
+        job = (trial.config or {}).get("job") or {}
+        config = job.get("config") or {}
+        once = fits_once(str(config.get("model", job.get("variant", ""))))
+        result = trial.last_result or {}
+        epochs, best = result.get("epoch"), result.get("best_epoch")
+        timed_epochs, timed_s = self._timed.get(trial.trial_id, (0, 0.0))
+        started = self._started.get(trial.trial_id)
+        return SeedRunProgress(
+            group=f"{job.get('space', '?')}/{job.get('arm', 'full')}",
+            epochs=epochs if isinstance(epochs, int) else 0,
+            best_epoch=best if isinstance(best, int) else 0,
+            timed_epochs=timed_epochs, timed_s=timed_s,
+            age_s=now - started if started is not None else 0.0,
+            max_epochs=1 if once else int(config.get("epochs", DEFAULT_RETRAIN_MAX_EPOCHS)),
+            patience=0 if once else int(config.get("patience", CORE_KEYS.defaults["patience"])),
+        )
+
+    def _progress(self, trials) -> tuple[int, int, float, float | None]:
+        """Runs running and to start, seconds elapsed and the estimate of those left
+        (``estimate_seed_runs_left``: epochs per arm, not a mean of ended durations)."""
+        now = self.clock()
+        running = [t for t in trials if t.status == "RUNNING"]
+        to_start = max(0, self.num_samples - len(self._outcomes) - len(running))
+        waiting = [self._run_state(t, now) for t in trials if t.status == "PENDING"][:to_start]
+        # Runs Tune has not created yet: like the last one known.
+        known = waiting or [self._run_state(t, now) for t in trials] or [SeedRunProgress("?")]
+        waiting += [known[-1]] * (to_start - len(waiting))
+        left = estimate_seed_runs_left(
+            # A reporter restored with an experiment that older code saved lacks the list.
+            ended=getattr(self, "_ended_runs", []),
+            running=[self._run_state(t, now) for t in running], waiting=waiting,
+            concurrent=self.concurrent)
+        return len(running), to_start, now - self._start, left
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started[trial.trial_id] = self.clock()
         self._print(f"{self._name(trial)} started")
@@ -654,6 +796,10 @@ class SeedRunReporter(ConsoleReporter):
 
     def _ended(self, trial, error: bool) -> None:
         result = trial.last_result or {}
+        if not error:
+            if not hasattr(self, "_ended_runs"):
+                self._ended_runs = []
+            self._ended_runs.append(self._run_state(trial, self.clock()))
         took = self._record_end(trial, TrialOutcome.FAILED if error else TrialOutcome.COMPLETED)
         took = f" in {format_duration(took)}" if took is not None else ""
         if error:

@@ -16,8 +16,10 @@ from hpo.console import (
     LiveLine,
     SeedRunReporter,
     StatusSchedule,
+    SeedRunProgress,
     estimate_left,
     estimate_search_left,
+    estimate_seed_runs_left,
     format_duration,
     format_params,
     next_rung,
@@ -170,6 +172,81 @@ def test_estimate_left():
     # Mean trial 60 s; the running one is 20 s in; 3 to start on 2 slots: 2 rounds.
     assert estimate_left(100.0, [60.0, 60.0], running_ages=[20.0], to_start=3,
                          concurrent=2) == pytest.approx(40 + 120)
+
+
+def neural(group, epochs=0, best=0, seconds=0.0, age=0.0):
+    return SeedRunProgress(group, epochs=epochs, best_epoch=best, timed_epochs=epochs,
+                           timed_s=seconds, age_s=age, max_epochs=30, patience=5)
+
+
+def test_the_seed_run_estimate_counts_each_arms_epochs():
+    # Nothing timed yet: nothing to go by.
+    assert estimate_seed_runs_left(ended=[], running=[neural("trm/full", age=50.0)],
+                                   waiting=[neural("trm/full")], concurrent=2) is None
+    # A kNN fit ended in 10 s; a trm run is at epoch 3 (its best), 100 s an epoch, 20 s into
+    # the 4th. The mean of ended durations would promise ~10 s; by epochs the trm run has at
+    # least 5 more (patience) and the waiting trm run at least 6 (1 + patience) on the free slot.
+    knn = SeedRunProgress("sknn/full", epochs=1, timed_epochs=1, timed_s=10.0)
+    running = neural("trm/full", 3, 3, 300.0, age=320.0)
+    left = estimate_seed_runs_left(ended=[knn], running=[running],
+                                   waiting=[neural("trm/full")], concurrent=2)
+    assert left == pytest.approx(6 * 100.0)
+    assert estimate_left(320.0, [10.0], running_ages=[320.0], to_start=1,
+                         concurrent=2) < left / 10
+    # Once trm runs ended (12 epochs on average), that is its length; one slot: the waiting
+    # runs follow the running one, each at the arm's 100 s an epoch.
+    ended = [neural("trm/full", 10, 5, 1000.0), neural("trm/full", 14, 9, 1400.0), knn]
+    left = estimate_seed_runs_left(ended=ended, running=[running],
+                                   waiting=[neural("trm/full"), neural("trm/full")],
+                                   concurrent=1)
+    assert left == pytest.approx((12 - 3) * 100.0 - 20.0 + 2 * 12 * 100.0)
+    # A run past its arm's mean still runs its patience out; none runs past its cap.
+    late = neural("trm/full", 20, 19, 2000.0, age=2000.0)
+    assert estimate_seed_runs_left(ended=ended, running=[late], waiting=[],
+                                   concurrent=1) == pytest.approx(4 * 100.0)
+    capped = neural("trm/full", 29, 29, 2900.0, age=2900.0)
+    assert estimate_seed_runs_left(ended=ended, running=[capped], waiting=[],
+                                   concurrent=1) == pytest.approx(100.0)
+    # Another arm's waiting run, untimed and with no run of its own ended, takes every timed
+    # run's seconds per epoch (2,410 s over 25 epochs) and every ended run's mean length,
+    # (10 + 14 + 1) / 3 epochs, above its certain 6.
+    other = estimate_seed_runs_left(ended=ended, running=[], waiting=[neural("da/full")],
+                                    concurrent=1)
+    assert other == pytest.approx(25 / 3 * (2410.0 / 25))
+
+
+def test_the_test_stage_estimates_from_its_runs_epochs():
+    """The reporter reads each run's arm, cap and patience from its Tune config and its epochs
+    from its results; a kNN fit's seconds do not set a neural run's time."""
+    from hpo.seed_runs import run_label
+
+    clock = Clock()
+    console = SeedRunReporter(3, 1, run_label, stream=io.StringIO(), clock=clock)
+
+    def job_trial(trial_id, space, model, status="PENDING"):
+        job = {"space": space, "variant": space, "arm": "full", "seed": 1,
+               "config": {"model": model, "epochs": 30, "patience": 5}}
+        return SimpleNamespace(trial_id=trial_id, config={"job": job}, last_result={},
+                               status=status, error_file=None)
+
+    knn, a, b = job_trial("k", "sknn", "sknn"), job_trial("a", "trm", "trm"), job_trial(
+        "b", "trm", "trm")
+    trials = [knn, a, b]
+    knn.status = "RUNNING"
+    console.on_trial_start(0, trials, knn)
+    clock.now = 10.0
+    knn.last_result = {"epoch": 1, "best_epoch": 1, FINISHED_KEY: 1}
+    console.on_trial_result(0, trials, knn, knn.last_result)
+    knn.status = "TERMINATED"
+    console.on_trial_complete(0, trials, knn)
+    a.status = "RUNNING"
+    console.on_trial_start(0, trials, a)
+    clock.now = 110.0
+    a.last_result = {"epoch": 1, "best_epoch": 1}
+    console.on_trial_result(0, trials, a, a.last_result)
+    # a: 5 more epochs at least at 100 s; b then 6 epochs at trm's 100 s (not the kNN's 10 s).
+    assert console._progress(trials)[3] == pytest.approx(5 * 100.0 + 6 * 100.0)
+    assert console.status_line(trials).endswith("about 18:20 left")
 
 
 def test_next_rung_follows_the_asha_ladder():
@@ -459,13 +536,16 @@ def test_the_test_stages_live_line(monkeypatch):
     assert screen(stream.getvalue()) == [
         "[0:00] trm seed 1 started",
         "[0:05] 0 of 2 seed runs done (0 failed), 1 running, 1 to start"]
-    clock.now = 65.0
-    a.status, a.last_result = "TERMINATED", {"epoch": 4, "best_epoch": 3, FINISHED_KEY: 1}
+    for epoch in range(1, 7):  # 6 epochs of 10 s after 5 s of start-up
+        clock.now = 5.0 + 10.0 * epoch
+        a.last_result = {"epoch": epoch, "best_epoch": 1}
+        console.on_trial_result(0, [a], a, a.last_result)
+    a.status, a.last_result = "TERMINATED", {"epoch": 6, "best_epoch": 1, FINISHED_KEY: 1}
     console.on_trial_complete(0, [a], a)
     console.on_experiment_end([a])
     assert screen(stream.getvalue()) == [
         "[0:00] trm seed 1 started",
-        "[1:05] trm seed 1 done in 1:05: 4 epochs, best 3",
+        "[1:05] trm seed 1 done in 1:05: 6 epochs, best 1",
         "[1:05] 1 of 2 seed runs done (0 failed), 0 running, 1 to start; about 1:05 left", ""]
 
 
