@@ -46,6 +46,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from hpo.cost import asha_trial_epochs
+from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.outcome import (
     DEVICE_WARNING_KEY,
     TrialOutcome,
@@ -53,7 +54,6 @@ from hpo.outcome import (
     trial_error_text,
     trial_outcome,
 )
-from hpo.options import DEFAULT_RETRAIN_MAX_EPOCHS
 from hpo.space import Budget
 from models.core_variants import CORE_KEYS
 from models.registry import fits_once

@@ -154,8 +154,8 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
             f"{len(failed)} of {len(jobs)} seed runs failed (first: {failed[0].error}); "
             f"see {out_dir}"
         )
-    seed_results, per_row = _collect(grid, label, [(s.space, arm) for s, arm, _ in configs],
-                                     dataset.n_items)
+    seed_results, per_row, arm_per_row = _collect(
+        grid, label, [(s.space, arm) for s, arm, _ in configs], dataset.n_items)
     results = TestResults(
         seed_results,
         per_row,
@@ -166,6 +166,7 @@ def run_test_stage(plan: TestPlan, verbose: bool = False) -> dict[str, Path]:
             {label: persona_groups(dataset, "test")} if dataset.test.users is not None else None
         ),
         skipped_arms=skipped,
+        arm_per_row=arm_per_row or None,
     )
     paths = write_report(
         out_dir,
@@ -318,9 +319,11 @@ def train_popularity(dataset: SessionDataset) -> np.ndarray:
 
 def _collect(
     grid, dataset_name: str, order: list[tuple[str, str]], n_items: int
-) -> tuple[pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, dict, dict]:
     """Per-seed results (in ``order`` of (variant, arm), then seed) and the per-row ranks and
-    top-k exposure counts (``verdict.results.exposure_counts``) of the full configurations."""
+    top-k exposure counts (``verdict.results.exposure_counts``), of the full configurations
+    ((dataset, variant) -> per seed) and of the ablation arms ((dataset, variant, arm) -> per
+    seed)."""
     rows, per_row = [], {}
     for result in grid:
         job, metrics = result.config["job"], result.metrics
@@ -330,22 +333,23 @@ def _collect(
             "selected_from": job["selected_from"],
             **{name: metrics[f"test_{name}"] for name in METRICS},
         })
-        if job["arm"] != FULL_ARM:
-            continue
         with result.checkpoint.as_directory() as directory:
             with np.load(Path(directory) / TEST_ROWS_FILE) as arrays:
                 entry = (arrays["ranks"], exposure_counts(arrays["topk"], n_items))
-        per_row.setdefault((dataset_name, job["variant"]), []).append((job["seed"], entry))
+        key = (dataset_name, job["variant"], job["arm"])
+        per_row.setdefault(key, []).append((job["seed"], entry))
     ordered = {
         key: [entry for _, entry in sorted(seeds, key=lambda pair: pair[0])]
         for key, seeds in per_row.items()
     }
+    full = {(d, v): seeds for (d, v, arm), seeds in ordered.items() if arm == FULL_ARM}
+    arms = {key: seeds for key, seeds in ordered.items() if key[2] != FULL_ARM}
     rank = {key: i for i, key in enumerate(order)}
     frame = pd.DataFrame(rows)
     frame = frame.assign(_order=[rank[(v, a)] for v, a in zip(frame["variant"], frame["arm"],
                                                               strict=True)])
     frame = frame.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
-    return frame.reset_index(drop=True), ordered
+    return frame.reset_index(drop=True), full, arms
 
 
 def _start_parent_run(client, plan: TestPlan, out_dir: Path) -> str:

@@ -210,6 +210,10 @@ def test_ablation_table_compares_the_arm_with_the_full_model(test_stage):
     assert not_retrained["note"].str.contains("already has").all()
     markdown = (out_dir / "results.md").read_text()
     assert "## Ablation" in markdown and f"| {ARM} | R@20 |" in markdown
+    # the arm's test rows reach the session-level ablation table
+    rows = pd.read_csv(out_dir / "ablation_session_tests.csv")
+    assert set(rows["arm"]) == {ARM} and (rows["n_seeds"] == SEEDS).all()
+    assert "## Ablation at the session level" in markdown
 
 
 def test_report_statistics_equal_scipy_on_recorded_values(test_stage):

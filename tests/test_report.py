@@ -10,6 +10,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from verdict.beyond import (
+    TAIL_TARGETS,
     beyond_mean_table,
     catalog_coverage,
     group_metrics,
@@ -21,6 +22,7 @@ from verdict.options import FULL_ARM
 from verdict.report import write_report
 from verdict.results import TestResults, exposure_counts
 from verdict.seed_level import METRICS, paired_tests
+from verdict.session_level import ALL_ROWS, ARM_SESSION_COLUMNS, arm_session_tests
 from verdict.tables import results_table_frame, results_table_markdown
 
 # ids 1..10; by popularity: 3(9) 9(7) 1(5) 10(4) 6(3) 7(3) 8(2) 2(1) 4(1) 5(0)
@@ -344,6 +346,76 @@ def test_write_report_with_ablation_arms_writes_the_ablation_table(tmp_path):
     assert "### CORE-DA" in markdown and "| full (selected) | R@20 |" in markdown
     assert "| da_gating=false | M@20 |" in markdown
     assert "Not retrained: da_recent=false" in markdown
+
+
+def arm_rows(n_rows=400, n_seeds=3, seed=5):
+    """Full-configuration ranks, and an arm's: the same rows, its tail-target rows pushed out
+    of the top 20 in about half the cases; targets drawn over POPULARITY's items."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(1, 11, size=n_rows)
+    tail = item_groups(POPULARITY)["tail"][targets]
+    full = [rng.integers(1, 15, size=n_rows) for _ in range(n_seeds)]
+    worse = [np.where(tail & (rng.random(n_rows) < 0.5), 50, ranks) for ranks in full]
+    exposure = exposure_counts(rng.integers(1, 11, size=(n_rows, 20)), 11)
+    return targets, tail, [(r, exposure) for r in full], [(r, exposure) for r in worse]
+
+
+def test_arm_session_tests_compare_each_arm_with_its_full_configuration_per_subset():
+    targets, tail, full, worse = arm_rows()
+    same = [(r.copy(), e) for r, e in full]
+    per_row = {("diginetica", "da"): full}
+    nudged = [(np.where(np.arange(len(r)) < 3, 50, r), e) for r, e in full]  # 3 rows worse
+    arms = {("diginetica", "da", "da_gating=false"): worse,
+            ("diginetica", "da", "da_recent=false"): same,
+            ("diginetica", "da", "da_residual=false"): nudged}
+    tests = arm_session_tests(per_row, arms, row_subsets={TAIL_TARGETS: {"diginetica": tail}},
+                              n_resamples=2000, seed=1, correction="holm", alpha=0.01)
+    assert list(tests.columns) == ARM_SESSION_COLUMNS
+    assert len(tests) == 3 * 2 * 2  # arms x subsets x metrics (recall, MRR)
+    gating = tests[tests["arm"] == "da_gating=false"].set_index(["subset", "metric"])
+    # Δ = arm - full over the rows of each subset, the arm's rows averaged over seeds
+    hits = lambda runs, rows: np.mean([(r[rows] <= 20) for r, _ in runs], axis=0)  # noqa: E731
+    for subset, rows in ((ALL_ROWS, np.ones_like(tail)), (TAIL_TARGETS, tail)):
+        expected = (hits(worse, rows) - hits(full, rows)).mean()
+        assert gating.loc[(subset, "recall_20"), "mean_diff"] == pytest.approx(expected)
+        assert gating.loc[(subset, "recall_20"), "n_rows"] == rows.sum()
+    assert gating.loc[(TAIL_TARGETS, "recall_20"), "mean_diff"] < gating.loc[
+        (ALL_ROWS, "recall_20"), "mean_diff"] < 0
+    assert gating.loc[(TAIL_TARGETS, "recall_20"), "significant"]
+    # an arm that changes little: not significant, with its minimum detectable effect
+    small = tests[(tests["arm"] == "da_residual=false") & (tests["subset"] == ALL_ROWS)]
+    assert (~small["significant"]).all() and (small["mde"] > 0).all()
+    # an arm that changes nothing: no difference, no test
+    unchanged = tests[tests["arm"] == "da_recent=false"]
+    assert (unchanged["mean_diff"] == 0).all() and unchanged["p_randomization"].isna().all()
+    # Holm within each subset's family: the defined comparisons of every arm and metric
+    for _, family in tests.groupby("subset"):
+        defined = family[family["p_randomization"].notna()]
+        assert (family["family_size"] == len(defined)).all()
+        adjusted = multipletests(defined["p_randomization"], method="holm")[1]
+        assert defined["p_randomization_adjusted"].to_numpy() == pytest.approx(adjusted)
+    with pytest.raises(ValueError, match="no full configuration"):
+        arm_session_tests({}, arms)
+
+
+def test_write_report_tests_the_arms_on_all_rows_and_tail_targets(tmp_path):
+    targets, tail, full, worse = arm_rows()
+    frame = table_results().query("variant in ['trm', 'da']").assign(arm=FULL_ARM)
+    arm = frame[frame["variant"] == "da"].assign(arm="da_gating=false")
+    per_row = {("diginetica", "trm"): full, ("diginetica", "da"): full}
+    results = TestResults(pd.concat([frame, arm], ignore_index=True), per_row,
+                          targets={"diginetica": targets},
+                          popularity={"diginetica": POPULARITY}, n_items={"diginetica": 11},
+                          arm_per_row={("diginetica", "da", "da_gating=false"): worse})
+    paths = write_report(tmp_path, results)
+    tests = pd.read_csv(paths["ablation_session_tests_csv"])
+    assert set(tests["subset"]) == {ALL_ROWS, TAIL_TARGETS}
+    assert (tests.loc[tests["subset"] == TAIL_TARGETS, "n_rows"] == tail.sum()).all()
+    markdown = section(paths["results_md"].read_text(), "## Ablation at the session level")
+    assert f"| diginetica | CORE-DA | da_gating=false | {TAIL_TARGETS} | R@20 | {tail.sum()} |" \
+        in markdown
+    with pytest.raises(ValueError, match="arm_per_row needs per_row"):
+        TestResults(frame, arm_per_row={("diginetica", "da", "x"): worse})
 
 
 def test_write_report_without_per_row_skips_row_level_outputs(tmp_path):

@@ -284,6 +284,8 @@ def test_report_and_table_are_rebuilt_from_the_exports_alone(tmp_path):
     assert "Baseline: SKNN (strongest baseline on validation: ave 0.1000, sknn 0.2000" in text
     assert "the last" not in text and "all rows" in text  # the training split, stated
     assert (paths[TINY].folder / "ablation.csv").is_file()
+    arms = pd.read_csv(paths[TINY].folder / "ablation_session_tests.csv")  # the arm's rows too
+    assert set(arms["arm"]) == {"sess_dropout=0.0"} and (arms["n_seeds"] == len(study.seeds)).all()
     assert (paths[TINY].folder / "popularity.csv").is_file()
     table = (study.results_dir / "table1.md").read_text()
     seeds = results.seed_results(TINY, [("ave", "full", s) for s in study.seeds])[0]

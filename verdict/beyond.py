@@ -26,6 +26,7 @@ from verdict.results import PerRow, checked_exposure
 from verdict.stats import CONFIDENCE, mean_interval
 
 GROUPS = ("head", "tail", "cold")
+TAIL_TARGETS = "tail targets"  # the name of the test rows whose target is a tail item
 
 
 def item_groups(train_popularity, head_fraction: float = HEAD_FRACTION) -> dict[str, np.ndarray]:
@@ -43,6 +44,21 @@ def item_groups(train_popularity, head_fraction: float = HEAD_FRACTION) -> dict[
     catalog = np.arange(len(popularity)) >= 1
     cold = catalog & (popularity == 0)
     return {"head": head, "tail": catalog & ~head & ~cold, "cold": cold}
+
+
+def tail_target_rows(targets, train_popularity,
+                     head_fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """Which test rows have a tail item as their target (``item_groups``).
+
+    Args:
+        targets: the test targets [n_rows].
+        train_popularity: training-target count per item id, [n_items], padding at 0.
+        head_fraction: the head's share of the targeted items.
+
+    Returns:
+        Boolean [n_rows].
+    """
+    return item_groups(train_popularity, head_fraction)["tail"][np.asarray(targets)]
 
 
 def group_metrics(

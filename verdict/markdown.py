@@ -59,6 +59,15 @@ def family_text(tests: pd.DataFrame, unit: str = "variant", first: str = "varian
     return "Correction family per dataset: " + "; ".join(f"{d}: {t}" for d, t in parts)
 
 
+def lower_first(text: str) -> str:
+    """``text`` with its first character in lower case (a sentence set inside another).
+
+    Args:
+        text: a sentence.
+    """
+    return text[:1].lower() + text[1:]
+
+
 # The columns of a comparison, after its first (what is compared with what, the difference).
 COMPARISON_HEADER = ["Δ (points) [95% CI]", "d_z", "p", "p adj.", "significant",
                      "MDE (points)"]

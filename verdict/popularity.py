@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from models.item_groups import HEAD_FRACTION
-from verdict.beyond import item_groups
+from verdict.beyond import TAIL_TARGETS, item_groups, tail_target_rows
 from verdict.results import PerRow, checked_exposure
 from verdict.session_level import session_tests
 from verdict.stats import CONFIDENCE, mean_interval
@@ -207,8 +207,8 @@ def tail_session_tests(
     """
     subset: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     for (dataset, variant), seeds in per_row.items():
-        targets = np.asarray(targets_by_dataset[dataset])
-        tail = item_groups(popularity_by_dataset[dataset], head_fraction)["tail"][targets]
+        tail = tail_target_rows(targets_by_dataset[dataset], popularity_by_dataset[dataset],
+                                head_fraction)
         if tail.sum() < 2:
             continue
         subset[(dataset, variant)] = [
@@ -217,5 +217,5 @@ def tail_session_tests(
     if not subset:
         return pd.DataFrame(columns=["dataset", "subset"])
     out = session_tests(subset, baseline, k=k, **options)
-    out.insert(1, "subset", "tail targets")
+    out.insert(1, "subset", TAIL_TARGETS)
     return out

@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from models.item_groups import HEAD_FRACTION
-from verdict.beyond import beyond_mean_table, row_group_table
+from verdict.beyond import TAIL_TARGETS, beyond_mean_table, row_group_table, tail_target_rows
 from verdict.markdown import variant_label
 from verdict.options import DEFAULT_ALPHA, FULL_ARM, check_correction
 from verdict.plots import plot_seed_distributions
 from verdict.popularity import popularity_table, tail_session_tests
 from verdict.results import TestResults
 from verdict.row_tables import (
+    arm_session_markdown,
     beyond_markdown,
     popularity_markdown,
     row_groups_markdown,
@@ -36,7 +37,7 @@ from verdict.seed_level import (
     paired_tests,
     posthoc_tests,
 )
-from verdict.session_level import N_RESAMPLES, session_tests
+from verdict.session_level import N_RESAMPLES, arm_session_tests, session_tests
 from verdict.tables import (
     ablation_markdown,
     anova_markdown,
@@ -117,7 +118,7 @@ def write_report(
         results_md, results_csv, seed_results_csv, anova_csv, posthoc_csv,
         seed_distributions_png; session_tests_csv, beyond_mean_csv, popularity_csv and
         tail_session_tests_csv with per-row results (user_groups_csv with row groups);
-        ablation_csv with arms.
+        ablation_csv with arms; ablation_session_tests_csv with the arms' per-row results.
 
     Raises:
         ValueError: an unknown correction, or seed results that ``check_seed_results`` refuses.
@@ -182,6 +183,16 @@ def write_report(
         paths["ablation_csv"] = out_dir / "ablation.csv"
         ablation.to_csv(paths["ablation_csv"], index=False)
         sections.append(ablation_markdown(ablation))
+    if per_row is not None and results.arm_per_row:
+        tails = {dataset: tail_target_rows(results.targets[dataset], results.popularity[dataset],
+                                           head_fraction)
+                 for dataset in dict.fromkeys(d for d, _, _ in results.arm_per_row)}
+        arm_tests = arm_session_tests(per_row, results.arm_per_row,
+                                      row_subsets={TAIL_TARGETS: tails},
+                                      n_resamples=n_resamples, seed=resample_seed, **options)
+        paths["ablation_session_tests_csv"] = out_dir / "ablation_session_tests.csv"
+        arm_tests.to_csv(paths["ablation_session_tests_csv"], index=False)
+        sections.append(arm_session_markdown(arm_tests, head_fraction))
     paths["results_md"].write_text("\n\n".join(s.strip() for s in sections) + "\n")
     paths["seed_distributions_png"] = plot_seed_distributions(
         full, out_dir / "seed_distributions.png"

@@ -16,6 +16,8 @@ import pandas as pd
 
 # (dataset, variant) -> one (ranks [n_rows], exposure [n_items]) pair per seed, in seed order.
 PerRow = Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]]
+# (dataset, variant, arm) -> the same, for the ablation arms (never the full arm).
+ArmPerRow = Mapping[tuple[str, str, str], Sequence[tuple[np.ndarray, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,13 @@ class TestResults:
             unknown), for datasets with users; with ``per_row``, adds the users' table.
         skipped_arms: (dataset, variant, arm) -> why that ablation arm was not retrained (the
             selected configuration already is the arm).
+        arm_per_row: the ablation arms' per-row results, (dataset, variant, arm) -> one (ranks,
+            exposure) pair per seed, or None: with ``per_row``, they add the arms' session-level
+            tests against the full configuration, on all test rows and on tail targets.
 
     Raises:
-        ValueError: ``per_row`` without ``targets``, ``popularity`` and ``n_items``.
+        ValueError: ``per_row`` without ``targets``, ``popularity`` and ``n_items``;
+            ``arm_per_row`` without ``per_row``.
     """
 
     __test__ = False  # a name pytest would otherwise try to collect as a test class
@@ -52,12 +58,15 @@ class TestResults:
     n_items: Mapping[str, int] | None = None
     row_groups: Mapping[str, np.ndarray] | None = None
     skipped_arms: Mapping[tuple[str, str, str], str] | None = None
+    arm_per_row: ArmPerRow | None = None
 
     def __post_init__(self) -> None:
         if self.per_row is not None and (
             self.targets is None or self.popularity is None or self.n_items is None
         ):
             raise ValueError("per_row needs targets, popularity and n_items")
+        if self.arm_per_row and self.per_row is None:
+            raise ValueError("arm_per_row needs per_row (the full configurations' rows)")
 
 
 def exposure_counts(topk, n_items: int, k: int = 20) -> np.ndarray:

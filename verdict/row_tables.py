@@ -17,6 +17,7 @@ from verdict.markdown import (
     family_text,
     fixed_cell,
     interval,
+    lower_first,
     markdown_table,
     mde_cell,
     notes_line,
@@ -75,6 +76,51 @@ def session_markdown(session: pd.DataFrame) -> str:
               f"p adj. ({correction})", "significant", "p (t-test)",
               "p (Wilcoxon, supplementary)", "MDE (points)"]
     return f"{title}\n\n{note}{notes_line(session)}\n\n{markdown_table(header, rows)}"
+
+
+def arm_session_markdown(tests: pd.DataFrame, head_fraction: float) -> str:
+    """Each ablation arm against the full configuration at the session level, on all test rows
+    and on tail targets: randomization p (raw and adjusted), bootstrap interval, MDE.
+
+    Args:
+        tests: ``verdict.session_level.arm_session_tests``.
+        head_fraction: the head's share of the targeted items (for the tail's definition).
+    """
+    title = "## Ablation at the session level: all test rows and tail targets (supplementary)"
+    if tests.empty:
+        return f"{title}\n\nNo ablation arm was retrained."
+    correction = tests["correction"].iloc[0]
+    n_resamples = int(tests["n_resamples"].iloc[0])
+    seed = int(tests["resample_seed"].iloc[0])
+    families = [f"{subset}: {lower_first(family_text(part, 'arm', 'arm_key'))}"
+                for subset, part in tests.assign(
+                    arm_key=tests["variant"] + ":" + tests["arm"]).groupby("subset", sort=False)]
+    note = (
+        "The arms of the seed-level ablation table, compared with the full (selected) "
+        "configuration row by row, as the session-level tests compare variants: each row's "
+        "metric averaged over the seeds, a paired randomization test whose "
+        f"{adjusted_label(correction)} p decides significance, and a percentile bootstrap "
+        f"interval of Δ = arm − full ({n_resamples:,} resamples each, seed {seed}). Tail "
+        "targets: the rows whose target is a tail item (an item that occurs as a training "
+        f"target outside the most popular {head_fraction:.0%}; the popularity view's tail), "
+        "where a component against popularity bias should show if anywhere. Rows share the "
+        "seeds' randomness, so use these only beside the seed-level table. Correction family "
+        "per dataset and rows: " + "; ".join(families) + "."
+    )
+    rows = [
+        [
+            r.dataset, variant_label(r.variant), r.arm, r.subset,
+            METRIC_LABELS.get(r.metric, r.metric), str(r.n_rows),
+            f"{signed_pct(r.mean_diff)} {interval(r.ci_low, r.ci_high, signed=True)}",
+            num(r.d_z), num(r.p_randomization), num(r.p_randomization_adjusted),
+            "yes" if r.significant else "no", mde_cell(r),
+        ]
+        for r in tests.itertuples(index=False)
+    ]
+    header = ["Dataset", "Variant", "Arm", "Rows", "Metric", "n", "Δ vs full (points) "
+              "[bootstrap 95% CI]", "d_z", "p (randomization)", f"p adj. ({correction})",
+              "significant", "MDE (points)"]
+    return f"{title}\n\n{note}{notes_line(tests)}\n\n{markdown_table(header, rows)}"
 
 
 def beyond_markdown(beyond: pd.DataFrame, head_fraction: float, k: int = 20) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from models.metrics import row_metrics
-from verdict.options import DEFAULT_ALPHA, check_correction
+from verdict.options import DEFAULT_ALPHA, FULL_ARM, check_correction
 from verdict.stats import (
     CONFIDENCE,
     POWER,
@@ -160,6 +160,23 @@ def row_level_tests(
         Columns ``SESSION_COLUMNS``.
     """
     check_correction(correction)
+    rows = _row_comparisons(ranks_by_variant, baseline, k=k, n_resamples=n_resamples,
+                            seed=seed, confidence=confidence)
+    if not rows:
+        return pd.DataFrame(columns=SESSION_COLUMNS)
+    frame = correct_family(pd.DataFrame(rows), correction=correction, alpha=alpha,
+                           power=power, by=(),
+                           p_column="p_randomization",
+                           adjusted_column="p_randomization_adjusted")
+    return frame[SESSION_COLUMNS].reset_index(drop=True)
+
+
+def _row_comparisons(
+    ranks_by_variant: Mapping[str, np.ndarray], baseline: str, *, k: int, n_resamples: int,
+    seed: int, confidence: float,
+) -> list[dict]:
+    """``row_level_tests``' comparisons before the correction (with ``sd_diff`` and
+    ``n_pairs``, which the correction's minimum detectable effect reads)."""
     if baseline not in ranks_by_variant:
         raise ValueError(
             f"baseline {baseline!r} has no per-row ranks; available: {list(ranks_by_variant)}"
@@ -192,13 +209,7 @@ def row_level_tests(
                 "p_ttest": comparison["p_value"], "p_wilcoxon_supplementary": p_w,
                 "n_resamples": n_resamples, "resample_seed": seed, "note": note,
             })
-    if not rows:
-        return pd.DataFrame(columns=SESSION_COLUMNS)
-    frame = correct_family(pd.DataFrame(rows), correction=correction, alpha=alpha,
-                           power=power, by=(),
-                           p_column="p_randomization",
-                           adjusted_column="p_randomization_adjusted")
-    return frame[SESSION_COLUMNS].reset_index(drop=True)
+    return rows
 
 
 def session_tests(
@@ -232,6 +243,77 @@ def session_tests(
             row_level_tests(ranks_by_variant, baseline, k=k, **options).assign(dataset=dataset))
     out = pd.concat(frames, ignore_index=True)
     return out[["dataset", *[c for c in out.columns if c != "dataset"]]]
+
+
+ARM_SESSION_COLUMNS = ["dataset", "subset", "variant", "arm", *[
+    c for c in SESSION_COLUMNS if c not in ("variant", "baseline")]]
+ALL_ROWS = "all rows"
+
+
+def arm_session_tests(
+    per_row: Mapping[tuple[str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    arm_per_row: Mapping[tuple[str, str, str], Sequence[tuple[np.ndarray, np.ndarray]]],
+    *,
+    row_subsets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    k: int = 20,
+    alpha: float = DEFAULT_ALPHA,
+    correction: str = "holm",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+    power: float = POWER,
+) -> pd.DataFrame:
+    """Each ablation arm against its variant's full configuration at the session level: the
+    tests of ``row_level_tests`` (each row's metric averaged over the seeds, randomization p,
+    bootstrap interval, t-test), on all test rows and on each subset of rows given.
+
+    The correction's family is, per dataset and subset, every (variant, arm, metric)
+    comparison, as the seed-level ablation table's is per dataset.
+
+    Args:
+        per_row: (dataset, variant) -> the full configuration's (ranks, exposure) per seed.
+        arm_per_row: (dataset, variant, arm) -> the arm's (ranks, exposure) per seed.
+        row_subsets: subset name -> dataset -> boolean mask over the dataset's test rows
+            (e.g. "tail targets"); a subset with fewer than 2 rows in a dataset is left out.
+        k: the metrics' cut-off.
+        alpha: the family's level.
+        correction: one of ``verdict.options.CORRECTIONS``.
+        n_resamples: resamples of the randomization test and of the bootstrap.
+        seed: seed of both.
+        confidence: confidence level of the bootstrap interval.
+        power: power of the minimum detectable effect.
+
+    Returns:
+        Columns ``ARM_SESSION_COLUMNS`` (mean_diff = arm - full), empty without arms.
+
+    Raises:
+        ValueError: an arm whose variant has no full configuration's rows.
+    """
+    check_correction(correction)
+    frames = []
+    for (dataset, variant, arm), arm_seeds in arm_per_row.items():
+        if (dataset, variant) not in per_row:
+            raise ValueError(f"{dataset}/{variant}: arm {arm!r} has no full configuration's "
+                             "rows to compare with")
+        full = np.stack([np.asarray(r) for r, _ in per_row[(dataset, variant)]])
+        ablated = np.stack([np.asarray(r) for r, _ in arm_seeds])
+        masks = {ALL_ROWS: None, **{name: by_dataset.get(dataset)
+                                    for name, by_dataset in (row_subsets or {}).items()}}
+        for subset, mask in masks.items():
+            if subset != ALL_ROWS and (mask is None or np.count_nonzero(mask) < 2):
+                continue
+            rows = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+            tests = _row_comparisons({FULL_ARM: full[:, rows], arm: ablated[:, rows]},
+                                     FULL_ARM, k=k, n_resamples=n_resamples, seed=seed,
+                                     confidence=confidence)
+            frames.append(pd.DataFrame(tests).drop(columns=["variant", "baseline"]).assign(
+                dataset=dataset, subset=subset, variant=variant, arm=arm))
+    if not frames:
+        return pd.DataFrame(columns=ARM_SESSION_COLUMNS)
+    out = correct_family(pd.concat(frames, ignore_index=True), correction=correction,
+                         alpha=alpha, power=power, by=("dataset", "subset"),
+                         p_column="p_randomization", adjusted_column="p_randomization_adjusted")
+    return out[ARM_SESSION_COLUMNS].reset_index(drop=True)
 
 
 def _as_seed_matrix(ranks) -> np.ndarray:

@@ -243,10 +243,10 @@ def study_table(status: StudyStatus) -> str:
             runs = [run for run in dataset.runs
                     if run[1] == FULL_ARM and run[0] in dataset.finished_spaces]
             if runs:
-                frame, _ = results.seed_results(dataset.label, runs)
+                frame, _, _ = results.seed_results(dataset.label, runs)
                 progress.append((dataset.label, frame.drop(columns="arm")))
             continue
-        seed_results, _ = results.seed_results(dataset.label, dataset.runs)
+        seed_results, _, _ = results.seed_results(dataset.label, dataset.runs)
         full, _ = split_arms(seed_results)
         tests = paired_tests(full, dataset.baseline, alpha=status.alpha,
                              correction=status.correction)

@@ -308,7 +308,7 @@ class StudyResults:
 
     def seed_results(
         self, label: str, runs: Sequence[tuple[str, str, int]]
-    ) -> tuple[pd.DataFrame, dict]:
+    ) -> tuple[pd.DataFrame, dict, dict]:
         """The test stage's per-seed frame and per-row results of the given runs.
 
         Args:
@@ -317,9 +317,10 @@ class StudyResults:
 
         Returns:
             (seed_results with dataset, variant, arm, seed, best_epoch, selected_from and every
-            metric; {(label, space): [(ranks, exposure) per seed]} of the full arms).
+            metric; {(label, space): [(ranks, exposure) per seed]} of the full arms;
+            {(label, space, arm): [(ranks, exposure) per seed]} of the ablation arms).
         """
-        rows, per_row = [], {}
+        rows, per_row, arm_per_row = [], {}, {}
         for space, arm, seed in runs:
             run = self.seed(label, space, arm, seed)
             rows.append({"dataset": label, "variant": space, "arm": arm, "seed": seed,
@@ -328,7 +329,10 @@ class StudyResults:
                          **{name: run.record[f"test_{name}"] for name in METRICS}})
             if arm == FULL_ARM:
                 per_row.setdefault((label, space), []).append((run.ranks, run.exposure))
-        return pd.DataFrame(rows), per_row
+            else:
+                arm_per_row.setdefault((label, space, arm), []).append((run.ranks,
+                                                                        run.exposure))
+        return pd.DataFrame(rows), per_row, arm_per_row
 
     def test_results(
         self, label: str, runs: Sequence[tuple[str, str, int]], *,
@@ -342,14 +346,14 @@ class StudyResults:
             skipped_arms: (label, space, arm) -> why that ablation arm was not retrained.
 
         Returns:
-            ``seed_results``' frame and per-row results with the dataset's test targets,
-            training-target counts and catalog size.
+            ``seed_results``' frame and per-row results (the ablation arms' too) with the
+            dataset's test targets, training-target counts and catalog size.
         """
-        seed_results, per_row = self.seed_results(label, runs)
+        seed_results, per_row, arm_per_row = self.seed_results(label, runs)
         targets, popularity, n_items = self.read_dataset(label)
         return TestResults(seed_results, per_row, targets={label: targets},
                            popularity={label: popularity}, n_items={label: n_items},
-                           skipped_arms=skipped_arms or None)
+                           skipped_arms=skipped_arms or None, arm_per_row=arm_per_row or None)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -23,6 +23,7 @@ from verdict.markdown import (
     comparison_cells,
     family_text,
     interval,
+    lower_first,
     markdown_table,
     notes_line,
     num,
@@ -200,7 +201,7 @@ def _footnote(frame: pd.DataFrame, tests: pd.DataFrame, baseline: str) -> str:
         f"best per dataset and metric. {BETTER} / {WORSE}: significantly better / worse than "
         f"{variant_label(baseline)} (baseline) in a paired t-test over seeds paired by seed "
         f"value, {adjusted_label(correction)} p < {alpha:g} "
-        f"({_lower_first(family_text(tests))}); no mark: not significant."
+        f"({lower_first(family_text(tests))}); no mark: not significant."
     ]
     undefined = tests[(tests["note"] == ZERO_VARIANCE_NOTE) & tests["metric"].isin(TABLE_METRICS)]
     if len(undefined):
@@ -384,7 +385,3 @@ def _arm_family_text(tested: pd.DataFrame) -> str:
     arms = tested[tested["n_seeds"] > 0]
     arms = arms.assign(arm_key=arms["variant"] + ":" + arms["arm"])
     return family_text(arms, "arm", "arm_key")
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
