@@ -32,6 +32,9 @@ def variant_label(variant: str) -> str:
     return VARIANT_LABELS.get(variant, variant)
 
 
+FAMILY = "Correction family: "  # how family_text starts for one dataset
+
+
 def family_text(tests: pd.DataFrame, unit: str = "variant", first: str = "variant") -> str:
     """How the correction's family was made, e.g. "correction family: 2 variants × 6 metrics =
     12 comparisons" (one family per dataset).
@@ -55,7 +58,7 @@ def family_text(tests: pd.DataFrame, unit: str = "variant", first: str = "varian
             text += f", less {n_first * n_metrics - size} undefined,"
         parts.append((dataset, f"{text} = {size} comparisons"))
     if len(parts) == 1:
-        return f"Correction family: {parts[0][1]}"
+        return f"{FAMILY}{parts[0][1]}"
     return "Correction family per dataset: " + "; ".join(f"{d}: {t}" for d, t in parts)
 
 

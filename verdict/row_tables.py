@@ -13,6 +13,7 @@ import pandas as pd
 from models.metrics import METRIC_LABELS
 from verdict.beyond import GROUPS
 from verdict.markdown import (
+    FAMILY,
     adjusted_label,
     family_text,
     fixed_cell,
@@ -92,7 +93,8 @@ def arm_session_markdown(tests: pd.DataFrame, head_fraction: float) -> str:
     correction = tests["correction"].iloc[0]
     n_resamples = int(tests["n_resamples"].iloc[0])
     seed = int(tests["resample_seed"].iloc[0])
-    families = [f"{subset}: {lower_first(family_text(part, 'arm', 'arm_key'))}"
+    families = [f"{subset}: "
+                f"{lower_first(family_text(part, 'arm', 'arm_key').removeprefix(FAMILY))}"
                 for subset, part in tests.assign(
                     arm_key=tests["variant"] + ":" + tests["arm"]).groupby("subset", sort=False)]
     note = (
@@ -105,7 +107,7 @@ def arm_session_markdown(tests: pd.DataFrame, head_fraction: float) -> str:
         f"target outside the most popular {head_fraction:.0%}; the popularity view's tail), "
         "where a component against popularity bias should show if anywhere. Rows share the "
         "seeds' randomness, so use these only beside the seed-level table. Correction family "
-        "per dataset and rows: " + "; ".join(families) + "."
+        "per dataset, by rows: " + "; ".join(families) + "."
     )
     rows = [
         [
