@@ -14,7 +14,8 @@
     baseline_candidates: [ave, trm, sknn]   # for strongest: chosen per dataset on validation
     correction: holm
     alpha: 0.01
-    precision: fp32            # every piece's precision (default: none pinned, each run's auto)
+    precision: fp32            # every piece's precision (default: none pinned, each run's auto);
+                               # a dataset's own `precision` overrides it for its pieces
     ablate:                    # ablation arms: the changes, and optionally the spaces they
       - {set: {da_gating: false}, spaces: [da]}     # apply to (default: every space that has
       - {set: {hn_lambda: 0}}                       # the keys)
@@ -41,6 +42,7 @@ stands (``study_status``, for ``verdict.study_report``); ``hpo.study_runs`` runs
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,7 +65,7 @@ from verdict.study_results import StudyResults
 STUDY_KEYS = {"name", "description", "spaces", "datasets", "seeds", "seed",
               "retrain_max_epochs", "baseline", "baseline_candidates", "correction", "alpha",
               "ablate", "allow_unequal_spaces", "precision", "sensitivity"}
-DATASET_KEYS = {"train_rows", "budget"}
+DATASET_KEYS = {"train_rows", "budget", "precision"}
 DONE, PARTIAL, TODO, WAITING, SKIPPED = "done", "partial", "to do", "waiting", "skipped"
 
 
@@ -73,11 +75,13 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class StudyDataset:
-    """One dataset of a study: its name, an optional training-row cut and every arm's budget."""
+    """One dataset of a study: its name, an optional training-row cut, every arm's budget and,
+    optionally, the precision all of its pieces run at (over the study's)."""
 
     name: str
     budget: Budget
     train_rows: int | None = None
+    precision: str | None = None
 
     def source(self, data_dir: Path | None, text_model: str | None = None) -> DatasetSource:
         """The dataset to load, with the study's training-row cut.
@@ -137,6 +141,15 @@ class Study:
     def results_dir(self) -> Path:
         """``studies/<name>/``: beside the study file."""
         return self.path.parent / self.name
+
+    def precision_of(self, dataset: StudyDataset) -> str | None:
+        """The precision every piece of ``dataset`` is pinned to: the dataset's own, else the
+        study's (None: not pinned, each run's own, auto).
+
+        Args:
+            dataset: a dataset of the study.
+        """
+        return dataset.precision or self.precision
 
     def space(self, name: str) -> SearchSpace:
         """The study's space of that name.
@@ -276,7 +289,11 @@ def _parse_datasets(raw: Any, fail) -> tuple[StudyDataset, ...]:
         if rows is not None:
             rows = _integer(rows, f"datasets.{name}.train_rows", fail)
         budget = parse_budget(entry.get("budget") or {}, Budget(), fail, f"datasets.{name}.budget")
-        out.append(StudyDataset(str(name), budget, rows))
+        precision = entry.get("precision")
+        if precision is not None and precision not in PRECISIONS:
+            raise fail(f"datasets.{name}.precision must be one of {PRECISIONS}; "
+                       f"got {precision!r}")
+        out.append(StudyDataset(str(name), budget, rows, precision))
     return tuple(out)
 
 
@@ -423,7 +440,11 @@ def pieces(study: Study, output_dir: Path | None = None) -> list[PieceState]:
     for dataset in study.datasets:
         for space in study.spaces:
             piece = Piece("search", dataset, space)
-            if results.search(dataset.label, space.name) is not None:
+            record = results.search(dataset.label, space.name)
+            if record is not None:
+                _check_recorded_precision(study, piece, record.get("precision"),
+                                          (results.search_file(dataset.label, space.name),
+                                           results.trials_file(dataset.label, space.name)))
                 out.append(PieceState(piece, DONE))
             elif output_dir is not None and (
                     search_dir(study, output_dir, piece) / "search.json").is_file():
@@ -452,6 +473,9 @@ def pieces(study: Study, output_dir: Path | None = None) -> list[PieceState]:
                     elif note:
                         state = PieceState(piece, SKIPPED, note)
                     elif results.has_seed(dataset.label, space.name, arm_name, seed):
+                        files = results.seed_files(dataset.label, space.name, arm_name, seed)
+                        recorded = json.loads(files[0].read_text()).get("config", {})
+                        _check_recorded_precision(study, piece, recorded.get("precision"), files)
                         state = PieceState(piece, DONE, config=config)
                     elif output_dir is not None and seed_dir(study, output_dir, piece).is_dir():
                         state = PieceState(piece, PARTIAL, "resumes from its last epoch",
@@ -460,6 +484,19 @@ def pieces(study: Study, output_dir: Path | None = None) -> list[PieceState]:
                         state = PieceState(piece, TODO, config=config)
                     out.append(state)
     return out
+
+
+def _check_recorded_precision(study: Study, piece: Piece, recorded: str | None,
+                              files) -> None:
+    """Refuse a finished piece whose recorded precision is not the one the study now pins for
+    its dataset: its numbers would sit beside other precisions' in one comparison."""
+    pinned = study.precision_of(piece.dataset)
+    if pinned is None or recorded is None or recorded == pinned:
+        return
+    names = ", ".join(str(f) for f in files)
+    raise StudyError(f"{study.path}: {piece.id} finished in {recorded}, but the study pins "
+                     f"{pinned} for {piece.dataset.label}: remove its exports ({names}) to run "
+                     f"it again in {pinned}, or pin {recorded}")
 
 
 def dataset_complete(states: list[PieceState], dataset: StudyDataset) -> bool:
@@ -574,6 +611,7 @@ def _protocol_notes(study: Study, dataset: StudyDataset) -> list[str]:
     """The report's lines on how a dataset's results were made: the study, its training rows,
     the search and retraining budgets, the exports it is rebuilt from, unequal arms."""
     b = dataset.budget
+    precision = study.precision_of(dataset)
     notes = [
         f"Study {study.name} ({study.path.name}); training split: "
         + (f"the last {dataset.train_rows:,} rows" if dataset.train_rows else "all rows")
@@ -581,7 +619,7 @@ def _protocol_notes(study: Study, dataset: StudyDataset) -> list[str]:
         f"ASHA grace {b.grace_period}, reduction factor {b.reduction_factor}, {b.mode} "
         f"{b.metric}; retraining: <= {study.retrain_max_epochs} epochs, early stopping as "
         "configured (patience 5 by default)"
-        + (f"; precision {study.precision} in every piece." if study.precision else "."),
+        + (f"; precision {precision} in every piece." if precision else "."),
         "Rebuilt from the study's exported files alone (verdict.study_results): ranks clipped "
         "at 21, top-20 lists as per-item slot counts.",
     ]

@@ -36,6 +36,7 @@ from hpo.studies import (
     study_status,
     work_dir,
 )
+from models.registry import fits_once
 from verdict.results import exposure_counts
 from verdict.study_report import (
     TABLE_FILE,
@@ -64,12 +65,52 @@ class StudyRun:
     seed_runs_at_once: int | None = None  # None: as many as a search's trials at once
 
     def __post_init__(self) -> None:
-        pinned = self.study.precision
-        if pinned is not None and self.precision not in (None, pinned):
-            raise StudyError(f"{self.study.path}: the study pins precision {pinned} for every "
-                             f"piece; --precision {self.precision} would mix precisions in one "
-                             "comparison")
-        self.precision = self.precision or pinned
+        if self.precision is None:
+            return
+        for dataset in self.study.datasets:
+            pinned = self.study.precision_of(dataset)
+            if pinned is not None and pinned != self.precision:
+                raise StudyError(f"{self.study.path}: the study pins precision {pinned} for "
+                                 f"every piece of {dataset.label}; --precision {self.precision} "
+                                 "would mix precisions in one comparison")
+
+    def precision_for(self, dataset: StudyDataset) -> str | None:
+        """The precision of every piece of ``dataset``: ``--precision``, else the study's pin
+        for it (``Study.precision_of``; None: each run's own, auto).
+
+        Args:
+            dataset: a dataset of the study.
+        """
+        return self.precision or self.study.precision_of(dataset)
+
+    def check_precisions(self, states: list[PieceState], only: list[str] | None) -> None:
+        """Refuse, before anything runs, pieces pinned to bf16 on a device without native bf16
+        products, where bf16 trains several times slower than fp32 (``models.precision``).
+
+        Args:
+            states: the study's pieces (``pieces``).
+            only: the ``--only`` globs.
+
+        Raises:
+            StudyError: naming the datasets and what to do.
+        """
+        import torch
+
+        from models.precision import device_label, native_bf16
+
+        device = torch.device("cuda" if self.resources.require_cuda else "cpu")
+        if native_bf16(device):
+            return
+        pinned = list(dict.fromkeys(
+            s.piece.dataset.label for s in select(states, only)
+            if self.precision_for(s.piece.dataset) == "bf16"
+            and not fits_once(s.piece.space.model)))
+        if pinned:
+            raise StudyError(
+                f"{self.study.path}: the pieces of {', '.join(pinned)} train in bf16, which "
+                f"{device_label(device)} does not run natively (no AMX or AVX-512 BF16): they "
+                "would take several times their fp32 time; run them on a machine with native "
+                "bf16, or leave them out with --only")
 
     @property
     def work(self) -> Path:
@@ -139,7 +180,7 @@ class StudyRun:
             budget=piece.dataset.budget, seed=self.study.seed, resources=self.resources,
             output_dir=self.work, tracking_uri=self.tracking_uri(),
             command_line=self.command_line, search_dir=folder,
-            optuna_storage=self.optuna_storage, precision=self.precision)
+            optuna_storage=self.optuna_storage, precision=self.precision_for(piece.dataset))
         print(plan.headline(), flush=True)
         attempts = _attempt(folder.parent / "search-piece.json")
         started = time.perf_counter()
@@ -162,6 +203,7 @@ class StudyRun:
             "space_file": piece.space.path.name,
             "space_sha256": file_sha256(piece.space.path),
             "code_version": code_version(), "device": device_name(),
+            "precision": plan.precision,  # every trial's (None: not pinned, each run's auto)
             "cpus_per_trial": self.resources.cpus_per_trial,
             "wall_s": round(wall, 1), **attempts,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -204,7 +246,8 @@ class StudyRun:
             jobs[piece.id] = seed_job(
                 space=piece.space.name, arm=piece.arm, seed=piece.seed,
                 selected_from=search["selection"]["trial_id"], config=state.config,
-                max_epochs=self.study.retrain_max_epochs, precision=self.precision)
+                max_epochs=self.study.retrain_max_epochs,
+                precision=self.precision_for(piece.dataset))
             attempts[piece.id] = _attempt(seed_dir(self.study, self.output_dir, piece)
                                           / "piece.json")
         # The experiment lives in the first piece's folder; every piece's state names it, so
@@ -390,7 +433,7 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
         time_variant,
         timed_config,
     )
-    from models.registry import dataset_needs, fits_once
+    from models.registry import dataset_needs
 
     study = run.study
     states = pieces(study, run.output_dir)
@@ -448,7 +491,8 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
             at_once = slots if search else (run.seed_runs_at_once or slots)
             threads = (run.resources.torch_threads if search
                        else max(1, int(run.resources.cpus_per_trial * slots // at_once)))
-            timing = time_variant(timed_config(piece.space, run.precision), loaded,
+            timing = time_variant(timed_config(piece.space, run.precision_for(piece.dataset)),
+                                  loaded,
                                   threads=threads)
             once = fits_once(piece.space.model)
             if search:
@@ -518,6 +562,7 @@ def run_study(run: StudyRun, only: list[str] | None = None,
             and the next run continues it.
     """
     deadline = time.monotonic() + max_hours * 3600 if max_hours else None
+    run.check_precisions(pieces(run.study, run.output_dir), only)
     ran: list[str] = []
     while True:
         states = pieces(run.study, run.output_dir)

@@ -130,9 +130,12 @@ def test_a_pinned_precision_reaches_every_piece_and_cannot_be_mixed(tmp_path, ca
     path = write_study(tmp_path, precision="fp32")
     study = load_study(path)
     assert study.precision == "fp32"
-    assert StudyRun(study, output_dir=tmp_path / "out").precision == "fp32"
-    assert StudyRun(load_study(write_study(tmp_path / "free")), output_dir=tmp_path / "out",
-                    precision="bf16").precision == "bf16"  # nothing pinned: the option's
+    dataset = study.datasets[0]
+    assert StudyRun(study, output_dir=tmp_path / "out").precision_for(dataset) == "fp32"
+    free = load_study(write_study(tmp_path / "free"))
+    assert StudyRun(free, output_dir=tmp_path / "out",  # nothing pinned: the option's
+                    precision="bf16").precision_for(free.datasets[0]) == "bf16"
+    assert StudyRun(free, output_dir=tmp_path / "out").precision_for(free.datasets[0]) is None
     rc = launch.main(["--study", str(path), "--precision", "bf16", "--dry-run",
                       "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
@@ -141,26 +144,96 @@ def test_a_pinned_precision_reaches_every_piece_and_cannot_be_mixed(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def bf16_tiny(tmp_path) -> Path:
+    """The small study with fp32 pinned for the study and bf16 for its one dataset."""
+    budget = {"num_samples": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2}
+    return write_study(tmp_path, precision="fp32",
+                       datasets={TINY: {"budget": budget, "precision": "bf16"}})
+
+
+def test_a_datasets_own_precision_pins_its_pieces_over_the_studys(tmp_path, capsys):
+    study = load_study(bf16_tiny(tmp_path))
+    dataset = study.datasets[0]
+    assert (study.precision, dataset.precision, study.precision_of(dataset)) == (
+        "fp32", "bf16", "bf16")
+    assert StudyRun(study, output_dir=tmp_path / "out").precision_for(dataset) == "bf16"
+    # the report says which precision made the dataset's numbers
+    notes = study_status(study).datasets[0].protocol_notes
+    assert "precision bf16 in every piece" in notes[0]
+    # --precision may only repeat the dataset's pin
+    rc = launch.main(["--study", str(bf16_tiny(tmp_path)), "--precision", "fp32", "--dry-run",
+                      "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "pins precision bf16 for every piece of tiny" in err
+    with pytest.raises(StudyError, match=re.escape("datasets.tiny.precision must be one of")):
+        load_study(write_study(tmp_path, datasets={TINY: {"precision": "fp16"}}))
+
+
+def test_a_piece_finished_in_another_precision_is_refused(tmp_path, capsys, tiny_data_dir):
+    path = bf16_tiny(tmp_path)
+    study = load_study(path)
+    results = StudyResults(study.results_dir)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)  # no precision recorded
+    assert {s.piece.id: s.state for s in pieces(study)}[f"{TINY}/search/ave"] == DONE
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1, precision="bf16")
+    assert {s.piece.id: s.state for s in pieces(study)}[f"{TINY}/search/ave"] == DONE
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1, precision="fp32")
+    with pytest.raises(StudyError, match=r"tiny/search/ave finished in fp32, but the study "
+                                         r"pins bf16 for tiny: remove its exports \(.*ave\.json"):
+        pieces(study)
+    rc = launch.main(["--study", str(path), "--dry-run", "--data-dir", str(tiny_data_dir),
+                      "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "finished in fp32" in err
+    # a seed run's recorded configuration is checked too
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1, precision="bf16")
+    fake_seed(results, TINY, "ave", "full", study.seeds[0], np.random.default_rng(0),
+              config={"model": "ave", "precision": "fp32"})
+    with pytest.raises(StudyError, match="tiny/seed/ave/full/1 finished in fp32"):
+        pieces(study)
+
+
+def test_bf16_pieces_are_refused_before_anything_runs_where_bf16_is_not_native(
+        tmp_path, monkeypatch):
+    import models.precision
+    from hpo.study_runs import run_study
+
+    study = load_study(bf16_tiny(tmp_path))
+    run = StudyRun(study, output_dir=tmp_path / "out")
+    monkeypatch.setattr(models.precision, "native_bf16", lambda device: False)
+    with pytest.raises(StudyError, match="the pieces of tiny train in bf16, which .* does not "
+                                         "run natively"):
+        run_study(run)
+    assert not (tmp_path / "out").exists()
+    # the kNN pieces train nothing in bf16: they may run anywhere
+    run.check_precisions(pieces(study), [f"{TINY}/*/sknn*"])
+    monkeypatch.setattr(models.precision, "native_bf16", lambda device: True)
+    run.check_precisions(pieces(study), None)
+
+
 # ---------------------------------------------------------------- pieces and their states
 
 
 def fake_search(results: StudyResults, label: str, space: str, variant: str, config: dict,
-                value: float) -> None:
+                value: float, precision: str | None = None) -> None:
     trials = pd.DataFrame({"trial_id": ["t0"], "outcome": ["completed"], "epochs": [2],
                            "best_epoch": [2], "best_valid_mrr_20": [value]})
     results.write_search(label, space, selection={
         "space": space, "variant": variant, "trial_id": "t0", "metric": "valid_mrr_20",
-        "value": value, "max_epochs": 2, "config": config}, trials=trials, meta={})
+        "value": value, "max_epochs": 2, "config": config}, trials=trials,
+        meta={"precision": precision} if precision else {})
 
 
 def fake_seed(results: StudyResults, label: str, space: str, arm: str, seed: int,
-              rng: np.random.Generator, n_rows: int = 50, n_items: int = 30) -> None:
+              rng: np.random.Generator, n_rows: int = 50, n_items: int = 30,
+              config: dict | None = None) -> None:
     ranks = rng.integers(1, 40, size=n_rows)
     metrics = {f"test_{name}_{k}": float(rng.random()) for k in (10, 20)
                for name in ("recall", "mrr", "ndcg")}
     exposure = np.bincount(rng.integers(1, n_items, size=n_rows * 20), minlength=n_items)
     results.write_seed(label, space, arm, seed, record={
-        "best_epoch": 1, "epochs": 2, "selected_from": "t0", **metrics},
+        "best_epoch": 1, "epochs": 2, "selected_from": "t0", **metrics,
+        **({"config": config} if config else {})},
         ranks=ranks, exposure=exposure)
 
 
