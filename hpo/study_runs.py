@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 from hpo.cluster import Resources, RunInterruptedError
@@ -430,8 +431,6 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
         asha_trial_epochs,
         format_duration,
         local_slots,
-        time_variant,
-        timed_config,
     )
     from models.registry import dataset_needs
 
@@ -462,7 +461,7 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
                      f"grace {b.grace_period}, rf {b.reduction_factor}"
                      + (f"; last {dataset.train_rows:,} training rows" if dataset.train_rows
                         else "; full training split"))
-        loaded = None
+        loaded = factors = None
         groups: dict[tuple, list[PieceState]] = {}
         for state in mine:  # a search alone; seed runs grouped by (space, arm, state)
             piece = state.piece
@@ -491,22 +490,30 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
             at_once = slots if search else (run.seed_runs_at_once or slots)
             threads = (run.resources.torch_threads if search
                        else max(1, int(run.resources.cpus_per_trial * slots // at_once)))
-            timing = time_variant(timed_config(piece.space, run.precision_for(piece.dataset)),
-                                  loaded,
-                                  threads=threads)
+            timed = partial(_timed_epoch_s, run, dataset, loaded)
+            if factors is None:
+                factors = _calibration(run, dataset, slots, timed)
             once = fits_once(piece.space.model)
+            measured = None if search or once else _measured_runs(
+                run, dataset, piece.space.name, piece.arm, threads)
             if search:
                 most, expected = asha_trial_epochs(b, once, slots)
                 what = (f"{most} fits" if once else
                         f"<= {most} trial-epochs, ~{expected:.0f} under ASHA")
             else:
                 most = 1 if once else study.retrain_max_epochs
-                expected = most if once else _expected_epochs(run, piece, first)
+                expected = most if once else (
+                    min(most, measured[1]) if measured else _expected_epochs(run, piece, first))
                 expected *= len(group)
                 what = (f"{len(group)} run(s): "
                         + ("1 fit each" if once else
                            f"<= {most} epochs each, ~{expected / len(group):.0f} expected"))
-            seconds = expected * timing.epoch_s / at_once
+            if measured:
+                epoch_s = measured[0]
+                what += f", {measured[2]} finished here"
+            else:
+                epoch_s = timed(piece.space, threads) * (1.0 if once else factors[piece.kind])
+            seconds = expected * epoch_s / at_once
             total_s += seconds
             n_runs += len(group)
             lines.append(f"  {name:<34} {first.state:<8} {what}; ~{format_duration(seconds)}")
@@ -515,8 +522,85 @@ def describe_study(run: StudyRun, only: list[str] | None = None) -> str:
                  f"({slots} trial(s) at once; {run.seed_runs_at_once or slots} seed run(s) at "
                  f"once, sharing the {slots} slots' CPUs; epoch "
                  "times timed from a few batches of each arm's published configuration at the "
-                 "pieces' precision and threads, kept in the cache folder's timings.json)")
+                 "pieces' precision and threads, kept in the cache folder's timings.json, and "
+                 "scaled by what the dataset's pieces finished on this CPU took against their "
+                 "timing; an arm with seed runs finished here takes their epochs and seconds "
+                 "per epoch)")
     return "\n".join(lines)
+
+
+def _timed_epoch_s(run: StudyRun, dataset: StudyDataset, loaded, space, threads: int) -> float:
+    """An epoch of ``space``'s published configuration on ``dataset`` at its pieces' precision,
+    timed here (``hpo.cost.time_variant``, cached)."""
+    from hpo.cost import time_variant, timed_config
+
+    config = timed_config(space, run.precision_for(dataset))
+    return time_variant(config, loaded, threads=threads).epoch_s
+
+
+def _finished_here(run: StudyRun, dataset: StudyDataset):
+    """The dataset's exported pieces that ran on this machine's CPU (``device_name``): searches
+    as (space, trial-epochs, wall s, CPUs per trial), seed runs as (space, arm, epochs, wall s,
+    threads, side by side)."""
+    from hpo.cost import device_name
+
+    here = device_name()
+    root = run.results.root / dataset.label
+    searches, seeds = [], []
+    for path in sorted(root.glob("search/*.json")):
+        record = json.loads(path.read_text())
+        if record.get("device") == here and record.get("trial_epochs") and record.get("wall_s"):
+            searches.append((path.stem, record["trial_epochs"], record["wall_s"],
+                             record.get("cpus_per_trial", 1.0)))
+    for path in sorted(root.glob("seeds/*/*/seed-*.json")):
+        record = json.loads(path.read_text())
+        if record.get("device") == here and record.get("epochs") and record.get("wall_s"):
+            seeds.append((path.parent.parent.name, path.parent.name, record["epochs"],
+                          record["wall_s"], record.get("threads"),
+                          record.get("side_by_side", 1)))
+    return searches, seeds
+
+
+def _measured_runs(run: StudyRun, dataset: StudyDataset, space: str, arm: str,
+                   threads: int) -> tuple[float, float, int] | None:
+    """An arm's seed runs finished on this CPU with the same threads: (seconds per epoch, the
+    median of wall time over epochs, the group's wall time being its longest run's; mean epochs;
+    how many), or None."""
+    import statistics
+
+    runs = [(epochs, wall) for s, a, epochs, wall, t, _ in _finished_here(run, dataset)[1]
+            if (s, a, t) == (space, arm, threads)]
+    if not runs:
+        return None
+    return (statistics.median(wall / epochs for epochs, wall in runs),
+            sum(epochs for epochs, _ in runs) / len(runs), len(runs))
+
+
+def _calibration(run: StudyRun, dataset: StudyDataset, slots: int, timed) -> dict[str, float]:
+    """How much longer the dataset's pieces that finished on this CPU took than their timing
+    promised (a timing covers an epoch's training and validation batches, not the checkpoints,
+    the reporting, or two runs sharing one machine's memory and caches): per kind of piece
+    ("search", "seed"), the median over finished pieces of measured / timed seconds per epoch,
+    the other kind's where a kind has none here, else 1. kNN pieces (one fit) are left out."""
+    import statistics
+
+    spaces = {s.name: s for s in run.study.spaces}
+    searches, seeds = _finished_here(run, dataset)
+    ratios: dict[str, list[float]] = {"search": [], "seed": []}
+    for name, trial_epochs, wall, cpus in searches:
+        space = spaces.get(name)
+        if space is None or fits_once(space.model):
+            continue
+        threads = max(1, int(cpus))
+        ratios["search"].append(wall * slots / trial_epochs / timed(space, threads))
+    for name, _, epochs, wall, threads, _ in seeds:
+        space = spaces.get(name)
+        if space is None or fits_once(space.model) or not threads:
+            continue
+        ratios["seed"].append(wall / epochs / timed(space, threads))
+    medians = {kind: statistics.median(r) for kind, r in ratios.items() if r}
+    return {kind: medians.get(kind, next(iter(medians.values()), 1.0))
+            for kind in ("search", "seed")}
 
 
 def _seed_range(seeds: list[int]) -> str:

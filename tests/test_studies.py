@@ -211,6 +211,52 @@ def test_bf16_pieces_are_refused_before_anything_runs_where_bf16_is_not_native(
     run.check_precisions(pieces(study), None)
 
 
+def test_the_dry_run_takes_what_finished_pieces_took_here(tmp_path, monkeypatch,
+                                                           tiny_data_dir):
+    """An arm with seed runs finished on this CPU is estimated from them (their epochs and
+    seconds per epoch); other arms' timings are scaled by how much longer the finished pieces
+    took than their timing promised. Pieces finished on another CPU count for nothing."""
+    import hpo.cost
+    from hpo.cluster import Resources
+    from hpo.cost import Timing, device_name
+    from hpo.study_runs import _calibration, describe_study
+
+    monkeypatch.setattr(hpo.cost, "time_variant",
+                        lambda config, dataset, *, threads, cache=True: Timing(10.0, "x", threads))
+    study = load_study(write_study(tmp_path))
+    results = StudyResults(study.results_dir)
+    fake_search(results, TINY, "ave", "ave", {"model": "ave"}, 0.1)
+    fake_search(results, TINY, "sknn", "sknn", {"model": "sknn"}, 0.2)
+    rng = np.random.default_rng(0)
+    for arm, device, wall in (("full", device_name(), 80.0),
+                              ("sess_dropout=0.0", "another CPU", 500.0)):
+        fake_seed(results, TINY, "ave", arm, 1, rng)
+        json_path = results.seed_files(TINY, "ave", arm, 1)[0]
+        record = json.loads(json_path.read_text())
+        json_path.write_text(json.dumps({**record, "epochs": 2, "wall_s": wall, "threads": 1,
+                                         "side_by_side": 1, "device": device}))
+    run = StudyRun(study, output_dir=tmp_path / "out", data_dir=tiny_data_dir,
+                   resources=Resources(max_concurrent=2), seed_runs_at_once=2)
+    text = describe_study(run)
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  seed/")}
+    # seed 1 finished here: 40 s an epoch over 2 epochs (the run's on another CPU is left out)
+    assert "~2 expected, 1 finished here" in lines["seed/ave/full/2"]
+    assert lines["seed/ave/full/2"].endswith("~40 s")  # 2 epochs x 40 s / 2 at once
+    # the arm's seed 1 finished on another CPU: its timing (10 s) scaled by this CPU's 40 / 10;
+    # 2 epochs (the selected trial's best epoch 2 plus the patience, capped at 2)
+    assert "finished here" not in lines["seed/ave/sess_dropout=0.0/2"]
+    assert lines["seed/ave/sess_dropout=0.0/2"].endswith("~40 s")  # 2 x 10 x 4 / 2
+    # searches take the seed runs' factor when none finished here, and their own when one did
+    # (60 s x 2 slots / 4 trial-epochs = 30 s against 10 s)
+    assert _calibration(run, study.datasets[0], 2, lambda s, t: 10.0) == {"search": 4.0,
+                                                                         "seed": 4.0}
+    search = results.search_file(TINY, "ave")
+    search.write_text(json.dumps({**json.loads(search.read_text()), "device": device_name(),
+                                  "trial_epochs": 4, "wall_s": 60.0, "cpus_per_trial": 1.0}))
+    assert _calibration(run, study.datasets[0], 2, lambda s, t: 10.0) == {"search": 3.0,
+                                                                         "seed": 4.0}
+
+
 # ---------------------------------------------------------------- pieces and their states
 
 
