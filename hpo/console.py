@@ -776,9 +776,11 @@ class SeedRunReporter(ConsoleReporter):
         running = [t for t in trials if t.status == "RUNNING"]
         to_start = max(0, self.num_samples - len(self._outcomes) - len(running))
         waiting = [self._run_state(t, now) for t in trials if t.status == "PENDING"][:to_start]
-        # Runs Tune has not created yet: like the last one known.
+        # Runs Tune has not created yet: the last known run's arm, cap and patience, not started.
         known = waiting or [self._run_state(t, now) for t in trials] or [SeedRunProgress("?")]
-        waiting += [known[-1]] * (to_start - len(waiting))
+        last = known[-1]
+        waiting += [SeedRunProgress(last.group, max_epochs=last.max_epochs,
+                                    patience=last.patience)] * (to_start - len(waiting))
         left = estimate_seed_runs_left(
             # A reporter restored with an experiment that older code saved lacks the list.
             ended=getattr(self, "_ended_runs", []),

@@ -99,7 +99,9 @@ class StudyRun:
 
         from models.precision import device_label, native_bf16
 
-        device = torch.device("cuda" if self.resources.require_cuda else "cpu")
+        device = torch.device("cuda" if self.resources.gpus_per_trial
+                              and (self.resources.require_cuda or torch.cuda.is_available())
+                              else "cpu")
         if native_bf16(device):
             return
         pinned = list(dict.fromkeys(

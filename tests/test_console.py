@@ -247,6 +247,13 @@ def test_the_test_stage_estimates_from_its_runs_epochs():
     # a: 5 more epochs at least at 100 s; b then 6 epochs at trm's 100 s (not the kNN's 10 s).
     assert console._progress(trials)[3] == pytest.approx(5 * 100.0 + 6 * 100.0)
     assert console.status_line(trials).endswith("about 18:20 left")
+    # a at epoch 4, its best: 5 epochs at least are left; Tune has not created b yet, which is
+    # a run of the last known run's arm not started (6 epochs), not a copy of a's progress
+    for epoch in (2, 3, 4):
+        clock.now = 10.0 + 100.0 * epoch
+        a.last_result = {"epoch": epoch, "best_epoch": epoch}
+        console.on_trial_result(0, trials, a, a.last_result)
+    assert console._progress([knn, a])[3] == pytest.approx(5 * 100.0 + 6 * 100.0)
 
 
 def test_next_rung_follows_the_asha_ladder():
