@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Only import-light modules here: `--help` must not wait for torch, Ray or MLflow; the rest is
@@ -279,18 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                   if getattr(args, name)] + (["--commit"] if args.commit else [])
     if study_only:
         parser.error(f"{', '.join(study_only)}: only with --study")
-    from hpo.ablation import AblationError
-    from hpo.cluster import RunInterruptedError
-    from hpo.optuna_study import StudyStorageError
-    from hpo.outcome import OutputUnwritableError
     from hpo.plan import check_test_stage_args, describe_test_stage, make_plans, make_test_plan
-    from hpo.search import SearchFailedError, SearchInProgressError, run_search
-    from hpo.seed_runs import TestStageError, run_test_stage
-    from hpo.selection import SelectionError
-    from hpo.space import SpaceError
-    from hpo.tracking import TrackingUnavailableError
+    from hpo.search import run_search
+    from hpo.seed_runs import run_test_stage
 
-    try:
+    def work() -> int:
         command_line = shlex.join(["python", "launch.py", *argv])
         plans = make_plans(args, command_line)
         check_test_stage_args(args, plans)
@@ -321,22 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             print(paths["results_md"].read_text())
             print(f"report: {paths['results_md'].parent}; compare the variants: "
                   f"{ui_command(args)}")
-    except (SpaceError, TrackingUnavailableError, StudyStorageError, SelectionError,
-            TestStageError, AblationError, OutputUnwritableError, SearchInProgressError,
-            FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a write the output directory refused (full, read-only, ...)
-        print(f"error: {exc}. If the output directory stopped accepting writes, make it "
-              "writable again and continue with --resume", file=sys.stderr)
-        return 2
-    except SearchFailedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RunInterruptedError as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return INTERRUPTED
-    return 0
+        return 0
+
+    return _exit_status(work, resume="--resume")
 
 
 def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -347,17 +328,13 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if given:
         parser.error(f"{', '.join(given)}: set in the study file, not with --study")
     from data import DatasetSource
-    from data.errors import DataError
-    from hpo.cluster import Resources, RunInterruptedError, validate_resources
-    from hpo.outcome import OutputUnwritableError
-    from hpo.search import SearchFailedError
-    from hpo.studies import StudyError, load_study
+    from hpo.cluster import Resources, validate_resources
+    from hpo.studies import load_study
     from hpo.study_runs import StudyRun, describe_study, run_study, update_readme, write_reports
-    from hpo.tracking import TrackingUnavailableError
     from models.registry import dataset_needs
     from verdict.study_report import INPUTS_FILE
 
-    try:
+    def work() -> int:
         study = load_study(args.study)
         if args.report:
             for label, (folder, rebuilt) in write_reports(study).items():
@@ -390,9 +367,45 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
         ran = run_study(run, args.only, args.max_hours)
         print(f"study {study.name}: {len(ran)} piece(s) ran this time; results in "
               f"{study.results_dir}")
-    except (StudyError, DataError, TrackingUnavailableError, OutputUnwritableError,
-            FileNotFoundError, ValueError) as exc:
+        return 0
+
+    return _exit_status(work, resume="the same command (finished pieces are kept, the "
+                        "interrupted one resumes)")
+
+
+def _exit_status(work: Callable[[], int], *, resume: str) -> int:
+    """Run a command's work and turn what it raises into one line on stderr and an exit status:
+    2 for input or a store refused (before any work where it can be checked first, and for an
+    output directory that stopped accepting writes), 1 for a search whose trials failed,
+    ``INTERRUPTED`` for Ctrl-C. Anything else is a bug and keeps its traceback.
+
+    Args:
+        work: the command; returns its exit status.
+        resume: how to continue once the output directory is writable again.
+    """
+    from data.errors import DataError
+    from hpo.ablation import AblationError
+    from hpo.cluster import RunInterruptedError
+    from hpo.optuna_study import StudyStorageError
+    from hpo.outcome import OutputUnwritableError
+    from hpo.search import SearchFailedError, SearchInProgressError
+    from hpo.seed_runs import TestStageError
+    from hpo.selection import SelectionError
+    from hpo.space import SpaceError
+    from hpo.studies import StudyError
+    from hpo.tracking import TrackingUnavailableError
+
+    refused = (SpaceError, StudyError, DataError, TrackingUnavailableError, StudyStorageError,
+               SelectionError, TestStageError, AblationError, OutputUnwritableError,
+               SearchInProgressError, FileNotFoundError, ValueError)
+    try:
+        return work()
+    except refused as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write the output directory refused (full, read-only, ...)
+        print(f"error: {exc}. If the output directory stopped accepting writes, make it "
+              f"writable again and continue with {resume}", file=sys.stderr)
         return 2
     except SearchFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -400,7 +413,6 @@ def _main_study(args: argparse.Namespace, parser: argparse.ArgumentParser,
     except RunInterruptedError as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return INTERRUPTED
-    return 0
 
 
 if __name__ == "__main__":

@@ -95,6 +95,18 @@ def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, change, messag
         load_study(write_study(tmp_path, **change))
 
 
+def test_a_results_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write_study(tmp_path)
+    blocker = path.parent / "mini"  # where the study's results go: a file in the way
+    blocker.write_text("kept")
+    rc = launch.main(["--study", str(path), "--report"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: ") and str(blocker) in line and "continue with" in line
+    assert blocker.read_text() == "kept"
+
+
 def test_unfair_arms_are_refused_unless_the_study_allows_them(tmp_path):
     raw = yaml.safe_load((ROOT / "search_spaces" / "trm.yaml").read_text())
     raw["parameters"]["lr"]["high"] = 0.01
