@@ -249,6 +249,11 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
             margin = q32.new_empty(n_rows, k)
         grad_query = q32.new_empty(q32.shape) if need_grad else None
         grad_table = torch.zeros_like(t32) if need_grad else None
+        if need_grad and dtype != torch.float32:
+            # Each block's table gradient is a [N, d] product in the matmul dtype, summed into
+            # the fp32 gradient through two buffers made once: a mixed-dtype add_ makes a new
+            # fp32 copy of its operand every block, which costs more than the product itself.
+            product, widened = t_op.new_empty(t32.shape), torch.empty_like(t32)
         w = None if weights is None else weights.detach().float()
         for start in range(0, n_rows, rows):
             cut = slice(start, min(start + rows, n_rows))
@@ -293,7 +298,8 @@ class _ChunkedCatalogLoss(torch.autograd.Function):
                 if dtype == torch.float32:
                     grad_table.addmm_(zt, scaled)
                 else:
-                    grad_table.add_(torch.mm(zt, scaled))
+                    torch.mm(zt, scaled, out=product)
+                    grad_table.add_(widened.copy_(product))
         # The real items' mean logit, for label smoothing (rank one: no pass over the block).
         mean_item = t32[1:].mean(dim=0) if eps else None
         ce = lse - (1 - eps) * positive
