@@ -13,6 +13,7 @@ from models.encoders import (
     TrmEncoder,
     dropout,
     keep_mask,
+    take_rows,
 )
 from models.registry import build_model, resolve_config
 
@@ -213,3 +214,28 @@ def test_gradients_through_packing_match_finite_differences(name):
             up = (encoder(packed, x + step)[0] * weights).sum()
             down = (encoder(packed, x - step)[0] * weights).sum()
         assert (up - down).item() / 2e-2 == pytest.approx(grad[token, dim].item(), abs=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_take_rows_equals_index_select_forward_and_backward(dtype, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        source = torch.randn(300, 5, 3, generator=generator).to(dtype)
+        index = torch.randperm(300, generator=generator)[:170]  # distinct; 130 rows never taken
+        grad = torch.randn(170, 5, 3, generator=generator).to(dtype)
+        results = []
+        for take in (take_rows, lambda x, i: x.index_select(0, i)):
+            leaf = source.clone().requires_grad_()
+            out = take(leaf, index)
+            out.backward(grad)
+            results.append((out, leaf.grad))
+        (out, got), (want_out, want) = results
+        assert torch.equal(out, want_out) and torch.equal(got, want)
+        untouched = torch.ones(300, dtype=torch.bool)
+        untouched[index] = False
+        assert not got[untouched].any() and got[index].ne(0).any()
+    finally:
+        torch.set_num_threads(previous)
