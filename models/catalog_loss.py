@@ -342,7 +342,7 @@ class _NormalizedDropout(torch.autograd.Function):
     def forward(ctx, table: Tensor, p: float) -> Tensor:
         keep = None
         if p > 0:  # models.encoders.dropout's mask: the same mask for the same seed
-            keep = keep_mask(table.shape, p, table.device).to(table.dtype)
+            keep = keep_mask(table.shape, p, table.device, table.dtype)
         x = table * keep if keep is not None else table
         inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
         inverse = inverse.reciprocal_()

@@ -44,9 +44,11 @@ SHAPE_BUCKETS = (512, 32)
 MASK_LANE = 0x7FFF
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """A float32 0/1 mask, each entry 1 (kept) with probability 1 - p (p rounded to a multiple of
-    2^-15), independently.
+def keep_mask(
+    shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """A 0/1 mask, each entry 1 (kept) with probability 1 - p (p rounded to a multiple of 2^-15),
+    independently.
 
     Each entry compares 15 random bits with round(p * 2^15): the bits come four entries to one
     64-bit draw of torch's generator (a 64-bit ``random_`` word holds 63 random bits; the top
@@ -58,14 +60,15 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
         shape: the mask's shape.
         p: the probability of a 0, in [0, 1].
         device: where to draw it.
+        dtype: the mask's dtype (the draws do not depend on it).
 
     Returns:
-        The mask, float32 of ``shape``.
+        The mask, of ``shape`` and ``dtype``.
     """
     n = math.prod(shape)
     words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_()
     bits = words.view(torch.int16)[:n].bitwise_and_(MASK_LANE)
-    return bits.ge_(round(p * (MASK_LANE + 1))).view(shape).to(torch.float32)
+    return bits.ge_(round(p * (MASK_LANE + 1))).view(shape).to(dtype)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -81,8 +84,10 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """
     if not training or p == 0.0:
         return x
-    keep = keep_mask(x.shape, p, x.device).mul_(1.0 / (1.0 - p))
-    return x * keep.to(x.dtype)
+    # The mask is made in x's dtype: 1 / (1 - p) rounds to it once either way (a bf16 mask made
+    # in fp32 and converted cost two more passes over x's size).
+    keep = keep_mask(x.shape, p, x.device, x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
 
 
 class _TakeRows(torch.autograd.Function):

@@ -169,6 +169,21 @@ def test_bf16_shape_buckets_add_rows_that_change_no_real_token(monkeypatch):
         torch.testing.assert_close(padded.float(), plain.float(), atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("p", [0.0179, 0.2, 0.335, 0.557])
+def test_bf16_dropout_draws_the_fp32_mask_and_rounds_its_scale_once(p):
+    # the mask is made in x's dtype; a bf16 run must drop what an fp32 mask converted to bf16
+    # drops, with the same rounded 1 / (1 - p)
+    x = torch.randn(300, 70).to(torch.bfloat16)
+    torch.manual_seed(5)
+    got = dropout(x, p, training=True)
+    torch.manual_seed(5)
+    mask = keep_mask(x.shape, p, torch.device("cpu"))
+    assert torch.equal(got, x * mask.mul_(1.0 / (1.0 - p)).to(torch.bfloat16))
+    torch.manual_seed(5)
+    bf16_mask = keep_mask(x.shape, p, torch.device("cpu"), torch.bfloat16)
+    assert torch.equal(bf16_mask, mask.ne(0).to(torch.bfloat16))
+
+
 def test_dropout_keeps_1_minus_p_scaled_and_is_identity_in_eval():
     torch.manual_seed(0)
     x = torch.ones(200, 500)
